@@ -1,0 +1,76 @@
+"""Task families: each makes problems, their tools, an exact oracle trajectory and a checker.
+
+A task never runs a policy and a checker never sees one: the runtime joins them. Each family
+lives in its own module and registers below by name.
+"""
+
+import importlib
+import random
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from mamba_agent.episode import Episode
+from mamba_agent.tools import Tool
+from mamba_agent.trajectory import Trajectory
+
+TASKS = {"addition": "mamba_agent.tasks.addition:Addition"}
+
+
+@dataclass
+class Problem:
+    task: str
+    input: dict  # as in a task file's `input:` section
+    size: int  # the size the length-generalisation sweep varies (digits, disks, nodes, ...)
+    prompt: list[int]  # [BOS] then the input tokens
+    reference: str  # the reference answer
+
+
+class Task:
+    name: str
+    Input: type[BaseModel]  # schema of a task file's `input:` section
+
+    def problem(self, input: dict) -> Problem:
+        """A problem from a task file's `input:` (raises pydantic.ValidationError)."""
+        raise NotImplementedError
+
+    def random_problem(self, rng: random.Random, size: int) -> Problem:
+        """A random problem of the given size (evaluation)."""
+        raise NotImplementedError
+
+    def training_problem(self, rng: random.Random) -> Problem:
+        """A problem from the training distribution."""
+        raise NotImplementedError
+
+    def tools(self, problem: Problem) -> list[Tool]:
+        raise NotImplementedError
+
+    def max_tokens(self, problem: Problem) -> int:
+        """Default token limit: comfortably above the oracle's length."""
+        raise NotImplementedError
+
+    def check(self, problem: Problem, answer: str) -> bool:
+        raise NotImplementedError
+
+    def solve(self, episode: Episode, problem: Problem) -> None:
+        """The oracle: drive `episode` (through `act`, like a policy) to the reference answer."""
+        raise NotImplementedError
+
+    def episode(self, problem: Problem, **kwargs) -> Episode:
+        kwargs.setdefault("max_tokens", self.max_tokens(problem))
+        return Episode(problem.prompt, self.tools(problem), **kwargs)
+
+    def oracle(self, problem: Problem) -> Trajectory:
+        """The exact oracle trajectory, produced through the real tools."""
+        episode = self.episode(problem, keep=True)
+        self.solve(episode, problem)
+        if episode.exit != "finished" or not self.check(problem, episode.answer):
+            raise AssertionError(f"{self.name} oracle failed on {problem.input!r}: {episode.exit}")
+        return episode.trajectory
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()

@@ -1,0 +1,20 @@
+"""Tools: what holds everything that grows. A tool never knows the task.
+
+A tool answers command tokens with observation tokens. Single-token commands (`[P1.read]`) are
+answered at once; argument commands (`[FIND]`) get the ordinary tokens the model wrote up to
+`[END]`. Thought and output tokens are offered to every tool through `write` (memory tools
+append them; others ignore them). A command the tool cannot carry out is answered with `[ERR]`
+by the episode, never by raising.
+"""
+
+
+class Tool:
+    commands: frozenset[int] = frozenset()  # single-token commands this tool answers
+    argument_commands: frozenset[int] = frozenset()  # commands whose argument runs to [END]
+
+    def write(self, token: int) -> None:
+        """A thought or output token; memory tools append it."""
+
+    def command(self, token: int, argument: list[int] | None = None) -> list[int]:
+        """Carry out `token` (with `argument` for argument commands); return the observation."""
+        raise NotImplementedError

@@ -1,0 +1,158 @@
+"""An episode: one problem, its tools, and the rules that turn model tokens into roles.
+
+`Episode.act(token)` takes one token the model produced and returns the observation tokens the
+runtime must force into the model next. The runtime loop, the oracles and the tests all drive
+episodes through this one method, so a replayed oracle goes through exactly the code a policy does.
+
+Malformed model output never raises: a token only tools may produce ([EDGE], [ERR], [/OBS], ...),
+a command no tool of this task answers, a second [ANS], or an [END] with no open argument is
+recorded as a command and answered with [ERR]. Too many in a row ends the episode.
+"""
+
+import time
+
+from pydantic import BaseModel, ConfigDict
+
+from mamba_agent.tools import Tool
+from mamba_agent.trajectory import COMMAND, INPUT, OBSERVATION, OUTPUT, THOUGHT, Trajectory, TrajectoryWriter
+from mamba_agent.vocab import ANS, END, EOS, ERR, decode
+
+# Exit reasons: every episode ends with exactly one.
+FINISHED = "finished"  # the model emitted [EOS]
+TOKEN_LIMIT = "token_limit"
+TIME_LIMIT = "time_limit"
+FORMAT_ERRORS = "format_errors"  # too many malformed commands in a row
+DIVERGED = "diverged"  # evaluation only: the model left the oracle trajectory
+
+
+class Limits(BaseModel, use_attribute_docstrings=True):
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = None
+    """Most tokens in the whole trajectory (input included); None: the task's own default."""
+    max_seconds: float = 3600.0
+    """Wall-clock limit for one episode, in seconds."""
+    max_format_errors: int = 20
+    """Malformed commands in a row before the episode ends."""
+
+
+class Episode:
+    def __init__(
+        self,
+        prompt: list[int],
+        tools: list[Tool],
+        max_tokens: int,
+        limits: Limits = Limits(),
+        writer: TrajectoryWriter | None = None,
+        keep: bool = False,
+        expected: list[int] | None = None,
+    ):
+        """`prompt`: input tokens ([BOS] first). `keep`: hold the trajectory in memory (oracles,
+        tests; the runtime streams to `writer` instead). `expected`: the oracle's model tokens;
+        the episode ends as `diverged` at the first token that differs (exact-match evaluation)."""
+        self.prompt, self.tools, self.limits = prompt, tools, limits
+        self.max_tokens, self.writer, self.expected = max_tokens, writer, expected
+        self.trajectory = Trajectory() if keep else None
+        # Dispatch tables, built once: token id -> tool.
+        self._single = {tok: tool for tool in tools for tok in tool.commands}
+        self._with_arg = {tok: tool for tool in tools for tok in tool.argument_commands}
+        self._open_arg: tuple[int, Tool, list[int]] | None = None  # command, tool, argument so far
+        self.after_ans = False
+        self.output: list[int] = []
+        self.n_tokens, self.n_model_tokens, self.format_errors = 0, 0, 0
+        self.exit: str | None = None
+        self.started = time.monotonic()
+        for t in prompt:
+            self._record(t, INPUT)
+
+    @property
+    def done(self) -> bool:
+        return self.exit is not None
+
+    @property
+    def answer(self) -> str:
+        return decode(self.output, specials=False)
+
+    @property
+    def seconds(self) -> float:
+        return time.monotonic() - self.started
+
+    def act(self, token: int) -> list[int]:
+        """Record one model token, carry it out, and return the observation to force next."""
+        if self.expected is not None:
+            i = self.n_model_tokens
+            if i >= len(self.expected) or self.expected[i] != token:
+                self.exit = DIVERGED
+        self.n_model_tokens += 1
+        obs = self._carry_out(token)
+        for t in obs:
+            self._record(t, OBSERVATION)
+        if self.exit is None:
+            if self.n_tokens >= self.max_tokens:
+                self.exit = TOKEN_LIMIT
+            elif self.format_errors >= self.limits.max_format_errors:
+                self.exit = FORMAT_ERRORS
+            elif time.monotonic() - self.started > self.limits.max_seconds:
+                self.exit = TIME_LIMIT
+        return obs
+
+    def _carry_out(self, token: int) -> list[int]:
+        if self._open_arg is not None:  # inside an argument: ordinary tokens until [END]
+            self._record(token, COMMAND)
+            command, tool, argument = self._open_arg
+            if token != END:
+                argument.append(token)
+                return []
+            self._open_arg = None
+            return self._ok(tool.command(command, argument))
+        if token in self._single:
+            self._record(token, COMMAND)
+            return self._ok(self._single[token].command(token))
+        if token in self._with_arg:
+            self._record(token, COMMAND)
+            self._open_arg = (token, self._with_arg[token], [])
+            return []
+        if token == EOS:
+            self._record(token, COMMAND)
+            self.exit = FINISHED
+            return []
+        if token < 256 or (token == ANS and not self.after_ans):
+            role = OUTPUT if self.after_ans else THOUGHT
+            self._record(token, role)
+            self.after_ans |= token == ANS
+            if role == OUTPUT:
+                self.output.append(token)
+            for tool in self.tools:
+                tool.write(token)
+            self.format_errors = 0
+            return []
+        # Not a token this task's model may produce here.
+        self._record(token, COMMAND)
+        self.format_errors += 1
+        return [ERR]
+
+    def _ok(self, obs: list[int]) -> list[int]:
+        self.format_errors = 0
+        return obs
+
+    def _record(self, token: int, role: int) -> None:
+        self.n_tokens += 1
+        if self.writer is not None:
+            self.writer.add(token, role)
+        if self.trajectory is not None:
+            self.trajectory.tokens.append(token)
+            self.trajectory.roles.append(role)
+
+    def close(self, correct: bool | None) -> dict:
+        """End record (also written to the trajectory file): exit, answer, verdict, size, time."""
+        end = {
+            "exit": self.exit,
+            "answer": self.answer,
+            "correct": correct,
+            "tokens": self.n_tokens,
+            "seconds": round(self.seconds, 4),
+        }
+        if self.writer is not None:
+            self.writer.close(end)
+        return end
+
