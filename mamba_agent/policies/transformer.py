@@ -1,0 +1,194 @@
+"""A Pythia-style (GPT-NeoX) Transformer baseline with rotary positions and a KV cache.
+
+Block: parallel residual x + attn(ln1(x)) + mlp(ln2(x)); rotary embedding on the first
+rotary_pct of each head's dims (GPT-NeoX's rotate-half layout); untied output head. The KV cache
+is the decode state: it grows with every token, and `state_nbytes` reports that growth.
+Shapes use B for batch, L for new tokens, H for heads, P for tokens already cached.
+"""
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, PositiveInt, model_validator
+from torch import Tensor, nn
+
+from mamba_agent.policies.base import Policy, PolicyConfig
+
+_INITIAL_CAPACITY = 64  # cached tokens allocated up front; doubled whenever full
+
+
+class TransformerConfig(PolicyConfig):
+    """Sizes of the Transformer baseline; defaults give about 0.8M parameters at vocab 288."""
+
+    kind: Literal["transformer"] = "transformer"
+    """Policy kind."""
+    d_model: PositiveInt = 128
+    """Width of the residual stream."""
+    n_layer: PositiveInt = 4
+    """Number of blocks."""
+    n_head: PositiveInt = 4
+    """Attention heads; must divide d_model."""
+    rotary_pct: float = Field(0.25, gt=0, le=1)
+    """Fraction of each head's dims that get the rotary embedding (Pythia: 0.25)."""
+    rotary_base: float = Field(10000.0, gt=0)
+    """Base of the rotary frequencies."""
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> "TransformerConfig":
+        if self.d_model % self.n_head:
+            raise ValueError(f"n_head {self.n_head} must divide d_model {self.d_model}")
+        if self.rotary_dims < 2 or self.rotary_dims % 2:
+            raise ValueError(
+                f"rotary_pct {self.rotary_pct} gives {self.rotary_dims} rotary dims; need an even number >= 2"
+            )
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def rotary_dims(self) -> int:
+        return int(self.head_dim * self.rotary_pct)
+
+
+@dataclass
+class KVCache:
+    """Keys (after the rotary embedding) and values of every layer for the tokens seen so far."""
+
+    kv: Tensor
+    """(n_layer, 2, B, H, capacity, head_dim); slots [0, length) hold the cached tokens."""
+    length: int = 0
+    """Number of cached tokens, the same for every row."""
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding on the first cos.shape[-1] dims of x (..., head_dim), GPT-NeoX layout."""
+    r = cos.shape[-1]
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    x1, x2 = x_rot.chunk(2, dim=-1)
+    return torch.cat([x_rot * cos + torch.cat([-x2, x1], dim=-1) * sin, x_pass], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.n_head, self.head_dim = config.n_head, config.head_dim
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model)  # per head [q | k | v], as GPT-NeoX
+        self.out = nn.Linear(config.d_model, config.d_model)
+
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor | None, P: int, mask: Tensor | None
+    ) -> Tensor:
+        """x (B, L, d_model) -> (B, L, d_model). Without kv: causal self-attention. With kv
+        (2, B, H, capacity, head_dim) holding P tokens and room for L more: append the new keys
+        and values, and attend over all P + L under `mask` (L, P + L) (None: see everything)."""
+        B, L, _ = x.shape
+        qkv = self.qkv(x).view(B, L, self.n_head, 3, self.head_dim).transpose(1, 2)  # (B, H, L, 3, head_dim)
+        q, k = rotate(qkv[..., :2, :], cos, sin).unbind(-2)  # (B, H, L, head_dim) each
+        v = qkv[..., 2, :]  # (B, H, L, head_dim)
+        if kv is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, head_dim)
+        else:
+            kv[0, :, :, P : P + L] = k.detach()  # the cache keeps values, not autograd history
+            kv[1, :, :, P : P + L] = v.detach()
+            y = F.scaled_dot_product_attention(q, kv[0, :, :, : P + L], kv[1, :, :, : P + L], attn_mask=mask)
+        return self.out(y.transpose(1, 2).reshape(B, L, -1))  # (B, L, d_model)
+
+
+class Block(nn.Module):
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        d = config.d_model
+        self.ln1, self.ln2 = nn.LayerNorm(d, eps=1e-5), nn.LayerNorm(d, eps=1e-5)
+        self.attn = Attention(config)
+        self.fc, self.proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor | None, P: int, mask: Tensor | None
+    ) -> Tensor:
+        # Pythia's parallel residual: attention and MLP both read x.
+        return x + self.attn(self.ln1(x), cos, sin, kv, P, mask) + self.proj(F.gelu(self.fc(self.ln2(x))))
+
+
+class TransformerPolicy(Policy):
+    """Pythia-style decoder-only Transformer behind the Policy interface; the state is a KV cache."""
+
+    config: TransformerConfig
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__(config)
+        d = config.d_model
+        self.embed_in = nn.Embedding(config.vocab_size, d)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(d, eps=1e-5)
+        self.embed_out = nn.Linear(d, config.vocab_size, bias=False)
+        # cos and sin of the rotary angles for positions [0, table length), extended on demand.
+        self.register_buffer("rope_cos", torch.empty(0, 1, config.rotary_dims), persistent=False)
+        self.register_buffer("rope_sin", torch.empty(0, 1, config.rotary_dims), persistent=False)
+
+        # GPT-2 initialization: N(0, 0.02), zero biases, and the two residual-branch outputs of each
+        # block scaled by 1/sqrt(2 * n_layer) so that the residual sum keeps its variance.
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        for block in self.layers:
+            for linear in (block.attn.out, block.proj):
+                nn.init.normal_(linear.weight, std=0.02 / (2 * config.n_layer) ** 0.5)
+
+    def _rope(self, start: int, n: int) -> tuple[Tensor, Tensor]:
+        """cos, sin (n, 1, rotary_dims) for positions [start, start + n)."""
+        if start + n > self.rope_cos.shape[0]:
+            size = max(2 * self.rope_cos.shape[0], start + n, _INITIAL_CAPACITY)
+            r, device = self.config.rotary_dims, self.rope_cos.device
+            inv_freq = self.config.rotary_base ** (-torch.arange(0, r, 2, device=device) / r)  # (r/2,)
+            positions = torch.arange(size, device=device, dtype=torch.float32)  # (size,)
+            angles = torch.outer(positions, inv_freq)  # (size, r/2)
+            angles = torch.cat([angles, angles], dim=-1)[:, None]  # (size, 1, r)
+            self.rope_cos = angles.cos().to(self.rope_cos.dtype)
+            self.rope_sin = angles.sin().to(self.rope_sin.dtype)
+        return self.rope_cos[start : start + n], self.rope_sin[start : start + n]
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> KVCache:
+        c, weight = self.config, self.embed_out.weight
+        device = weight.device if device is None else device
+        shape = (c.n_layer, 2, batch_size, c.n_head, _INITIAL_CAPACITY, c.head_dim)
+        return KVCache(torch.zeros(shape, device=device, dtype=weight.dtype))
+
+    def _reserve(self, cache: KVCache, n: int) -> None:
+        """Make room for n more tokens, doubling the capacity (one copy per doubling)."""
+        capacity = cache.kv.shape[4]
+        if cache.length + n <= capacity:
+            return
+        while capacity < cache.length + n:
+            capacity *= 2
+        kv = cache.kv.new_zeros(cache.kv.shape[:4] + (capacity, cache.kv.shape[5]))
+        kv[..., : cache.length, :] = cache.kv[..., : cache.length, :]
+        cache.kv = kv
+
+    def forward(self, tokens: Tensor, state: KVCache | None = None) -> Tensor:
+        L = tokens.shape[1]
+        P = 0 if state is None else state.length
+        cos, sin = self._rope(P, L)
+        mask = None
+        if state is not None:
+            self._reserve(state, L)
+            if L > 1:  # new token i sees the P cached tokens and new tokens <= i
+                mask = torch.ones(L, P + L, dtype=torch.bool, device=tokens.device).tril(P)
+        x = self.embed_in(tokens)  # (B, L, d_model)
+        for i, block in enumerate(self.layers):
+            x = block(x, cos, sin, None if state is None else state.kv[i], P, mask)
+        if state is not None:
+            state.length += L
+        return self.embed_out(self.ln_f(x)).float()  # (B, L, vocab_size)
+
+    @torch.no_grad()
+    def step(self, token: Tensor, state: KVCache) -> Tensor:
+        return self.forward(token[:, None], state)[:, 0]  # (B, vocab_size)
+
+    def state_nbytes(self, state: KVCache) -> int:
+        return state.kv.nbytes

@@ -1,0 +1,173 @@
+"""CPU tests of the policies: decode and prefill equal the parallel forward, state sizes, the
+mamba-ssm parameter layout, config validation and gradients. fp32 throughout; logits are O(1)
+(embeddings scaled up), so atol 1e-4 is a tight check."""
+
+import pydantic
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mamba_agent.policies import POLICY_CONFIGS, MambaConfig, TransformerConfig, build_policy
+
+KINDS = ["mamba", "transformer"]
+VOCAB = 300
+ATOL = 1e-4
+
+
+def tiny(kind: str, seed: int = 0, **sizes):
+    torch.manual_seed(seed)
+    policy = build_policy({"kind": kind, "vocab_size": VOCAB, "d_model": 32, "n_layer": 2, **sizes}).eval()
+    with torch.no_grad():  # init logits are ~0.1; scale the embeddings so that errors would show
+        for name, p in policy.named_parameters():
+            if "embed" in name:
+                p.mul_(30)
+    return policy
+
+
+def tokens(batch: int, length: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_step_equals_forward(kind):
+    policy, seq = tiny(kind), tokens(2, 100)  # 100 > the KV cache's initial capacity: it grows
+    with torch.no_grad():
+        full = policy(seq)  # (2, 100, VOCAB)
+        state = policy.init_state(2)
+        stepped = torch.stack([policy.step(seq[:, t], state) for t in range(seq.shape[1])], dim=1)
+    assert full.shape == (2, 100, VOCAB) and full.dtype == torch.float32
+    assert full.abs().max() > 1  # the comparison below is not trivially small
+    torch.testing.assert_close(stepped, full, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("chunk", [1, 3, 7, 60])
+def test_chunked_prefill_equals_forward_and_step_continues(kind, chunk):
+    policy, seq = tiny(kind), tokens(2, 65)
+    prompt, rest = seq[:, :60], seq[:, 60:]
+    with torch.no_grad():
+        full = policy(seq)
+        state = policy.init_state(2)
+        prefilled = torch.cat([policy(part, state) for part in prompt.split(chunk, dim=1)], dim=1)
+        continued = torch.stack([policy.step(rest[:, t], state) for t in range(rest.shape[1])], dim=1)
+        restarted = policy(prompt[:, -chunk:])  # the same last chunk without its history
+    torch.testing.assert_close(prefilled, full[:, :60], atol=ATOL, rtol=0)
+    torch.testing.assert_close(continued, full[:, 60:], atol=ATOL, rtol=0)
+    if chunk < 60:  # the history matters, so the match above means the state carried it
+        assert (restarted - full[:, 60 - chunk : 60]).abs().max() > 100 * ATOL
+
+
+def test_mamba_state_size_is_constant():
+    policy = build_policy(MambaConfig(vocab_size=VOCAB, d_model=8, n_layer=1, d_state=4)).eval()
+    with torch.no_grad():
+        short = policy.init_state(1)
+        for token in tokens(1, 10)[0]:
+            policy.step(token[None], short)
+        long = policy.init_state(1)
+        for part in tokens(1, 100_000).split(4096, dim=1):
+            policy(part, long)
+    assert policy.state_nbytes(long) == policy.state_nbytes(short) > 0
+    assert torch.isfinite(long.ssm).all()
+
+
+def test_transformer_state_grows():
+    policy, seq = tiny("transformer"), tokens(1, 1000)
+    with torch.no_grad():
+        short = policy.init_state(1)
+        for t in range(10):
+            policy.step(seq[:, t], short)
+        long = policy.init_state(1)
+        policy(seq, long)
+    assert long.length == 1000 and short.length == 10
+    assert policy.state_nbytes(long) > 10 * policy.state_nbytes(short)
+
+
+# mamba-ssm's MambaLMHeadModel(MambaConfig(d_model=32, n_layer=2, vocab_size=300,
+# ssm_cfg={"layer": "Mamba1"}, rms_norm=True, residual_in_fp32=True)).state_dict()
+MAMBA_SSM_LAYER = {
+    "norm.weight": (32,),
+    "mixer.A_log": (64, 16),
+    "mixer.D": (64,),
+    "mixer.in_proj.weight": (128, 32),
+    "mixer.conv1d.weight": (64, 1, 4),
+    "mixer.conv1d.bias": (64,),
+    "mixer.x_proj.weight": (34, 64),
+    "mixer.dt_proj.weight": (64, 2),
+    "mixer.dt_proj.bias": (64,),
+    "mixer.out_proj.weight": (32, 64),
+}
+MAMBA_SSM_KEYS = {
+    "backbone.embedding.weight": (304, 32),  # 300 padded to a multiple of 8
+    **{f"backbone.layers.{i}.{k}": shape for i in range(2) for k, shape in MAMBA_SSM_LAYER.items()},
+    "backbone.norm_f.weight": (32,),
+    "lm_head.weight": (304, 32),
+}
+
+
+def test_mamba_state_dict_matches_mamba_ssm():
+    policy = tiny("mamba")
+    assert {k: tuple(v.shape) for k, v in policy.state_dict().items()} == MAMBA_SSM_KEYS
+    assert policy.lm_head.weight is policy.backbone.embedding.weight
+    assert policy.backbone.layers[0].mixer.A_log.dtype == torch.float32
+
+
+def test_mamba_init_follows_mamba_ssm():
+    mixer = tiny("mamba").backbone.layers[0].mixer
+    delta = F.softplus(mixer.dt_proj.bias)
+    assert 1e-3 <= delta.min() and delta.max() <= 1e-1
+    torch.testing.assert_close(-torch.exp(mixer.A_log[3]), -torch.arange(1.0, 17.0))
+    assert (mixer.D == 1).all()
+
+
+def test_mamba_step_sees_loaded_weights():
+    """step caches A = -exp(A_log); loading new weights must not leave it stale."""
+    policy, other, token = tiny("mamba", seed=0), tiny("mamba", seed=1), tokens(2, 1)[:, 0]
+    with torch.no_grad():
+        for layer in other.backbone.layers:
+            layer.mixer.A_log.add_(0.5)
+        policy.step(token, policy.init_state(2))  # fills the cache with the old A
+        policy.load_state_dict(other.state_dict())
+        expected = other.step(token, other.init_state(2))
+        torch.testing.assert_close(policy.step(token, policy.init_state(2)), expected)
+
+
+def test_mamba_dt_rank_auto_is_written_into_the_config():
+    config = MambaConfig(vocab_size=VOCAB, d_model=40)
+    assert config.dt_rank == 3
+    assert MambaConfig.model_validate(config.model_dump()) == config
+
+
+def test_unknown_kind_lists_valid_kinds():
+    with pytest.raises(ValueError, match="mamba, transformer"):
+        build_policy({"kind": "lstm9", "vocab_size": VOCAB})
+    assert set(POLICY_CONFIGS) == set(KINDS)
+
+
+@pytest.mark.parametrize("config_class", [MambaConfig, TransformerConfig])
+def test_configs_reject_unknown_fields(config_class):
+    with pytest.raises(pydantic.ValidationError):
+        config_class(vocab_size=VOCAB, d_modle=64)
+    with pytest.raises(pydantic.ValidationError):
+        build_policy({"kind": config_class.model_fields["kind"].default, "vocab_size": VOCAB, "bogus": 1})
+
+
+def test_transformer_config_checks_heads():
+    with pytest.raises(pydantic.ValidationError, match="divide"):
+        TransformerConfig(vocab_size=VOCAB, d_model=30, n_head=4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_build_from_config_object_and_every_field_documented(kind):
+    config = POLICY_CONFIGS[kind](vocab_size=VOCAB)
+    assert build_policy(config).config == config
+    assert all(field.description for field in type(config).model_fields.values())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradients_flow(kind):
+    policy, seq = tiny(kind).train(), tokens(2, 16)
+    logits = policy(seq[:, :-1])
+    F.cross_entropy(logits.flatten(0, 1), seq[:, 1:].flatten()).backward()
+    for name, p in policy.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
