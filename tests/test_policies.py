@@ -171,3 +171,15 @@ def test_gradients_flow(kind):
     for name, p in policy.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decoding_under_inference_mode_leaves_the_policy_trainable(kind):
+    """The runtime decodes under torch.inference_mode between training steps."""
+    policy, seq = tiny(kind), tokens(1, 200)
+    with torch.inference_mode():
+        state = policy.init_state(1)
+        policy(seq[:, :150], state)
+        for t in range(150, 200):  # past the lengths seen so far: the Transformer extends its RoPE table
+            policy.step(seq[:, t], state)
+    policy(seq).sum().backward()

@@ -143,15 +143,19 @@ class TransformerPolicy(Policy):
     def _rope(self, start: int, n: int) -> tuple[Tensor, Tensor]:
         """cos, sin (n, 1, rotary_dims) for positions [start, start + n)."""
         if start + n > self.rope_cos.shape[0]:
-            size = max(2 * self.rope_cos.shape[0], start + n, _INITIAL_CAPACITY)
-            r, device = self.config.rotary_dims, self.rope_cos.device
-            inv_freq = self.config.rotary_base ** (-torch.arange(0, r, 2, device=device) / r)  # (r/2,)
-            positions = torch.arange(size, device=device, dtype=torch.float32)  # (size,)
-            angles = torch.outer(positions, inv_freq)  # (size, r/2)
-            angles = torch.cat([angles, angles], dim=-1)[:, None]  # (size, 1, r)
-            self.rope_cos = angles.cos().to(self.rope_cos.dtype)
-            self.rope_sin = angles.sin().to(self.rope_sin.dtype)
+            self._extend_rope(max(2 * self.rope_cos.shape[0], start + n, _INITIAL_CAPACITY))
         return self.rope_cos[start : start + n], self.rope_sin[start : start + n]
+
+    # The runtime decodes under inference_mode; a table made there could not be used in training.
+    @torch.inference_mode(False)
+    def _extend_rope(self, size: int) -> None:
+        r, device = self.config.rotary_dims, self.rope_cos.device
+        inv_freq = self.config.rotary_base ** (-torch.arange(0, r, 2, device=device) / r)  # (r/2,)
+        positions = torch.arange(size, device=device, dtype=torch.float32)  # (size,)
+        angles = torch.outer(positions, inv_freq)  # (size, r/2)
+        angles = torch.cat([angles, angles], dim=-1)[:, None]  # (size, 1, r)
+        self.rope_cos = angles.cos().to(self.rope_cos.dtype)
+        self.rope_sin = angles.sin().to(self.rope_sin.dtype)
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> KVCache:
         c, weight = self.config, self.embed_out.weight
