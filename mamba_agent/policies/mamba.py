@@ -114,14 +114,16 @@ def selective_scan(
     or None for zeros. Returns out (B, d_inner, L) and h_L (B, d_inner, N), both fp32.
     """
     u, delta = u.float(), delta.float()
-    deltaA = torch.exp(delta[..., None] * A[:, None])  # (B, d_inner, L, N)
-    deltaB_u = (delta * u)[..., None] * B.float().transpose(1, 2)[:, None]  # (B, d_inner, L, N)
-    C = C.float().transpose(1, 2)[..., None]  # (B, L, N, 1)
-    h = u.new_zeros(deltaA.shape[:2] + deltaA.shape[3:]) if h0 is None else h0.float()  # (B, d_inner, N)
+    # Time-major, split with unbind: its backward stacks the L gradients once, where indexing
+    # [t] would allocate and add a full (L, ...) gradient for every t.
+    deltaA = torch.exp(delta.permute(2, 0, 1)[..., None] * A)  # (L, B, d_inner, N)
+    deltaB_u = (delta * u).permute(2, 0, 1)[..., None] * B.float().permute(2, 0, 1)[:, :, None]  # (L, B, d_inner, N)
+    C = C.float().permute(2, 0, 1)[..., None]  # (L, B, N, 1)
+    h = deltaA.new_zeros(deltaA.shape[1:]) if h0 is None else h0.float()  # (B, d_inner, N)
     ys = []
-    for t in range(u.shape[-1]):
-        h = torch.addcmul(deltaB_u[:, :, t], deltaA[:, :, t], h)  # (B, d_inner, N)
-        ys.append(h @ C[:, t])  # (B, d_inner, 1)
+    for deltaA_t, deltaB_u_t, C_t in zip(deltaA.unbind(0), deltaB_u.unbind(0), C.unbind(0)):
+        h = torch.addcmul(deltaB_u_t, deltaA_t, h)  # (B, d_inner, N)
+        ys.append(h @ C_t)  # (B, d_inner, 1)
     y = torch.cat(ys, dim=-1) + D[:, None] * u  # (B, d_inner, L)
     return y * F.silu(z.float()), h
 
