@@ -117,7 +117,8 @@ def selective_scan(
     # Time-major, split with unbind: its backward stacks the L gradients once, where indexing
     # [t] would allocate and add a full (L, ...) gradient for every t.
     deltaA = torch.exp(delta.permute(2, 0, 1)[..., None] * A)  # (L, B, d_inner, N)
-    deltaB_u = (delta * u).permute(2, 0, 1)[..., None] * B.float().permute(2, 0, 1)[:, :, None]  # (L, B, d_inner, N)
+    B = B.float().permute(2, 0, 1)[:, :, None]  # (L, B, 1, N)
+    deltaB_u = (delta * u).permute(2, 0, 1)[..., None] * B  # (L, B, d_inner, N)
     C = C.float().permute(2, 0, 1)[..., None]  # (L, B, N, 1)
     h = deltaA.new_zeros(deltaA.shape[1:]) if h0 is None else h0.float()  # (B, d_inner, N)
     ys = []
