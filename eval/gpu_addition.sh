@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Issue 2's GPU work in one call of the device tool (H200): kernel tests, training of the shipped
+# Mamba and of the Transformer baseline on the same data and budget, and their exact-match sweep.
+#   device run: command="bash eval/gpu_addition.sh", carry=[".whl"]
+# .whl/ holds the mamba-ssm wheel (../shared/gpu/wheels) and, in .whl/py, the pure-Python wheels
+# the GPU image lacks (pydantic stack, pyyaml, rich, pytest): see eval/README.md.
+set -euo pipefail
+OUT=${OUT:-/tmp/gpu-out}
+STEPS=${STEPS:-2000}
+python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/mamba_ssm-*.whl .whl/py/*.whl
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .
+cd /tmp  # import the installed package, not the checkout
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
+python3 -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_policies_gpu.py" 2>&1 | tail -5 | tee "$OUT/gpu_tests.log"
+for policy in mamba transformer; do
+  python3 -m mamba_agent.cli train --policy "$policy" --steps "$STEPS" --device cuda --out "runs/addition-$policy" 2>&1 | tail -2
+done
+tar czf "$OUT/checkpoints.tgz" runs/*/config.json runs/*/model.safetensors runs/*/train_log.jsonl
+python3 -m mamba_agent.cli eval runs/addition-mamba runs/addition-transformer --device cuda \
+  --sizes "${SIZES:-5,10,20,100,1000}" --samples 100 --batch-size 100 --out "$OUT/addition-eval.jsonl" 2>&1 | tail -8

@@ -1,0 +1,87 @@
+"""Length-generalisation sweep: exact-match accuracy of checkpoints against problem size.
+
+Problem i of size n is the same for every checkpoint (seeded by task, size and i). Episodes run
+in batches through the real runtime, greedy, each with its oracle's model tokens: the episode
+ends at the first token that differs (the paper's metric is exact match of the whole
+trajectory, so nothing after that point can change the verdict). Each sample's result is
+appended to a JSONL file as its batch finishes; a rerun skips what is already there.
+"""
+
+import json
+import random
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from mamba_agent.checkpoint import load_checkpoint
+from mamba_agent.console import Bar
+from mamba_agent.episode import FINISHED
+from mamba_agent.runtime import run_episodes
+from mamba_agent.tasks import get_task
+
+
+def eval_problem(task, size: int, index: int):
+    return task.random_problem(random.Random(f"eval-{task.name}-{size}-{index}"), size)
+
+
+def load_results(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def evaluate(checkpoint: str, sizes: list[int], samples: int, out: str | Path, batch_size: int = 100,
+             device: str = "cpu", label: str | None = None, progress: bool = True) -> list[dict]:
+    """Run what is missing from `out` for this checkpoint; return all of its results there."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    policy, meta = load_checkpoint(checkpoint, device=device)
+    task = get_task(meta["task"])
+    label = label or checkpoint
+    done = {(r["label"], r["size"], r["index"]) for r in load_results(out)}
+    todo = [(n, i) for n in sizes for i in range(samples) if (label, n, i) not in done]
+    bar = Bar(f"eval {label}", len(todo)) if progress and todo else None
+    with open(out, "a") as f:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start : start + batch_size]
+            problems = [eval_problem(task, n, i) for n, i in chunk]
+            episodes = [task.episode(p, expected=task.oracle(p).model_tokens()) for p in problems]
+            t0 = time.monotonic()
+            run_episodes(policy, episodes)
+            seconds = time.monotonic() - t0
+            for (n, i), p, ep in zip(chunk, problems, episodes):
+                row = {
+                    "label": label, "policy": meta["policy"]["kind"], "task": task.name, "size": n, "index": i,
+                    "exact": ep.exit == FINISHED and task.check(p, ep.answer), "exit": ep.exit,
+                    "model_tokens": ep.n_model_tokens, "oracle_model_tokens": len(ep.expected),
+                    "tokens": ep.n_tokens, "batch_seconds": round(seconds, 3), "device": device,
+                    "date": time.strftime("%Y-%m-%d"),
+                }
+                f.write(json.dumps(row) + "\n")
+            f.flush()
+            if bar:
+                bar.advance(len(chunk))
+    if bar:
+        bar.close()
+    return [r for r in load_results(out) if r["label"] == label]
+
+
+def accuracy_table(results: list[dict]) -> str:
+    """Markdown: one row per label, one column per size, exact-match % (and sample count)."""
+    acc = defaultdict(lambda: [0, 0])
+    for r in results:
+        cell = acc[(r["label"], r["size"])]
+        cell[0] += r["exact"]
+        cell[1] += 1
+    labels = list(dict.fromkeys(r["label"] for r in results))
+    sizes = sorted({r["size"] for r in results})
+    lines = ["| checkpoint | " + " | ".join(f"{n} digits" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
+    for lab in labels:
+        cells = []
+        for n in sizes:
+            hit, total = acc.get((lab, n), (0, 0))
+            cells.append(f"{100 * hit / total:.0f}% ({hit}/{total})" if total else "")
+        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+

@@ -1,0 +1,219 @@
+"""mamba-agent: solve a task file, train a policy, evaluate length generalisation.
+
+Entry points only wire things together: parse -> config -> build -> run. Any problem with the
+user's input is one line on stderr and exit code 2.
+"""
+
+import argparse
+import json
+import sys
+import time
+
+from pydantic import ValidationError
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mamba-agent", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("solve", help="solve one task file with a policy and check the answer")
+    p.add_argument("taskfile", help="YAML task file (see tasks/examples/)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the live view")
+    p.add_argument("--checkpoint", help="override policy.checkpoint (a folder or builtin:<name>)")
+    p.add_argument("--device", help="override policy.device (cpu, cuda)")
+    p.add_argument("--trajectory", help="override where the trajectory JSONL is written")
+
+    p = sub.add_parser("train", help="train a policy on oracle trajectories (resumes an interrupted --out)")
+    p.add_argument("--task", default="addition")
+    p.add_argument("--policy", default="mamba", help="policy kind: mamba, transformer")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a policy config field, e.g. --set d_model=128 (repeatable)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--out", required=True, help="run folder: checkpoint, train_state.pt, train_log.jsonl")
+
+    p = sub.add_parser("eval", help="exact-match accuracy against problem size (appends, resumes)")
+    p.add_argument("checkpoints", nargs="+", help="checkpoint folders or builtin:<name>")
+    p.add_argument("--sizes", default="5,10,20,100,1000", help="comma-separated problem sizes")
+    p.add_argument("--samples", type=int, default=100, help="problems per size")
+    p.add_argument("--batch-size", type=int, default=100, help="episodes decoded together")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="eval/results/results.jsonl", help="results JSONL (appended)")
+
+    p = sub.add_parser("locality", help="smallest k for which a task's oracle trajectories are k-local")
+    p.add_argument("--task", default="addition")
+    p.add_argument("--sizes", default="1,2,3,4,5,10,20,50,100", help="problem sizes to include")
+    p.add_argument("--per-size", type=int, default=50, help="trajectories per size")
+
+    args = parser.parse_args(argv)
+    try:
+        return {"solve": solve, "train": train, "eval": evaluate, "locality": locality}[args.command](args)
+    except UsageError as e:
+        print(f"mamba-agent {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def solve(args) -> int:
+    import torch
+
+    from mamba_agent.checkpoint import DEFAULT_CHECKPOINTS, CheckpointError, load_checkpoint
+    from mamba_agent.runtime import Sampler, run_episodes
+    from mamba_agent.taskfile import TaskFileError, load_taskfile
+    from mamba_agent.tasks import get_task
+    from mamba_agent.trajectory import TrajectoryWriter
+
+    try:
+        tf, problem = load_taskfile(args.taskfile)
+    except TaskFileError as e:
+        raise UsageError(str(e)) from None
+    checkpoint = args.checkpoint or tf.policy.checkpoint or DEFAULT_CHECKPOINTS.get(tf.task)
+    device = args.device or tf.policy.device
+    if checkpoint is None:
+        raise UsageError(f"no checkpoint is shipped for task {tf.task!r}; give policy.checkpoint in the task file")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"policy.device is {device!r} but CUDA is not available here; use cpu")
+    try:
+        policy, meta = load_checkpoint(checkpoint, device=device)
+    except (CheckpointError, OSError) as e:
+        raise UsageError(f"checkpoint: {e}") from None
+    if meta["task"] != tf.task:
+        raise UsageError(f"checkpoint {checkpoint} was trained on {meta['task']!r}, the task file asks for {tf.task!r}")
+    task = get_task(tf.task)
+    torch.set_num_threads(1)  # one token at a time: threads cost more than they give at this size
+    path = args.trajectory or tf.trajectory
+    writer = TrajectoryWriter(path, {"task": tf.task, "input": problem.input, "checkpoint": checkpoint, "policy": meta["policy"]["kind"]})
+    max_tokens = tf.limits.max_tokens or task.max_tokens(problem)
+    episode = task.episode(problem, max_tokens=max_tokens, limits=tf.limits, writer=writer)
+    sampler = Sampler(tf.policy.temperature, tf.policy.seed)
+    if args.json:
+        run_episodes(policy, [episode], sampler)
+    else:
+        with _LiveView(tf.task, checkpoint, max_tokens) as view:
+            run_episodes(policy, [episode], sampler, on_progress=view.update)
+    correct = task.check(problem, episode.answer)
+    end = episode.close(correct)
+    result = {"task": tf.task, **end, "reference": problem.reference, "checkpoint": checkpoint, "trajectory": str(path)}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_result(result)
+    return 0 if correct else 1
+
+
+class _LiveView:
+    """One live status line on stderr: tokens, speed, phase, and the answer as it is written."""
+
+    def __init__(self, task: str, checkpoint: str, max_tokens: int):
+        from rich.live import Live
+
+        from mamba_agent.console import stderr
+
+        self.header, self.max_tokens = f"{task} · {checkpoint}", max_tokens
+        self.live = Live(console=stderr, refresh_per_second=8, transient=False)
+        self.started = time.monotonic()
+
+    def __enter__(self):
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.live.__exit__(*exc)
+
+    def update(self, episodes) -> None:
+        from rich.text import Text
+
+        ep = episodes[0]
+        rate = ep.n_tokens / max(time.monotonic() - self.started, 1e-9)
+        phase = "answering" if ep.after_ans else "thinking"
+        answer = ep.answer
+        shown = answer if len(answer) <= 60 else "…" + answer[-59:]
+        self.live.update(Text(f"{self.header} · {ep.n_tokens:,} tokens · {rate:,.0f} tok/s · {phase} · answer: {shown}"))
+
+
+def _print_result(r: dict) -> None:
+    from mamba_agent.console import stderr
+
+    verdict = "[green]correct[/]" if r["correct"] else "[red]wrong[/]"
+    print(r["answer"])
+    stderr.print(f"{verdict} · exit {r['exit']} · {r['tokens']:,} tokens · {r['seconds']:.2f} s · trajectory {r['trajectory']}")
+
+
+def train(args) -> int:
+    from mamba_agent.train import TrainConfig, train as run_training
+
+    policy = {"kind": args.policy}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set expects FIELD=VALUE, got {item!r}")
+        try:
+            policy[key] = json.loads(value)
+        except json.JSONDecodeError:
+            policy[key] = value
+    try:
+        cfg = TrainConfig(task=args.task, policy=policy, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                          seed=args.seed, save_every=args.save_every, device=args.device)
+        from mamba_agent.policies import build_policy
+        from mamba_agent.tasks import get_task
+        from mamba_agent.vocab import VOCAB_SIZE
+
+        get_task(cfg.task)
+        build_policy({**cfg.policy, "vocab_size": VOCAB_SIZE})  # validate before any work
+    except (ValidationError, ValueError) as e:
+        raise UsageError(str(e).splitlines()[0] if not isinstance(e, ValidationError) else _validation_line(e)) from None
+    summary = run_training(cfg, args.out)
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
+    return 0
+
+
+def _validation_line(e: ValidationError) -> str:
+    err = e.errors()[0]
+    return f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
+
+
+def evaluate(args) -> int:
+    from mamba_agent.checkpoint import CheckpointError
+    from mamba_agent.eval.sweep import accuracy_table, evaluate as run_eval
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    results = []
+    for ckpt in args.checkpoints:
+        try:
+            results += run_eval(ckpt, sizes, args.samples, args.out, args.batch_size, args.device)
+        except CheckpointError as e:
+            raise UsageError(str(e)) from None
+    print(accuracy_table([r for r in results if r["size"] in sizes]))
+    return 0
+
+
+def locality(args) -> int:
+    import random
+
+    from mamba_agent.locality import smallest_local_k
+    from mamba_agent.tasks import get_task
+
+    try:
+        task = get_task(args.task)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    rng = random.Random(0)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    trajs = [task.oracle(task.random_problem(rng, n)) for n in sizes for _ in range(args.per_size)]
+    trajs += [task.oracle(task.training_problem(rng)) for _ in range(args.per_size * 10)]
+    k = smallest_local_k(trajs)
+    print(json.dumps({"task": task.name, "sizes": sizes, "trajectories": len(trajs), "k": k}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Training on oracle tool-use trajectories: next-token prediction, loss only on model tokens.
+
+Batches are generated on the fly from the task's training distribution; the batch of step s on
+rank r comes from a generator seeded by (seed, r, s), so a resumed run sees exactly the data it
+would have seen. Every `save_every` steps the run folder gets an atomic checkpoint plus
+`train_state.pt` (optimizer, step); `train` on the same folder resumes from there.
+Several GPUs: `torchrun --nproc_per_node N -m mamba_agent.cli train ...` (DDP; rank 0 writes).
+"""
+
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from mamba_agent.checkpoint import save_checkpoint
+from mamba_agent.console import Bar
+from mamba_agent.policies import build_policy
+from mamba_agent.tasks import get_task
+from mamba_agent.trajectory import LEARNED_ROLES
+from mamba_agent.vocab import PAD, VOCAB_SIZE
+
+
+class TrainConfig(BaseModel, use_attribute_docstrings=True):
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = "addition"
+    """Task family whose oracle trajectories are the training data."""
+    policy: dict = Field(default_factory=lambda: {"kind": "mamba"})
+    """Policy config: `kind` plus any of that kind's fields (vocab_size is filled in)."""
+    steps: int = 2000
+    """Optimizer steps (the paper trains for 2,000)."""
+    batch_size: int = 128
+    """Trajectories per step, over all ranks."""
+    lr: float = 3e-3
+    """Peak learning rate (AdamW), after a linear warm-up, then cosine decay to lr/10."""
+    warmup: int = 100
+    """Warm-up steps."""
+    weight_decay: float = 0.01
+    """AdamW weight decay on matrices (not on norms, biases, A_log, D)."""
+    grad_clip: float = 1.0
+    """Gradient-norm clip."""
+    seed: int = 0
+    """Seeds the weights and the data stream."""
+    save_every: int = 200
+    """Steps between checkpoints (and the point a crash resumes from)."""
+    device: str = "auto"
+    """cpu, cuda, or auto (cuda when available)."""
+
+
+def make_batch(task, rng: random.Random, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs, targets, mask), each (B, T): mask is True where the target is a model token."""
+    trajs = [task.oracle(task.training_problem(rng)) for _ in range(batch_size)]
+    T = max(len(t) for t in trajs) - 1
+    tokens = torch.full((batch_size, T + 1), PAD, dtype=torch.long)
+    mask = torch.zeros(batch_size, T + 1, dtype=torch.bool)
+    learned = torch.tensor([r in LEARNED_ROLES for r in range(5)])
+    for i, t in enumerate(trajs):
+        tokens[i, : len(t)] = torch.tensor(t.tokens)
+        mask[i, : len(t)] = learned[torch.tensor(t.roles)]
+    return tokens[:, :-1], tokens[:, 1:], mask[:, 1:]
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
+    """Train (or resume) into folder `out`; returns the training summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if world > 1:
+        torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
+        if device == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(device)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} must divide evenly over {world} ranks")
+    task = get_task(cfg.task)
+    torch.manual_seed(cfg.seed)
+    policy = build_policy({**cfg.policy, "vocab_size": VOCAB_SIZE}).to(device)
+    decay = [p for n, p in policy.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in policy.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    step, seconds, tokens_seen = 0, 0.0, 0
+    state_path = out / "train_state.pt"
+    if state_path.exists():  # resume
+        saved = torch.load(state_path, map_location=device, weights_only=False)
+        if {**saved["config"], "steps": cfg.steps} != cfg.model_dump():  # more steps may extend a run
+            raise ValueError(f"{out} holds a run with other settings; choose a new --out or the same settings")
+        policy.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        step, seconds, tokens_seen = saved["step"], saved["seconds"], saved["tokens_seen"]
+    model = torch.nn.parallel.DistributedDataParallel(policy) if world > 1 else policy
+    log = open(out / "train_log.jsonl", "a") if rank == 0 else None
+    bar = Bar("train", cfg.steps, step, loss=float("nan")) if progress and rank == 0 else None
+    summary = json.loads((out / "config.json").read_text())["training"] if step else {}
+    start, loss_ema = time.monotonic() - seconds, None
+    while step < cfg.steps:
+        rng = random.Random(f"{cfg.seed}-{rank}-{step}")
+        inputs, targets, mask = (x.to(device) for x in make_batch(task, rng, cfg.batch_size // world))
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        logits = model(inputs)  # (B, T, V)
+        loss = F.cross_entropy(logits[mask], targets[mask])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
+        opt.step()
+        step += 1
+        tokens_seen += int(mask.sum()) * world
+        loss_value = loss.item()
+        loss_ema = loss_value if loss_ema is None else 0.95 * loss_ema + 0.05 * loss_value
+        if bar:
+            bar.update(step, loss=loss_ema)
+        if rank == 0 and (step % 10 == 0 or step == cfg.steps):
+            log.write(json.dumps({"step": step, "loss": loss_value, "lr": lr_at(step - 1, cfg), "seconds": round(time.monotonic() - start, 2)}) + "\n")
+            log.flush()
+        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):
+            summary = {
+                "task_sizes": f"training distribution of {cfg.task}",
+                "steps": step,
+                "loss": loss_value,
+                "loss_ema": loss_ema,
+                "model_tokens_seen": tokens_seen,
+                "seconds": round(time.monotonic() - start, 1),
+                "device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+                "world_size": world,
+                "parameters": policy.num_parameters(),
+                "config": cfg.model_dump(),
+            }
+            save_checkpoint(policy, out, cfg.task, summary)
+            torch.save(
+                {"config": cfg.model_dump(), "model": policy.state_dict(), "optimizer": opt.state_dict(),
+                 "step": step, "seconds": time.monotonic() - start, "tokens_seen": tokens_seen},
+                out / "train_state.pt.tmp",
+            )
+            os.replace(out / "train_state.pt.tmp", state_path)
+    if bar:
+        bar.close()
+    if log:
+        log.close()
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return summary
+

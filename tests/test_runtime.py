@@ -1,0 +1,102 @@
+import json
+import random
+
+import pytest
+import torch
+
+from mamba_agent.episode import FINISHED, FORMAT_ERRORS, TOKEN_LIMIT, Limits
+from mamba_agent.policies import build_policy
+from mamba_agent.runtime import Sampler, run_episodes
+from mamba_agent.tasks import get_task
+from mamba_agent.trajectory import COMMAND, OBSERVATION, Trajectory, TrajectoryWriter, read_trajectory
+from mamba_agent.vocab import ANS, EDGE, EOS, ERR, FIND, VOCAB_SIZE, decode, encode, pointer_command
+from mamba_agent.tools.pointer import PointerMemory
+from tests.scripted import ScriptedPolicy
+
+task = get_task("addition")
+
+
+def test_pointer_memory_protocol():
+    tape = PointerMemory(encode("12+3="), n_pointers=2)
+    read1, left1, right1 = (pointer_command(1, op) for op in ("read", "left", "right"))
+    assert tape.command(read1) == [ord("1")]
+    assert tape.command(left1) == [] and tape.command(read1) == [EDGE]
+    assert tape.command(left1) == [] and tape.command(read1) == [EDGE]  # the edge is a wall
+    assert tape.command(right1) == [] and tape.command(read1) == [ord("1")]
+    for _ in range(10):
+        tape.command(pointer_command(2, "right"))
+    assert tape.command(pointer_command(2, "read")) == [EDGE]  # past the right end
+    tape.write(ord("7"))  # thoughts are appended: the cell past the end now holds them
+    assert tape.command(pointer_command(2, "read")) == [ord("7")]
+
+
+def test_malformed_commands_are_answered_not_raised():
+    p = task.problem({"a": "12", "b": "3"})
+    ep = task.episode(p, keep=True, limits=Limits(max_format_errors=3))
+    assert ep.act(EDGE) == [ERR]  # a token only tools produce
+    assert ep.act(pointer_command(4, "read")) == [ERR]  # a pointer addition does not have
+    assert ep.act(FIND) == [ERR]  # a tool addition does not have
+    assert ep.exit == FORMAT_ERRORS
+    roles = ep.trajectory.roles
+    assert roles.count(COMMAND) == 3 and roles.count(OBSERVATION) == 3
+
+
+def test_second_ans_is_malformed_and_a_good_token_resets_the_count():
+    ep = task.episode(task.problem({"a": "1", "b": "1"}), keep=True, limits=Limits(max_format_errors=2))
+    assert ep.act(ANS) == []
+    assert ep.act(ANS) == [ERR]
+    assert ep.act(ord("5")) == []  # an output token
+    assert ep.act(ANS) == [ERR] and not ep.done
+    assert ep.answer == "5"
+
+
+def test_token_limit_ends_the_episode():
+    ep = task.episode(task.problem({"a": "1", "b": "1"}), max_tokens=12)
+    while not ep.done:
+        ep.act(pointer_command(1, "read"))
+    assert ep.exit == TOKEN_LIMIT and ep.n_tokens >= 12
+
+
+def test_untrained_policy_runs_to_a_limit_without_crashing():
+    """Random weights emit garbage commands: the runtime records and answers them."""
+    torch.manual_seed(0)
+    policy = build_policy({"kind": "mamba", "vocab_size": VOCAB_SIZE, "d_model": 32, "n_layer": 1}).eval()
+    problems = [task.random_problem(random.Random(i), 3) for i in range(3)]
+    episodes = [task.episode(p, max_tokens=300) for p in problems]
+    run_episodes(policy, episodes, Sampler(temperature=1.0, seed=0))
+    assert all(ep.done for ep in episodes)
+    assert {ep.exit for ep in episodes} <= {FINISHED, TOKEN_LIMIT, FORMAT_ERRORS}
+
+
+def test_trajectory_streams_to_jsonl_and_reads_back(tmp_path):
+    p = task.problem({"a": "905", "b": "96"})
+    oracle = task.oracle(p)
+    path = tmp_path / "t.jsonl"
+    ep = task.episode(p, writer=TrajectoryWriter(path, {"task": "addition"}), expected=oracle.model_tokens())
+    run_episodes(ScriptedPolicy([oracle]), [ep])
+    end = ep.close(task.check(p, ep.answer))
+    header, traj, end_read = read_trajectory(path)
+    assert header["task"] == "addition" and header["version"] == 1
+    assert traj.tokens == oracle.tokens and traj.roles == oracle.roles
+    assert end_read == end and end["correct"] and end["answer"] == "1001" and end["exit"] == FINISHED
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert lines[1]["role"] == "input" and lines[1]["text"] == "[BOS]905+96="
+
+
+def test_sampler_is_seeded_and_greedy_is_argmax():
+    logits = torch.randn(4, VOCAB_SIZE)
+    assert Sampler(0.0)(logits) == logits.argmax(-1).tolist()
+    assert Sampler(1.0, seed=3)(logits) == Sampler(1.0, seed=3)(logits)
+    with pytest.raises(ValueError):
+        Sampler(-1.0)
+
+
+def test_vocab_roundtrip():
+    assert decode(encode("12+3=") + [ANS, EOS]) == "12+3=[ANS][EOS]"
+    assert decode([pointer_command(2, "left")]) == "[P2.left]"
+    assert VOCAB_SIZE % 8 == 0
+
+
+def test_trajectory_model_tokens():
+    t = Trajectory(tokens=[1, 2, 3, 4], roles=[0, 1, 3, 4])
+    assert t.model_tokens() == [2, 4]
