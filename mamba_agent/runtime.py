@@ -40,9 +40,9 @@ def run_episodes(
     sampler: Sampler | None = None,
     on_progress: Callable[[list[Episode]], None] | None = None,
     progress_seconds: float = 0.1,
-) -> None:
+):
     """Decode until every episode is done; `on_progress(episodes)` is called every
-    `progress_seconds` and once at the end."""
+    `progress_seconds` and once at the end. Returns the final policy state (for measurements)."""
     sampler = sampler or Sampler()
     device = next(policy.parameters()).device
     state = policy.init_state(len(episodes), device=device)
@@ -75,3 +75,4 @@ def run_episodes(
             last_progress = time.monotonic()
     if on_progress is not None:
         on_progress(episodes)
+    return state

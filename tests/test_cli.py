@@ -1,0 +1,85 @@
+"""The commands a user runs: solve with the shipped checkpoint, clear errors, train and resume."""
+
+import json
+
+import pytest
+import safetensors.torch
+import torch
+
+from mamba_agent.cli import main
+from mamba_agent.eval.sweep import accuracy_table, evaluate
+from mamba_agent.tasks import get_task
+from mamba_agent.trajectory import read_trajectory
+
+task = get_task("addition")
+
+
+def write(tmp_path, text: str, name: str = "task.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_solve_json_with_the_shipped_mamba(tmp_path, capsys):
+    a, b = "9" * 150, "7" * 149  # held out: training saw at most 5 digits
+    traj = tmp_path / "t.jsonl"
+    rc = main(["solve", write(tmp_path, f'task: addition\ninput: {{a: "{a}", b: "{b}"}}\n'), "--json", "--trajectory", str(traj)])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0 and out["correct"] and out["exit"] == "finished"
+    assert int(out["answer"]) == int(a) + int(b)
+    assert out["tokens"] > 5000 and out["seconds"] > 0
+    header, trajectory, end = read_trajectory(traj)
+    oracle = task.oracle(task.problem({"a": a, "b": b}))
+    assert trajectory.tokens == oracle.tokens and end["correct"]  # the whole trajectory, exactly
+
+
+def test_shipped_mamba_solves_held_out_sizes(tmp_path):
+    results = evaluate("builtin:addition-mamba", [7, 40], samples=6, out=tmp_path / "r.jsonl", batch_size=12, progress=False)
+    assert len(results) == 12 and all(r["exact"] for r in results)
+    assert "100% (6/6)" in accuracy_table(results)
+    again = evaluate("builtin:addition-mamba", [7, 40], samples=6, out=tmp_path / "r.jsonl", progress=False)
+    assert len(again) == 12  # finished samples are not recomputed
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ('task: addition\ninput: {a: "12x", b: "3"}\n', "input.a: "),
+        ('task: addition\ninput: {a: "1", b: "3"}\ncolour: red\n', "colour: "),
+        ('task: additon\ninput: {a: "1", b: "3"}\n', "unknown task 'additon'; valid tasks: addition"),
+        ('task: addition\ninput: {a: "1", b: "3"}\nsize: 4\n', "exactly one of"),
+        ('task: addition\ninput: {a: "1", b: "3"}\npolicy: {checkpoint: /nowhere}\n', "checkpoint: /nowhere is not a checkpoint"),
+        ('task: addition\ninput: {a: 12, b: "3"}\n', "input.a: give the operand as a quoted string"),
+        ("task: [unclosed\n", "not valid YAML"),
+    ],
+)
+def test_bad_task_file_is_one_line_and_exit_2(tmp_path, capsys, text, expected):
+    rc = main(["solve", write(tmp_path, text)])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert expected in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_missing_task_file(tmp_path, capsys):
+    assert main(["solve", str(tmp_path / "nope.yaml")]) == 2
+    assert "no such task file" in capsys.readouterr().err
+
+
+def test_train_resumes_exactly_where_it_stopped(tmp_path, capsys):
+    common = ["train", "--set", "d_model=32", "--set", "n_layer=1", "--batch-size", "4", "--save-every", "2", "--device", "cpu"]
+    assert main(common + ["--steps", "4", "--out", str(tmp_path / "straight")]) == 0
+    assert main(common + ["--steps", "2", "--out", str(tmp_path / "resumed")]) == 0  # "crash" after step 2
+    assert main(common + ["--steps", "4", "--out", str(tmp_path / "resumed")]) == 0
+    capsys.readouterr()
+    w1 = safetensors.torch.load_file(tmp_path / "straight" / "model.safetensors")
+    w2 = safetensors.torch.load_file(tmp_path / "resumed" / "model.safetensors")
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    meta = json.loads((tmp_path / "resumed" / "config.json").read_text())
+    assert meta["training"]["steps"] == 4 and meta["policy"]["d_model"] == 32
+    steps = [json.loads(x)["step"] for x in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == [2, 4]
+
+
+def test_train_rejects_bad_policy_field(tmp_path, capsys):
+    assert main(["train", "--set", "d_modle=32", "--out", str(tmp_path / "x")]) == 2
+    assert "d_modle" in capsys.readouterr().err
