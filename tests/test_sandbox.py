@@ -1,0 +1,413 @@
+"""The sandboxes keep their promises: basic behaviour on every backend, hostile probes on the
+isolating ones (docker, bubblewrap).
+
+An unavailable isolating backend FAILS these tests, so CI cannot pass without really running
+them. A developer without docker can set MAMBA_AGENT_SANDBOX_OPTIONAL=1 to skip that backend's
+tests instead (the skip reason says what is missing). CI prepares the machine with
+`bash sandboxes/setup_ci.sh` and exports the DOCKER_HOST line it prints.
+
+The probes only ever target loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+import pytest
+
+from mamba_agent.sandboxes import SandboxLimits, SandboxUnavailable, get_sandbox
+from mamba_agent.sandboxes.base import KILL_GRACE_S, SANDBOX_UID
+from mamba_agent.sandboxes.docker import NAME_PREFIX, DockerSandbox
+
+ISOLATING = ["docker", "bubblewrap"]
+ALL = ISOLATING + ["local-unsafe"]
+OPTIONAL = os.environ.get("MAMBA_AGENT_SANDBOX_OPTIONAL") == "1"
+MARGIN_S = 3.0  # start-up, kill and reaping on top of a wall timeout, on a busy 2-core machine
+
+
+def open_sandbox(name, workspace, **limits):
+    """The backend, or fail saying why not (skip instead if MAMBA_AGENT_SANDBOX_OPTIONAL=1)."""
+    try:
+        if name == "local-unsafe":
+            with pytest.warns(RuntimeWarning, match="NO isolation"):
+                return get_sandbox(name, workspace, SandboxLimits(**limits))
+        return get_sandbox(name, workspace, SandboxLimits(**limits))
+    except SandboxUnavailable as e:
+        if OPTIONAL:
+            pytest.skip(f"{name} unavailable (MAMBA_AGENT_SANDBOX_OPTIONAL=1): {e}")
+        pytest.fail(f"{name} unavailable (set MAMBA_AGENT_SANDBOX_OPTIONAL=1 to skip): {e}")
+
+
+def python(code: str) -> list[str]:
+    """argv running `code` with the sandbox's python3."""
+    return ["python3", "-c", textwrap.dedent(code)]
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    path = tmp_path / "ws"
+    path.mkdir()
+    return path
+
+
+def _opener(name, workspace):
+    opened = []
+
+    def open_(**limits):
+        opened.append(open_sandbox(name, workspace, **limits))
+        return opened[-1]
+
+    return opened, open_
+
+
+@pytest.fixture(params=ALL)
+def any_sandbox(request, workspace):
+    """Opens the parametrised backend (all three) with the given limits; closes it afterwards."""
+    opened, open_ = _opener(request.param, workspace)
+    yield open_
+    for sandbox in opened:
+        sandbox.close()
+
+
+@pytest.fixture(params=ISOLATING)
+def isolating(request, workspace):
+    """Like any_sandbox, for the isolating backends only."""
+    opened, open_ = _opener(request.param, workspace)
+    yield open_
+    for sandbox in opened:
+        sandbox.close()
+
+
+def processes_of(uid: int) -> list[int]:
+    """Host pids whose real uid is `uid`."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                status = f.read()
+        except (OSError, ValueError):
+            continue
+        if f"\nUid:\t{uid}\t" in status:
+            pids.append(int(entry))
+    return pids
+
+
+def containers_named(prefix: str) -> list:
+    import docker
+    client = docker.from_env()
+    try:
+        return client.containers.list(all=True, filters={"name": prefix})
+    finally:
+        client.close()
+
+
+def wait_until_gone(uid: int, timeout: float = 3.0) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (left := processes_of(uid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+# --- basic behaviour: every backend ------------------------------------------------------------
+def test_exit_code_and_separate_streams(any_sandbox):
+    sandbox = any_sandbox()
+    result = sandbox.run("echo out; echo err >&2; exit 3")
+    assert (result.exit_code, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    assert not (result.timed_out or result.killed or result.stdout_truncated)
+    assert result.backend == sandbox.name and result.isolated == (sandbox.name != "local-unsafe")
+
+
+def test_list_command_is_argv_not_shell(any_sandbox):
+    result = any_sandbox().run(["printf", "%s|", "a b", "$HOME;"])
+    assert result.stdout == "a b|$HOME;|"
+
+
+def test_missing_or_unexecutable_program_is_a_result(any_sandbox, workspace):
+    (workspace / "not-executable").write_text("echo hi\n")
+    sandbox = any_sandbox()
+    assert sandbox.run(["no-such-program-mamba-agent"]).exit_code == 127
+    assert sandbox.run([f"{workspace}/not-executable"]).exit_code == 126
+
+
+def test_workspace_is_shared_with_host_and_is_cwd(any_sandbox, workspace):
+    (workspace / "in.txt").write_text("from host\n")  # owned by the host user
+    result = any_sandbox().run("cat in.txt; echo from sandbox > out.txt; echo more >> in.txt; pwd")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == f"from host\n{workspace}\n"
+    assert (workspace / "out.txt").read_text() == "from sandbox\n"
+    assert (workspace / "in.txt").read_text() == "from host\nmore\n"
+
+
+def test_wall_timeout_sets_flag_and_kills(any_sandbox):
+    result = any_sandbox(wall_s=1).run("sleep 30")
+    assert result.timed_out and result.killed
+    assert 1 <= result.duration_s < 1 + MARGIN_S
+
+
+def test_20mb_of_output_is_capped_without_blocking(any_sandbox):
+    cap = 100_000
+    result = any_sandbox(output_bytes=cap, wall_s=20).run(python("""
+        import sys
+        sys.stdout.write("x" * 20_000_000); sys.stdout.flush()
+        sys.stderr.write("y" * 20_000_000)
+    """))
+    assert result.exit_code == 0 and not result.timed_out  # the child was never blocked
+    assert result.stdout_truncated and result.stderr_truncated
+    assert result.stdout == "x" * cap and result.stderr == "y" * cap
+
+
+def test_local_passes_no_host_variables(workspace, monkeypatch):
+    monkeypatch.setenv("MAMBA_AGENT_TEST_SECRET", "hunter2")
+    with open_sandbox("local-unsafe", workspace) as local:
+        result = local.run("echo ${MAMBA_AGENT_TEST_SECRET:-absent} $HOME")
+    assert result.stdout == f"absent {workspace}\n"
+
+
+def test_local_output_held_open_by_a_detached_child_does_not_hang(workspace):
+    with open_sandbox("local-unsafe", workspace, wall_s=1) as local:
+        result = local.run("setsid sleep 30 & echo $!")  # sleep keeps our stdout open
+    try:
+        assert result.timed_out and result.duration_s < 1 + KILL_GRACE_S + MARGIN_S
+    finally:
+        os.kill(int(result.stdout), signal.SIGKILL)  # the local backend cannot: it isolates nothing
+
+
+# --- choosing a backend ------------------------------------------------------------------------
+def test_unknown_name_lists_valid_names(workspace):
+    with pytest.raises(ValueError, match="docker, bubblewrap, local-unsafe"):
+        get_sandbox("dokcer", workspace)
+
+
+def test_local_backend_is_never_chosen_implicitly(workspace, monkeypatch):
+    for name in ["local", None, "", "auto"]:
+        with pytest.raises(ValueError, match="local-unsafe"):
+            get_sandbox(name, workspace)
+    # No fallback: a missing bwrap is an error, not a quiet switch to the local backend.
+    monkeypatch.setenv("PATH", str(workspace))
+    with pytest.raises(SandboxUnavailable, match="apt-get install bubblewrap"):
+        get_sandbox("bubblewrap", workspace)
+    with pytest.warns(RuntimeWarning, match="NO isolation"):
+        local = get_sandbox("local-unsafe", workspace)
+    assert local.run(["/bin/true"]).isolated is False
+    local.close()
+
+
+def test_docker_without_engine_says_how_to_start_one(workspace, monkeypatch):
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{workspace}/no-engine.sock")
+    with pytest.raises(SandboxUnavailable, match="setup_ci.sh"):
+        DockerSandbox(workspace)
+
+
+def test_docker_without_image_says_how_to_build_it(workspace):
+    try:
+        DockerSandbox(workspace, image="mamba-agent-sandbox:no-such-tag").close()
+    except SandboxUnavailable as e:
+        if "is not built" in str(e):
+            assert "build_image()" in str(e)
+            return
+        open_sandbox("docker", workspace)  # the engine itself is missing: fail or skip as usual
+    pytest.fail("a missing image was not reported")
+
+
+def test_docker_containers_are_named_and_removed(workspace):
+    sandbox = open_sandbox("docker", workspace)
+    sandbox.run("true")
+    interrupted = sandbox._launch(["sleep", "30"])  # a run that never finished
+    assert interrupted.container.name.startswith(NAME_PREFIX)
+    sandbox.close()
+    assert containers_named(NAME_PREFIX) == []
+
+
+def test_docker_containers_are_removed_at_exit(workspace):
+    open_sandbox("docker", workspace).close()  # fail or skip here if there is no engine
+    script = textwrap.dedent(f"""
+        from mamba_agent.sandboxes.docker import DockerSandbox
+        sandbox = DockerSandbox({str(workspace)!r})
+        print(sandbox._launch(["sleep", "30"]).container.name)
+    """)
+    name = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, timeout=60).stdout.strip()
+    assert containers_named(name) == []
+
+
+def test_bubblewrap_cgroup_is_removed_on_close(workspace):
+    sandbox = open_sandbox("bubblewrap", workspace)
+    dirs = list(sandbox.cgroup.dirs) if sandbox.cgroup else []
+    sandbox.close()
+    assert not any(d.exists() for d in dirs)
+
+
+# --- hostile probes: docker and bubblewrap -----------------------------------------------------
+def test_host_loopback_listener_unreachable(isolating):
+    sandbox = isolating(wall_s=15)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        result = sandbox.run(python(f"""
+            import socket
+            try:
+                socket.create_connection(("127.0.0.1", {port}), timeout=3)
+                print("connected")
+            except OSError as e:
+                print("blocked", type(e).__name__)
+        """))
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout.startswith("blocked"), result.stdout
+        with pytest.raises(BlockingIOError):
+            server.accept()
+
+
+def test_no_network_interface_or_route_but_loopback(isolating):
+    # Shown without sending anything anywhere: no interface other than lo, no route off it.
+    result = isolating().run(python("""
+        import socket
+        names = sorted(name for _, name in socket.if_nameindex())
+        v4 = [line.split()[0] for line in open("/proc/net/route").read().splitlines()[1:]]
+        v6 = [line.split()[-1] for line in open("/proc/net/ipv6_route").read().splitlines()]
+        print(names, sorted(set(v4 + v6) - {"lo"}))
+    """))
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "['lo'] []\n"
+
+
+def test_engine_socket_unreachable(isolating):
+    sockets = [p for p in ["/var/run/docker.sock", "/run/docker.sock"] if os.path.exists(p)]
+    if os.environ.get("DOCKER_HOST", "").startswith("unix://"):
+        sockets.append(os.environ["DOCKER_HOST"][len("unix://"):])
+    result = isolating().run(python(f"""
+        import socket
+        for path in {sockets!r}:
+            try:
+                socket.socket(socket.AF_UNIX).connect(path)
+                print("connected", path)
+            except OSError:
+                pass
+    """))
+    assert result.exit_code == 0 and "connected" not in result.stdout, result
+
+
+def test_fork_bomb_is_bounded(isolating):
+    limit, wall = 32, 4
+    sandbox = isolating(processes=limit, wall_s=wall)
+    sandbox_uid = SANDBOX_UID if os.geteuid() == 0 else None
+    peak, running = [0], True
+
+    def watch():  # host side: how many processes of the sandbox user exist at once
+        while running:
+            peak[0] = max(peak[0], len(processes_of(sandbox_uid)))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    if sandbox_uid is not None:
+        watcher.start()
+    # The bomb runs in a background subshell. Meanwhile the shell waits and counts the processes
+    # it sees with builtins only (it could not fork any more; fd 3 is a pipe nobody writes to),
+    # then stays until the wall timeout kills everything.
+    result = sandbox.run("exec 3< <(exec sleep 60); bomb() { bomb | bomb & }; (bomb) & "
+                         "read -t 2 -u 3; n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; "
+                         "echo seen=$n; read -t 60 -u 3")
+    running = False
+    summary = result.model_copy(update={"stderr": result.stderr[-300:]})  # for failure messages
+    assert result.timed_out and result.duration_s < wall + MARGIN_S, summary
+    seen = [int(line[5:]) for line in result.stdout.splitlines() if line.startswith("seen=")]
+    assert seen and seen[0] <= limit + 1, summary  # + bubblewrap's own init
+    if sandbox_uid is not None:
+        watcher.join()
+        assert 0 < peak[0] <= limit, f"{peak[0]} processes at once"
+        assert wait_until_gone(sandbox_uid) == []  # nothing of the bomb is left on the host
+    assert subprocess.run(["true"]).returncode == 0  # the host can still start processes
+
+
+def test_memory_hog_cannot_pass_the_limit(isolating):
+    limit = 128
+    result = isolating(memory_mb=limit, wall_s=20).run(python("""
+        chunks, total = [], 0
+        while total < 1024:
+            chunks.append(b"x" * (16 << 20))  # written, so resident, not just reserved
+            total += 16
+            print(total, flush=True)
+    """))
+    assert result.exit_code != 0 and not result.timed_out
+    assert result.killed or "MemoryError" in result.stderr, result
+    reached = max(map(int, result.stdout.split() or ["0"]))
+    assert reached < limit
+
+
+def test_cpu_spin_is_killed(isolating):
+    result = isolating(cpu_s=1, wall_s=15).run(["python3", "-c", "while True: pass"])
+    assert result.killed and not result.timed_out
+    assert result.duration_s < 1 + MARGIN_S
+
+
+def test_detached_grandchild_dies_at_wall_timeout(isolating, workspace):
+    wall = 2
+    command = ("setsid nohup sh -c 'echo started > started.txt; sleep 3; echo alive > late.txt' & "
+               "sleep 60")
+    result = isolating(wall_s=wall).run(command)
+    assert result.timed_out
+    assert result.duration_s < wall + MARGIN_S  # the grandchild's open stdout did not hold us
+    assert (workspace / "started.txt").exists()  # the grandchild did start...
+    time.sleep(max(0.0, 4.0 - result.duration_s))  # ...and would have written by now
+    assert not (workspace / "late.txt").exists()
+
+
+def test_writes_outside_workspace_are_refused(isolating, workspace, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    tag = f"mamba-agent-probe-{uuid.uuid4().hex[:8]}"
+    refused = ["/etc", os.path.expanduser("~"), "/usr", str(outside)]
+    targets = [f"{d}/{tag}" for d in refused] + [f"/tmp/{tag}"]
+    result = isolating().run(
+        "for f in " + " ".join(targets) + "; do "
+        'if echo x 2>/dev/null > "$f"; then echo "wrote $f"; else echo "refused $f"; fi; done; '
+        "echo x > inside.txt")
+    assert result.exit_code == 0, result.stderr
+    for directory in refused:
+        assert f"refused {directory}/{tag}" in result.stdout
+    for target in targets:  # /tmp may be writable inside, but it is the sandbox's own
+        assert not os.path.exists(target)
+    assert (workspace / "inside.txt").exists()
+
+
+def test_file_size_is_capped(isolating, workspace):
+    result = isolating(file_size_mb=1).run("head -c 5000000 /dev/zero > big")
+    assert result.exit_code != 0
+    assert (workspace / "big").stat().st_size <= 1 << 20
+
+
+def test_runs_unprivileged_without_core_dumps(isolating):
+    result = isolating().run("id -u; grep CapEff /proc/self/status; ulimit -c")
+    uid = SANDBOX_UID if os.geteuid() == 0 else os.getuid()
+    assert result.stdout.split() == [str(uid), "CapEff:", "0000000000000000", "0"]
+
+
+def test_tmp_is_private_and_capped(isolating, tmp_path):
+    (tmp_path / "host-secret.txt").write_text("host only")
+    result = isolating(memory_mb=64, file_size_mb=256).run(
+        f"cat {tmp_path}/host-secret.txt; ls -A /root; echo ---; "
+        "head -c 100M /dev/zero > /tmp/big; stat -c %s /tmp/big")
+    seen, _, tmp_size = result.stdout.partition("---\n")
+    assert "host only" not in seen
+    assert set(seen.split()) <= {".pyenv"}  # bubblewrap binds the interpreter back
+    # /tmp is memory: the write stops at the tmpfs size, or the memory cgroup kills the command.
+    assert result.killed or int(tmp_size) <= 64 << 20
+
+
+def test_parent_secret_is_invisible(isolating, monkeypatch):
+    secret = f"hunter2-{uuid.uuid4().hex}"
+    monkeypatch.setenv("MAMBA_AGENT_TEST_SECRET", secret)
+    result = isolating().run(
+        "env; echo ${MAMBA_AGENT_TEST_SECRET:-absent}; cat /proc/[0-9]*/environ 2>/dev/null; true")
+    assert result.exit_code == 0
+    assert "absent" in result.stdout and "PATH=" in result.stdout
+    assert secret not in result.stdout + result.stderr
