@@ -11,13 +11,13 @@
 # The tests find the engine through DOCKER_HOST, so after this script:
 #   . /tmp/mamba-agent-docker/env        # or: export DOCKER_HOST=unix:///tmp/mamba-agent-docker/docker.sock
 # Needs the project installed (the image is built by mamba_agent.sandboxes.docker.build_image);
-# $PYTHON (default: python) is the interpreter that has it. Finishes in about 15 s from scratch.
+# $PYTHON (default: python3) is the interpreter that has it. Finishes in about 15 s from scratch.
 # Stop the engine with: kill "$(cat /tmp/mamba-agent-docker/dockerd.pid)"; then
 #   umount /tmp/mamba-agent-docker/exec/netns/default   (dockerd leaves this mount behind)
 set -euo pipefail
 
 D="${MAMBA_AGENT_DOCKER_DIR:-/tmp/mamba-agent-docker}"
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-python3}"
 SOCK="unix://$D/docker.sock"
 
 log() { echo "setup_ci: $*" >&2; }
@@ -37,6 +37,9 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+
+"$PYTHON" -c 'import docker, mamba_agent.sandboxes' \
+    || die "$PYTHON cannot import docker-py and mamba_agent: install the project first (pip install -e .)"
 
 # 2. Engine. A bounded wait: the engine answers in about 1 s on these machines.
 ping_engine() { DOCKER_HOST="$SOCK" "$PYTHON" -c 'import docker; docker.from_env(timeout=5).ping()' 2>/dev/null; }
