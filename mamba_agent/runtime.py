@@ -7,6 +7,7 @@ shortest run of them is prefilled in one call into the current state. The loop h
 state and the queues, never the token history: episodes stream their trajectories to disk.
 """
 
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -44,7 +45,7 @@ def run_episodes(
     """Decode until every episode is done; `on_progress(episodes)` is called every
     `progress_seconds` and once at the end. Returns the final policy state (for measurements)."""
     sampler = sampler or Sampler()
-    device = next(policy.parameters()).device
+    device = next(itertools.chain(policy.parameters(), policy.buffers())).device  # lookup tables have no parameters
     state = policy.init_state(len(episodes), device=device)
     queues = [deque(ep.prompt) for ep in episodes]
     sampled: list[int] = []
