@@ -10,7 +10,6 @@ appended to a JSONL file as its batch finishes; a rerun skips what is already th
 import json
 import random
 import time
-from collections import defaultdict
 from pathlib import Path
 
 from mamba_agent.checkpoint import load_checkpoint
@@ -53,6 +52,7 @@ def evaluate(checkpoint: str, sizes: list[int], samples: int, out: str | Path, b
             for (n, i), p, ep in zip(chunk, problems, episodes):
                 row = {
                     "label": label, "policy": meta["policy"]["kind"], "task": task.name, "size": n, "index": i,
+                    "train_max_size": task.train_max_size,
                     "exact": ep.exit == FINISHED and task.check(p, ep.answer), "exit": ep.exit,
                     "model_tokens": ep.n_model_tokens, "oracle_model_tokens": len(ep.expected),
                     "tokens": ep.n_tokens, "batch_seconds": round(seconds, 3), "device": device,
@@ -65,23 +65,3 @@ def evaluate(checkpoint: str, sizes: list[int], samples: int, out: str | Path, b
     if bar:
         bar.close()
     return [r for r in load_results(out) if r["label"] == label]
-
-
-def accuracy_table(results: list[dict]) -> str:
-    """Markdown: one row per label, one column per size, exact-match % (and sample count)."""
-    acc = defaultdict(lambda: [0, 0])
-    for r in results:
-        cell = acc[(r["label"], r["size"])]
-        cell[0] += r["exact"]
-        cell[1] += 1
-    labels = list(dict.fromkeys(r["label"] for r in results))
-    sizes = sorted({r["size"] for r in results})
-    lines = ["| checkpoint | " + " | ".join(f"{n} digits" for n in sizes) + " |", "|---" * (len(sizes) + 1) + "|"]
-    for lab in labels:
-        cells = []
-        for n in sizes:
-            hit, total = acc.get((lab, n), (0, 0))
-            cells.append(f"{100 * hit / total:.0f}% ({hit}/{total})" if total else "")
-        lines.append(f"| {lab} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-

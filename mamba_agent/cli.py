@@ -50,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="eval/results/results.jsonl", help="results JSONL (appended)")
 
+    p = sub.add_parser("report", help="tables (paper notation) and plots from eval results")
+    p.add_argument("results", help="results JSONL written by `mamba-agent eval`")
+    p.add_argument("--out-dir", help="write <task>.png plots and report.md here")
+
     p = sub.add_parser("locality", help="smallest k for which a task's oracle trajectories are k-local")
     p.add_argument("--task", default="addition")
     p.add_argument("--sizes", default="1,2,3,4,5,10,20,50,100", help="problem sizes to include")
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        return {"solve": solve, "train": train, "eval": evaluate, "locality": locality}[args.command](args)
+        return {"solve": solve, "train": train, "eval": evaluate, "report": report, "locality": locality}[args.command](args)
     except UsageError as e:
         print(f"mamba-agent {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -183,7 +187,8 @@ def _validation_line(e: ValidationError) -> str:
 
 def evaluate(args) -> int:
     from mamba_agent.checkpoint import CheckpointError
-    from mamba_agent.eval.sweep import accuracy_table, evaluate as run_eval
+    from mamba_agent.eval.report import report as make_report
+    from mamba_agent.eval.sweep import evaluate as run_eval
 
     sizes = [int(s) for s in args.sizes.split(",")]
     results = []
@@ -192,7 +197,21 @@ def evaluate(args) -> int:
             results += run_eval(ckpt, sizes, args.samples, args.out, args.batch_size, args.device)
         except CheckpointError as e:
             raise UsageError(str(e)) from None
-    print(accuracy_table([r for r in results if r["size"] in sizes]))
+    print(make_report([r for r in results if r["size"] in sizes]))
+    return 0
+
+
+def report(args) -> int:
+    from pathlib import Path
+
+    from mamba_agent.eval.report import main as make_report
+
+    if not Path(args.results).is_file():
+        raise UsageError(f"{args.results}: no such results file")
+    text = make_report(args.results, args.out_dir)
+    if args.out_dir:
+        (Path(args.out_dir) / "report.md").write_text(text)
+    print(text)
     return 0
 
 

@@ -69,7 +69,7 @@ def column_sum(a: str, b: str) -> str:
 class Addition(Task):
     name = "addition"
     Input = AdditionInput
-    train_max_digits = 5  # the paper trains on 1..5-digit operands
+    train_max_size = 5  # the paper trains on 1..5-digit operands
 
     def problem(self, input: dict) -> Problem:
         x = AdditionInput.model_validate(input)
@@ -85,7 +85,7 @@ class Addition(Task):
         return self.problem({"a": _number(rng, size), "b": _number(rng, size)})
 
     def training_problem(self, rng: random.Random) -> Problem:
-        n, m = rng.randint(1, self.train_max_digits), rng.randint(1, self.train_max_digits)
+        n, m = rng.randint(1, self.train_max_size), rng.randint(1, self.train_max_size)
         return self.problem({"a": _number(rng, n), "b": _number(rng, m)})
 
     def tools(self, problem: Problem) -> list:

@@ -7,7 +7,8 @@ import safetensors.torch
 import torch
 
 from mamba_agent.cli import main
-from mamba_agent.eval.sweep import accuracy_table, evaluate
+from mamba_agent.eval.report import report
+from mamba_agent.eval.sweep import evaluate
 from mamba_agent.tasks import get_task
 from mamba_agent.trajectory import read_trajectory
 
@@ -36,7 +37,7 @@ def test_solve_json_with_the_shipped_mamba(tmp_path, capsys):
 def test_shipped_mamba_solves_held_out_sizes(tmp_path):
     results = evaluate("builtin:addition-mamba", [7, 40], samples=6, out=tmp_path / "r.jsonl", batch_size=12, progress=False)
     assert len(results) == 12 and all(r["exact"] for r in results)
-    assert "100% (6/6)" in accuracy_table(results)
+    assert "| 100% (6) | 100% (6) | 5 -> 40 (100%) | 5 -> 1,000 (100%) |" in report(results)
     again = evaluate("builtin:addition-mamba", [7, 40], samples=6, out=tmp_path / "r.jsonl", progress=False)
     assert len(again) == 12  # finished samples are not recomputed
 

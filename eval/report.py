@@ -1,0 +1,106 @@
+"""Report of a sweep: Markdown tables (per size, and in the paper's n -> m (p%) notation beside
+the paper's numbers) and one PNG per task of exact-match accuracy against problem size.
+
+    mamba-agent report RESULTS.jsonl [--out-dir DIR]
+
+n -> m (p%): trained on sizes up to n, accuracy p at the largest evaluated size m whose accuracy
+is at least 5% (the paper's notation, its Table 1).
+"""
+
+from collections import defaultdict
+from pathlib import Path
+
+from mamba_agent.eval.sweep import load_results
+
+# The paper's results (shared/paper-notes.md), in its notation, by task and policy kind.
+PAPER = {
+    "addition": {"mamba": "5 -> 1,000 (100%)", "lstm": "5 -> 1,000 (100%)", "gru": "5 -> 1,000 (~80%)",
+                 "transformer": "fails beyond 5", "transformer-window": "fails"},
+    "multiplication-1": {"mamba": "10 -> 1,000 (100%)", "lstm": "10 -> 500 (100%)", "gru": "10 -> 500 (100%)",
+                         "transformer": "10 -> 20 (79%)", "transformer-window": "10 -> 13 (25%)"},
+    "multiplication-2": {"mamba": "10 -> 1,000 (100%)", "lstm": "10 -> 100 (100%)", "gru": "10 -> 100 (100%)",
+                         "transformer": "10 -> 14 (12%)", "transformer-window": "10 -> 20 (33%)"},
+    "logical_graph": {"mamba": "10 -> 1,000 (98%)", "lstm": "10 -> 1,000 (100%)", "gru": "10 -> 1,000 (100%)",
+                      "transformer": "10 -> 1,000 (5%)", "transformer-window": "10 -> 500 (9%)"},
+    "hanoi": {"mamba": "8 -> 12 (49%)", "lstm": "8 -> 8", "gru": "8 -> 8", "transformer": "8 -> 8",
+              "transformer-window": "8 -> 8"},
+}
+
+
+def accuracy(results: list[dict]) -> dict[tuple[str, str, int], tuple[int, int]]:
+    """(task, label, size) -> (exact, total)."""
+    acc = defaultdict(lambda: [0, 0])
+    for r in results:
+        cell = acc[(r["task"], r["label"], r["size"])]
+        cell[0] += bool(r["exact"])
+        cell[1] += 1
+    return {k: tuple(v) for k, v in acc.items()}
+
+
+def _train_max(task: str) -> int | None:
+    from mamba_agent.tasks import get_task
+
+    try:
+        return get_task(task).train_max_size
+    except (ValueError, AttributeError):
+        return None
+
+
+def paper_notation(train_max: int | None, by_size: dict[int, tuple[int, int]]) -> str:
+    passing = [(n, hit / total) for n, (hit, total) in sorted(by_size.items()) if total and hit / total >= 0.05]
+    if not passing:
+        return f"{train_max or '?'} -> none (<5%)"
+    m, p = passing[-1]
+    return f"{train_max or '?'} -> {m:,} ({100 * p:.0f}%)"
+
+
+def report(results: list[dict], out_dir: str | Path | None = None) -> str:
+    acc = accuracy(results)
+    kinds = {(r["task"], r["label"]): r.get("policy", "?") for r in results}
+    train_max = {(r["task"], r["label"]): r.get("train_max_size") or _train_max(r["task"]) for r in results}
+    lines = []
+    for task in sorted({t for t, _, _ in acc}):
+        labels = list(dict.fromkeys(lab for t, lab, _ in acc if t == task))
+        sizes = sorted({n for t, _, n in acc if t == task})
+        lines += [f"### {task}", "", "| checkpoint | policy | " + " | ".join(f"{n:,}" for n in sizes) + " | ours | paper |",
+                  "|---" * (len(sizes) + 4) + "|"]
+        for lab in labels:
+            by_size = {n: acc[(task, lab, n)] for n in sizes if (task, lab, n) in acc}
+            cells = [f"{100 * by_size[n][0] / by_size[n][1]:.0f}% ({by_size[n][1]})" if n in by_size else "" for n in sizes]
+            kind = kinds[(task, lab)]
+            ours = paper_notation(train_max[(task, lab)], by_size)
+            lines.append(f"| {lab} | {kind} | " + " | ".join(cells) + f" | {ours} | {PAPER.get(task, {}).get(kind, '')} |")
+        lines.append("")
+        if out_dir is not None:
+            _plot(task, labels, acc, train_max, Path(out_dir) / f"{task}.png")
+    return "\n".join(lines)
+
+
+def _plot(task: str, labels: list[str], acc: dict, train_max: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for lab in labels:
+        pts = sorted((n, 100 * h / t) for (tk, lb, n), (h, t) in acc.items() if tk == task and lb == lab and t)
+        ax.plot([n for n, _ in pts], [p for _, p in pts], marker="o", label=lab)
+    trained = {train_max[(task, lab)] for lab in labels} - {None}
+    for n in trained:
+        ax.axvline(n, color="gray", linestyle="--", linewidth=1)
+        ax.text(n, 50, " trained up to here", rotation=90, va="center", fontsize=7, color="gray")
+    ax.set_xscale("log")
+    ax.set_xlabel("problem size")
+    ax.set_ylabel("exact match (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_title(task)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(path: str, out_dir: str | None = None) -> str:
+    return report(load_results(Path(path)), out_dir)
