@@ -14,7 +14,12 @@ from mamba_agent.episode import Episode
 from mamba_agent.tools import Tool
 from mamba_agent.trajectory import Trajectory
 
-TASKS = {"addition": "mamba_agent.tasks.addition:Addition"}
+TASKS = {
+    "addition": "mamba_agent.tasks.addition:Addition",
+    "multiplication": "mamba_agent.tasks.multiplication:Multiplication",
+    "multiplication-1": "mamba_agent.tasks.multiplication:MultiplicationBy1",
+    "multiplication-2": "mamba_agent.tasks.multiplication:MultiplicationBy2",
+}
 
 
 @dataclass

@@ -1,0 +1,211 @@
+"""Multiplication of an n-digit number by a 1- or 2-digit number with the pointer-memory tool.
+
+The tape starts as `a*b=`. One pass over a computes the product column by column, least
+significant first, from a[i] * b + carry (the paper writes partial products and sums them; one
+pass is shorter and keeps every decision within the last 11 tokens). The oracle:
+  1. Setup. P1 walks right over a until it reads `*`; P2, P3 and P4 ride along (one move each per
+     digit, cheaper than walking them separately), then P1 steps back onto the last digit of a.
+     P2 steps right twice reading b: it reads `=` after one digit (n x 1: P2 steps back onto b)
+     or a digit (n x 2: P2 stays on b's units digit, P3 steps onto its tens digit).
+  2. Column loop: `[P1.read] x`, then the multiplier, `[P3.read] b1 [P2.read] b0` (n x 2) or
+     `[P2.read] b0` (n x 1), then the thoughts `carry digit` and `[P1.left]`. The carry stays below
+     b (10c + d = x*b + previous carry <= 9b + b-1), so it is written as two digits `c1 c0` for
+     n x 2 and one for n x 1; a column is `c1 c0 d` or `c d`, the digit last. Once a is used up
+     P1 reads `[EDGE]` (x counts as 0, P1 stays) and the columns go on while the carry is not 0;
+     `[ANS]` comes right after the `[EDGE]` read that finds carry 0.
+  3. Output. A pointer used for nothing else after the setup, P3 for n x 1 and P4 for n x 2 (the
+     command token itself says which column width applies), walks right from `*` one column
+     width at a time (3 cells for n x 2, 2 for n x 1), reading after each step: the reads land
+     on `=`, then on each column's digit, then the pointer stops one past [ANS], the tape's end,
+     and reads `[EDGE]`. Two steps left reach the last column's digit; output it, then step left
+     one column width at a time and output each digit (most significant first) until the read is
+     `=`, then `[EOS]`.
+The trajectory depends on the problem alone: the variants multiplication-1 and -2 only fix b's
+length, so a policy trained on the mixed family meets the same trajectories in either.
+
+Locality (mamba_agent.locality over training problems, sizes 20, 57, 200 and the 9...9 x 9 and
+9...9 x 99 carry chains; tests/test_multiplication.py keeps it): multiplication-1 is 8-local,
+multiplication-2 and the mixed family are 11-local. Each is one column plus one: the previous
+carry must still be in view when the next column's last thought that depends on it is written
+(the digit after `c` for n x 1; the second carry digit for n x 2). Writing the digit first would
+make n x 1 7-local, but then the output walk would need an extra read per column to stop on `=`.
+Every phase is told apart by the pointers it uses: after the setup, P1 alone moves over a, the
+multiplier's pointers only read it, and the output pointer only walks the output.
+
+Length, per digit of a, the input digit included: 23 tokens for n x 1 (input 1, setup 6, column
+7, walk right 4, walk left 5; 17 of them model tokens) and 28 for n x 2 (1 + 6 + 10 + 5 + 6; 21
+model tokens), plus under 80: 28,073 tokens for 9...9 (1,000 digits) x 99.
+
+The answer keeps the natural width of the algorithm: len(a) digits, more only where the final
+carry needs them; it is the product zero-padded to len(a) digits (`007*5` gives `035`,
+`123*0` gives `000`). Leading zeros of a are digits like any other; b may be `05` (a 2-digit
+multiplier, n x 2 trajectory). The checker compares values, so `35` is accepted for `007*5`.
+"""
+
+import random
+
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+
+from mamba_agent.episode import Episode
+from mamba_agent.tasks import Problem, Task
+from mamba_agent.tools.pointer import PointerMemory
+from mamba_agent.vocab import ANS, BOS, EDGE, EOS, encode, pointer_command
+
+STAR, EQUALS = ord("*"), ord("=")
+ZERO = ord("0")
+READ = {p: pointer_command(p, "read") for p in (1, 2, 3, 4)}
+LEFT = {p: pointer_command(p, "left") for p in (1, 2, 3, 4)}
+RIGHT = {p: pointer_command(p, "right") for p in (1, 2, 3, 4)}
+
+
+class MultiplicationInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    a: str
+    """First operand: a quoted string of decimal digits, any length, e.g. "81349"."""
+    b: str
+    """Second operand: a quoted string of 1 or 2 digits, e.g. "47" (multiplication-1 and
+    multiplication-2 take exactly 1 and exactly 2)."""
+
+    @field_validator("a", "b", mode="before")
+    @classmethod
+    def _digits(cls, v):
+        if not isinstance(v, str):
+            raise ValueError('give the operand as a quoted string of digits, e.g. "8134" (YAML reads bare 0012 as a number)')
+        if not v or not v.isascii() or not v.isdigit():
+            raise ValueError(f"must be a non-empty string of digits 0-9, got {v[:40]!r}")
+        return v
+
+    @field_validator("b")
+    @classmethod
+    def _multiplier_length(cls, v: str, info: ValidationInfo):
+        # The task passes its allowed lengths as validation context (variants allow one).
+        allowed = (info.context or {}).get("b_digits", (1, 2))
+        if len(v) not in allowed:
+            want = " or ".join(str(n) for n in allowed)
+            raise ValueError(f"the multiplier must have {want} digit{'s' if allowed != (1,) else ''} for this task, got {len(v)}")
+        return v
+
+
+def times_small(a: str, b: str) -> str:
+    """a * b by schoolbook multiplication for a multiplier of 1 or 2 digits (no int(a): any
+    length), keeping len(a) digits plus those of the final carry."""
+    m = int(b)
+    out, carry = [], 0
+    for x in reversed(a):
+        carry, d = divmod((ord(x) - ZERO) * m + carry, 10)
+        out.append(chr(ZERO + d))
+    while carry:
+        carry, d = divmod(carry, 10)
+        out.append(chr(ZERO + d))
+    return "".join(reversed(out))
+
+
+class Multiplication(Task):
+    """n x 1 and n x 2 mixed: random and training problems draw b's length from `b_digits`."""
+
+    name = "multiplication"
+    Input = MultiplicationInput
+    b_digits: tuple[int, ...] = (1, 2)
+    # Training draws a with 1..train_max_size digits. The paper trains on 1..10 and found that
+    # training to 20 made length generalisation stable. Locality makes 10 enough in principle
+    # (every context of 9...9 x 99 at 1,000 digits already occurs at 10 digits); 20 also runs the
+    # policy's state twice as long (recurrent models fail on states never reached in training)
+    # and gives twice the columns per problem, for twice the tokens per problem.
+    train_max_size = 20
+
+    def problem(self, input: dict) -> Problem:
+        x = MultiplicationInput.model_validate(input, context={"b_digits": self.b_digits})
+        return Problem(
+            task=self.name,
+            input=x.model_dump(),
+            size=len(x.a),
+            prompt=[BOS] + encode(f"{x.a}*{x.b}="),
+            reference=times_small(x.a, x.b),
+        )
+
+    def random_problem(self, rng: random.Random, size: int) -> Problem:
+        return self.problem({"a": _number(rng, size), "b": _number(rng, rng.choice(self.b_digits))})
+
+    def training_problem(self, rng: random.Random) -> Problem:
+        return self.random_problem(rng, rng.randint(1, self.train_max_size))
+
+    def tools(self, problem: Problem) -> list:
+        return [PointerMemory(problem.prompt[1:], n_pointers=4)]
+
+    def max_tokens(self, problem: Problem) -> int:
+        # The oracle takes at most 28 tokens per digit of a plus under 80; double it.
+        return 2 * (28 * problem.size + 100)
+
+    def check(self, problem: Problem, answer: str) -> bool:
+        return answer.isascii() and answer.isdigit() and answer.lstrip("0") == problem.reference.lstrip("0")
+
+    def solve(self, episode: Episode, problem: Problem) -> None:
+        act = episode.act
+
+        def read(p: int) -> int:
+            return act(READ[p])[0]
+
+        while read(1) != STAR:  # 1. setup: P1 finds `*`, the others ride along
+            for p in (1, 2, 3, 4):
+                act(RIGHT[p])
+        act(LEFT[1])
+        act(RIGHT[2])
+        read(2)
+        act(RIGHT[2])
+        two = read(2) != EQUALS
+        act(RIGHT[3] if two else LEFT[2])
+        out, width = (4, 3) if two else (3, 2)
+
+        carry = 0
+        while True:  # 2. columns, least significant first
+            x = read(1)
+            if x == EDGE and carry == 0:
+                act(ANS)
+                break
+            b1 = read(3) - ZERO if two else 0
+            b0 = read(2) - ZERO
+            digit = x - ZERO if x != EDGE else 0
+            carry, d = divmod(digit * (10 * b1 + b0) + carry, 10)
+            if two:
+                act(ZERO + carry // 10)
+            act(ZERO + carry % 10)
+            act(ZERO + d)
+            if x != EDGE:
+                act(LEFT[1])
+
+        while True:  # 3. walk right a column at a time to the end of the tape...
+            for _ in range(width):
+                act(RIGHT[out])
+            if read(out) == EDGE:
+                break
+        act(LEFT[out])
+        act(LEFT[out])
+        while True:  # ...and back, outputting each column's digit
+            t = read(out)
+            if t == EQUALS:
+                act(EOS)
+                break
+            act(t)
+            for _ in range(width):
+                act(LEFT[out])
+
+
+class MultiplicationBy1(Multiplication):
+    """n x 1 only: b has exactly one digit (evaluation sweeps n x 1 and n x 2 separately)."""
+
+    name = "multiplication-1"
+    b_digits = (1,)
+
+
+class MultiplicationBy2(Multiplication):
+    """n x 2 only: b has exactly two digits."""
+
+    name = "multiplication-2"
+    b_digits = (2,)
+
+
+def _number(rng: random.Random, n: int) -> str:
+    """n random digits, the first nonzero unless n == 1."""
+    first = str(rng.randint(1, 9) if n > 1 else rng.randint(0, 9))
+    return first + "".join(rng.choice("0123456789") for _ in range(n - 1))

@@ -1,0 +1,166 @@
+import random
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from mamba_agent.episode import DIVERGED, FINISHED
+from mamba_agent.locality import conflicts, smallest_local_k
+from mamba_agent.runtime import run_episodes
+from mamba_agent.taskfile import load_taskfile
+from mamba_agent.tasks import get_task
+from mamba_agent.tasks.multiplication import times_small
+from mamba_agent.trajectory import OBSERVATION, OUTPUT
+from mamba_agent.vocab import decode
+from tests.scripted import ScriptedPolicy
+
+sys.set_int_max_str_digits(0)
+task = get_task("multiplication")
+EXAMPLES = Path(__file__).parent.parent / "tasks" / "examples"
+
+
+def true_product(a: str, b: str) -> int:
+    return int(a) * int(b)
+
+
+@pytest.mark.parametrize("variant", ["multiplication-1", "multiplication-2"])
+def test_oracle_every_size_1_to_300(variant):
+    t, rng = get_task(variant), random.Random(len(variant))
+    for n in range(1, 301):
+        p = t.random_problem(rng, n)
+        assert len(p.input["a"]) == n and len(p.input["b"]) == t.b_digits[0]
+        answer = t.oracle(p).output_text()  # raises if the tool-driven run misses
+        assert answer == p.reference and int(answer) == true_product(p.input["a"], p.input["b"])
+
+
+@pytest.mark.parametrize("n", [500, 1000, 2000])
+@pytest.mark.parametrize("b_digits", [1, 2])
+def test_oracle_large_sizes(n, b_digits):
+    rng = random.Random(n + b_digits)
+    a = str(rng.randint(1, 9)) + "".join(rng.choice("0123456789") for _ in range(n - 1))
+    b = str(rng.randint(10 ** (b_digits - 1), 10**b_digits - 1))
+    answer = task.oracle(task.problem({"a": a, "b": b})).output_text()
+    assert int(answer) == true_product(a, b)
+
+
+@pytest.mark.parametrize(
+    "a,b,answer",
+    [
+        ("9" * 300, "9", "8" + "9" * 299 + "1"),  # carry 8 through every column
+        ("9" * 300, "99", "98" + "9" * 298 + "01"),  # carry 98, two extra columns
+        ("9", "99", "891"),
+        ("0", "0", "0"),
+        ("123", "0", "000"),  # b = 0: len(a) zeros
+        ("0", "99", "0"),
+        ("000", "57", "000"),
+        ("4821", "1", "4821"),
+        ("4821", "10", "48210"),
+        ("4821", "01", "4821"),  # a 2-digit multiplier with a leading zero: n x 2 trajectory
+        ("007", "5", "035"),  # leading zeros of a keep the width len(a)
+        ("0099", "99", "9801"),
+        ("5", "2", "10"),
+    ],
+)
+def test_oracle_edge_cases(a, b, answer):
+    p = task.problem({"a": a, "b": b})
+    assert p.reference == answer == times_small(a, b)
+    assert task.oracle(p).output_text() == answer and int(answer) == true_product(a, b)
+    assert task.check(p, answer.lstrip("0") or "0")  # the checker compares values
+
+
+def test_reference_is_schoolbook_at_10000_digits():
+    rng = random.Random(4)
+    for n in (1, 2, 999, 10_000):
+        a = "".join(rng.choice("0123456789") for _ in range(n))
+        for b in ("0", "7", "10", "99", str(rng.randint(10, 99))):
+            assert int(times_small(a, b)) == true_product(a, b)
+            assert len(times_small(a, b)) == max(n, len(str(true_product(a, b))))
+
+
+def test_checker():
+    p = task.problem({"a": "007", "b": "5"})
+    assert task.check(p, "035") and task.check(p, "35") and task.check(p, "0035")
+    assert not task.check(p, "36") and not task.check(p, "3 5") and not task.check(p, "") and not task.check(p, "٣٥")
+
+
+def test_variants_fix_the_multiplier_and_share_the_trajectory():
+    rng = random.Random(5)
+    assert {len(task.random_problem(rng, 8).input["b"]) for _ in range(100)} == {1, 2}
+    for name, digits in (("multiplication-1", 1), ("multiplication-2", 2)):
+        t = get_task(name)
+        problems = [t.training_problem(rng) for _ in range(300)]
+        assert {len(p.input["b"]) for p in problems} == {digits}
+        assert {p.size for p in problems} == set(range(1, t.train_max_size + 1))
+        p = t.random_problem(rng, 30)
+        # A policy trained on the mixed family meets the same trajectory in either variant.
+        assert t.oracle(p).tokens == task.oracle(task.problem(p.input)).tokens
+
+
+def test_trajectory_shape_123_times_45():
+    out = decode(task.oracle(task.problem({"a": "123", "b": "45"})).tokens)
+    assert "[P1.read]3[P3.read]4[P2.read]5135[P1.left]" in out  # 3*45 = 135: carry 13, digit 5
+    assert "[P1.read][EDGE][P3.read]4[P2.read]5005[P1.read][EDGE][ANS]" in out  # carry 5 -> digit 5
+    assert out.endswith("[P4.read]55[P4.left][P4.left][P4.left][P4.read]=[EOS]")
+
+
+def test_replay_through_runtime_reproduces_observations_and_answer():
+    """Model tokens replayed by a scripted policy, batched, through fresh tools: same trajectory."""
+    rng = random.Random(1)
+    problems = [get_task(v).random_problem(rng, n) for v in ("multiplication-1", "multiplication-2") for n in (1, 7, 64, 300)]
+    oracles = [task.oracle(p) for p in problems]
+    episodes = [task.episode(p, keep=True, expected=o.model_tokens()) for p, o in zip(problems, oracles)]
+    run_episodes(ScriptedPolicy(oracles), episodes)
+    for p, o, ep in zip(problems, oracles, episodes):
+        assert ep.exit == FINISHED
+        assert ep.trajectory.tokens == o.tokens and ep.trajectory.roles == o.roles
+        assert task.check(p, ep.answer) and ep.answer == p.reference
+        assert OBSERVATION in ep.trajectory.roles and OUTPUT in ep.trajectory.roles
+        assert len(o) < task.max_tokens(p) / 1.9
+
+
+def test_divergence_is_detected():
+    rng = random.Random(2)
+    p, q = task.random_problem(rng, 6), task.random_problem(rng, 6)
+    ep = task.episode(p, keep=True, expected=task.oracle(p).model_tokens())
+    run_episodes(ScriptedPolicy([task.oracle(q)]), [ep])
+    assert ep.exit == DIVERGED
+
+
+@pytest.mark.parametrize("name,k", [("multiplication-1", 8), ("multiplication-2", 11), ("multiplication", 11)])
+def test_trajectory_is_local(name, k):
+    """Every model token is a function of the last k tokens, at every size (locality.md)."""
+    t, rng = get_task(name), random.Random(3)
+    train = [t.oracle(t.training_problem(rng)) for _ in range(1000)]
+    long = [t.oracle(t.random_problem(rng, n)) for n in (20, 57, 200)]
+    for digits in t.b_digits:  # longest carry chains, and the zero cases
+        long += [t.oracle(t.problem({"a": "9" * 300, "b": "9" * digits})), t.oracle(t.problem({"a": "0" * 50, "b": "0" * digits}))]
+    assert smallest_local_k(train + long, k_max=k) == k
+    assert conflicts(train + long, k - 1) > 0
+
+
+@pytest.mark.parametrize(
+    "name,bad,field",
+    [
+        ("multiplication", {"a": "12x", "b": "3"}, "a"),
+        ("multiplication", {"a": "", "b": "3"}, "a"),
+        ("multiplication", {"a": 12, "b": "3"}, "a"),
+        ("multiplication", {"a": "1", "b": ""}, "b"),
+        ("multiplication", {"a": "1", "b": "123"}, "b"),
+        ("multiplication", {"a": "1", "b": "-1"}, "b"),
+        ("multiplication", {"a": "1", "b": "2", "c": "3"}, "c"),
+        ("multiplication-1", {"a": "1", "b": "12"}, "b"),
+        ("multiplication-2", {"a": "1", "b": "1"}, "b"),
+    ],
+)
+def test_bad_input_names_the_field(name, bad, field):
+    with pytest.raises(ValidationError) as e:
+        get_task(name).problem(bad)
+    assert e.value.errors()[0]["loc"][0] == field
+
+
+@pytest.mark.parametrize("example,size,b_digits", [("multiplication.yaml", 1000, 2), ("multiplication-1.yaml", 1000, 1)])
+def test_example_task_files(example, size, b_digits):
+    tf, p = load_taskfile(EXAMPLES / example)
+    assert p.size == size and len(p.input["b"]) == b_digits
+    assert int(task.oracle(p).output_text()) == true_product(p.input["a"], p.input["b"])
