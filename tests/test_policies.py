@@ -1,25 +1,42 @@
-"""CPU tests of the policies: decode and prefill equal the parallel forward, state sizes, the
-mamba-ssm parameter layout, config validation and gradients. fp32 throughout; logits are O(1)
-(embeddings scaled up), so atol 1e-4 is a tight check."""
+"""CPU tests of the neural policies: decode and prefill equal the parallel forward, state sizes,
+the mamba-ssm parameter layout, config validation and gradients. fp32 throughout; logits are O(1)
+(embeddings scaled up), so atol 1e-4 is a tight check. The lookup table: tests/test_lookup.py."""
 
 import pydantic
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mamba_agent.policies import POLICY_CONFIGS, MambaConfig, TransformerConfig, build_policy
+from mamba_agent.policies import (
+    POLICY_CONFIGS,
+    GRUConfig,
+    LookupConfig,
+    LSTMConfig,
+    MambaConfig,
+    TransformerConfig,
+    build_policy,
+)
 
-KINDS = ["mamba", "transformer"]
+# Every neural policy, by test id: its config fields beyond the tiny sizes below.
+CASES = {
+    "mamba": {"kind": "mamba"},
+    "transformer": {"kind": "transformer"},
+    "transformer-window": {"kind": "transformer", "sliding_window": 8},  # smaller than the sequences
+    "lstm": {"kind": "lstm", "hidden": 48},
+    "gru": {"kind": "gru", "hidden": 48},
+}
+KINDS = list(CASES)
+FIXED_STATE = ["mamba", "transformer-window", "lstm", "gru"]
 VOCAB = 300
 ATOL = 1e-4
 
 
-def tiny(kind: str, seed: int = 0, **sizes):
+def tiny(case: str, seed: int = 0, **sizes):
     torch.manual_seed(seed)
-    policy = build_policy({"kind": kind, "vocab_size": VOCAB, "d_model": 32, "n_layer": 2, **sizes}).eval()
+    policy = build_policy({"vocab_size": VOCAB, "d_model": 32, "n_layer": 2, **CASES[case], **sizes}).eval()
     with torch.no_grad():  # init logits are ~0.1; scale the embeddings so that errors would show
         for name, p in policy.named_parameters():
-            if "embed" in name:
+            if "embed" in name or name.startswith("head"):  # an RNN's logits are bounded by its head
                 p.mul_(30)
     return policy
 
@@ -41,7 +58,7 @@ def test_step_equals_forward(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("chunk", [1, 3, 7, 60])
+@pytest.mark.parametrize("chunk", [1, 3, 7, 20, 60])  # 20, 60: chunks longer than the window
 def test_chunked_prefill_equals_forward_and_step_continues(kind, chunk):
     policy, seq = tiny(kind), tokens(2, 65)
     prompt, rest = seq[:, :60], seq[:, 60:]
@@ -68,6 +85,34 @@ def test_mamba_state_size_is_constant():
             policy(part, long)
     assert policy.state_nbytes(long) == policy.state_nbytes(short) > 0
     assert torch.isfinite(long.ssm).all()
+
+
+@pytest.mark.parametrize("kind", FIXED_STATE)
+def test_state_size_is_fixed(kind):
+    """10 stepped tokens and 1,000 prefilled then 10 stepped: the same bytes, all finite."""
+    policy, seq = tiny(kind), tokens(1, 1010)
+    with torch.no_grad():
+        short = policy.init_state(1)
+        for t in range(10):
+            policy.step(seq[:, t], short)
+        long = policy.init_state(1)
+        policy(seq[:, :1000], long)
+        for t in range(1000, 1010):
+            policy.step(seq[:, t], long)
+    assert policy.state_nbytes(long) == policy.state_nbytes(short) == policy.state_nbytes(policy.init_state(1)) > 0
+    assert all(torch.isfinite(v).all() for v in vars(long).values() if isinstance(v, torch.Tensor))
+
+
+def test_sliding_window_sees_only_the_window():
+    """Tokens more than W - 1 positions back change nothing (and closer ones do)."""
+    policy, seq = tiny("transformer-window"), tokens(1, 50)
+    other = seq.clone()
+    other[:, :20] = tokens(1, 20, seed=2)
+    with torch.no_grad():
+        a, b = policy(seq), policy(other)
+    # With 2 layers a token sees 2 * (W - 1) = 14 positions back: positions >= 34 are unchanged.
+    torch.testing.assert_close(a[:, 34:], b[:, 34:], atol=ATOL, rtol=0)
+    assert (a[:, 20:34] - b[:, 20:34]).abs().max() > 100 * ATOL
 
 
 def test_transformer_state_grows():
@@ -138,17 +183,17 @@ def test_mamba_dt_rank_auto_is_written_into_the_config():
 
 
 def test_unknown_kind_lists_valid_kinds():
-    with pytest.raises(ValueError, match="mamba, transformer"):
+    with pytest.raises(ValueError, match="mamba, transformer, lstm, gru, lookup"):
         build_policy({"kind": "lstm9", "vocab_size": VOCAB})
-    assert set(POLICY_CONFIGS) == set(KINDS)
+    assert set(POLICY_CONFIGS) == {case["kind"] for case in CASES.values()} | {"lookup"}
 
 
-@pytest.mark.parametrize("config_class", [MambaConfig, TransformerConfig])
+@pytest.mark.parametrize("config_class", [MambaConfig, TransformerConfig, LSTMConfig, GRUConfig, LookupConfig])
 def test_configs_reject_unknown_fields(config_class):
     with pytest.raises(pydantic.ValidationError):
-        config_class(vocab_size=VOCAB, d_modle=64)
+        config_class(vocab_size=VOCAB, k=7, d_modle=64)
     with pytest.raises(pydantic.ValidationError):
-        build_policy({"kind": config_class.model_fields["kind"].default, "vocab_size": VOCAB, "bogus": 1})
+        build_policy({"kind": config_class.model_fields["kind"].default, "vocab_size": VOCAB, "k": 7, "bogus": 1})
 
 
 def test_transformer_config_checks_heads():
@@ -158,9 +203,18 @@ def test_transformer_config_checks_heads():
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_build_from_config_object_and_every_field_documented(kind):
-    config = POLICY_CONFIGS[kind](vocab_size=VOCAB)
+    config = POLICY_CONFIGS[CASES[kind]["kind"]](vocab_size=VOCAB, **CASES[kind])
     assert build_policy(config).config == config
     assert all(field.description for field in type(config).model_fields.values())
+
+
+# Measured at vocab_size 280 (the project's vocabulary); shipped Mamba: 0.5M.
+DEFAULT_PARAMETERS = {"lstm": 472_600, "gru": 497_688}
+
+
+@pytest.mark.parametrize("kind", DEFAULT_PARAMETERS)
+def test_default_sizes_match_the_stated_parameter_counts(kind):
+    assert build_policy({"kind": kind, "vocab_size": 280}).num_parameters() == DEFAULT_PARAMETERS[kind]
 
 
 @pytest.mark.parametrize("kind", KINDS)

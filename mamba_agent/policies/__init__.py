@@ -1,11 +1,25 @@
 """Policies (the models) behind one interface, built from a config by its `kind`."""
 
 from mamba_agent.policies.base import Policy, PolicyConfig
+from mamba_agent.policies.lookup import LookupConfig, LookupPolicy, fit_lookup
 from mamba_agent.policies.mamba import MambaConfig, MambaPolicy, MambaState
+from mamba_agent.policies.rnn import GRUConfig, LSTMConfig, RNNPolicy, RNNState
 from mamba_agent.policies.transformer import KVCache, TransformerConfig, TransformerPolicy
 
-POLICY_CONFIGS: dict[str, type[PolicyConfig]] = {"mamba": MambaConfig, "transformer": TransformerConfig}
-_POLICIES: dict[str, type[Policy]] = {"mamba": MambaPolicy, "transformer": TransformerPolicy}
+POLICY_CONFIGS: dict[str, type[PolicyConfig]] = {
+    "mamba": MambaConfig,
+    "transformer": TransformerConfig,
+    "lstm": LSTMConfig,
+    "gru": GRUConfig,
+    "lookup": LookupConfig,
+}
+_POLICIES: dict[str, type[Policy]] = {
+    "mamba": MambaPolicy,
+    "transformer": TransformerPolicy,
+    "lstm": RNNPolicy,
+    "gru": RNNPolicy,
+    "lookup": LookupPolicy,
+}
 
 
 def build_policy(config: dict | PolicyConfig) -> Policy:
@@ -25,13 +39,20 @@ def build_policy(config: dict | PolicyConfig) -> Policy:
 
 __all__ = [
     "POLICY_CONFIGS",
+    "GRUConfig",
     "KVCache",
+    "LSTMConfig",
+    "LookupConfig",
+    "LookupPolicy",
     "MambaConfig",
     "MambaPolicy",
     "MambaState",
     "Policy",
     "PolicyConfig",
+    "RNNPolicy",
+    "RNNState",
     "TransformerConfig",
     "TransformerPolicy",
     "build_policy",
+    "fit_lookup",
 ]

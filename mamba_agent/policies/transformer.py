@@ -3,7 +3,12 @@
 Block: parallel residual x + attn(ln1(x)) + mlp(ln2(x)); rotary embedding on the first
 rotary_pct of each head's dims (GPT-NeoX's rotate-half layout); untied output head. The KV cache
 is the decode state: it grows with every token, and `state_nbytes` reports that growth.
-Shapes use B for batch, L for new tokens, H for heads, P for tokens already cached.
+
+With `sliding_window` W (Mistral-style), each token attends only to the last W positions, itself
+included, and the cache is a ring of W slots (position p in slot p % W): its size is fixed.
+Keys are cached after the rotary embedding, so the absolute positions they were rotated by stay
+valid; the cache's `length` is the position counter. Shapes use B for batch, L for new tokens,
+H for heads, P for tokens already seen.
 """
 
 from dataclasses import dataclass
@@ -34,6 +39,10 @@ class TransformerConfig(PolicyConfig):
     """Fraction of each head's dims that get the rotary embedding (Pythia: 0.25)."""
     rotary_base: float = Field(10000.0, gt=0)
     """Base of the rotary frequencies."""
+    sliding_window: PositiveInt | None = None
+    """Mistral-style attention window W: each token attends to the last W positions (itself
+    included) and the KV cache is a fixed ring of W slots. None: full causal attention and a
+    cache that grows with the history."""
 
     @model_validator(mode="after")
     def _check_heads(self) -> "TransformerConfig":
@@ -59,9 +68,10 @@ class KVCache:
     """Keys (after the rotary embedding) and values of every layer for the tokens seen so far."""
 
     kv: Tensor
-    """(n_layer, 2, B, H, capacity, head_dim); slots [0, length) hold the cached tokens."""
+    """(n_layer, 2, B, H, capacity, head_dim). Full attention: slots [0, length) hold the tokens
+    seen. Sliding window W: capacity W, position p in slot p % W, the last min(length, W) held."""
     length: int = 0
-    """Number of cached tokens, the same for every row."""
+    """Number of tokens seen, the same for every row (the next token's position)."""
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -80,17 +90,34 @@ class Attention(nn.Module):
         self.out = nn.Linear(config.d_model, config.d_model)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor | None, P: int, mask: Tensor | None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        kv: Tensor | None,
+        P: int,
+        mask: Tensor | None,
+        slots: Tensor | None = None,
     ) -> Tensor:
-        """x (B, L, d_model) -> (B, L, d_model). Without kv: causal self-attention. With kv
-        (2, B, H, capacity, head_dim) holding P tokens and room for L more: append the new keys
-        and values, and attend over all P + L under `mask` (L, P + L) (None: see everything)."""
+        """x (B, L, d_model) -> (B, L, d_model). Without kv: self-attention under `mask` (L, L)
+        (None: causal). With kv (2, B, H, capacity, head_dim) holding P tokens and room for L
+        more: append the new keys and values, and attend over all P + L under `mask` (L, P + L)
+        (None: see everything). With `slots` (m,), kv is a ring of W slots: attend over
+        [ring | new] under `mask` (L, W + L), then write the last m new keys into those slots."""
         B, L, _ = x.shape
         qkv = self.qkv(x).view(B, L, self.n_head, 3, self.head_dim).transpose(1, 2)  # (B, H, L, 3, head_dim)
         q, k = rotate(qkv[..., :2, :], cos, sin).unbind(-2)  # (B, H, L, head_dim) each
         v = qkv[..., 2, :]  # (B, H, L, head_dim)
         if kv is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, L, head_dim)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)  # (B, H, L, head_dim)
+        elif slots is not None:
+            # Attend before writing: a new key may overwrite a slot that an earlier new query needs.
+            keys = torch.cat([kv[0].to(k.dtype), k], dim=2)  # (B, H, W + L, head_dim)
+            values = torch.cat([kv[1].to(v.dtype), v], dim=2)  # (B, H, W + L, head_dim)
+            y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+            m = slots.shape[0]
+            kv[0].index_copy_(2, slots, k[:, :, L - m :].detach().to(kv.dtype))
+            kv[1].index_copy_(2, slots, v[:, :, L - m :].detach().to(kv.dtype))
         else:
             kv[0, :, :, P : P + L] = k.detach()  # the cache keeps values, not autograd history
             kv[1, :, :, P : P + L] = v.detach()
@@ -107,10 +134,18 @@ class Block(nn.Module):
         self.fc, self.proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
 
     def forward(
-        self, x: Tensor, cos: Tensor, sin: Tensor, kv: Tensor | None, P: int, mask: Tensor | None
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        kv: Tensor | None,
+        P: int,
+        mask: Tensor | None,
+        slots: Tensor | None = None,
     ) -> Tensor:
         # Pythia's parallel residual: attention and MLP both read x.
-        return x + self.attn(self.ln1(x), cos, sin, kv, P, mask) + self.proj(F.gelu(self.fc(self.ln2(x))))
+        attn = self.attn(self.ln1(x), cos, sin, kv, P, mask, slots)
+        return x + attn + self.proj(F.gelu(self.fc(self.ln2(x))))
 
 
 class TransformerPolicy(Policy):
@@ -160,7 +195,8 @@ class TransformerPolicy(Policy):
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> KVCache:
         c, weight = self.config, self.embed_out.weight
         device = weight.device if device is None else device
-        shape = (c.n_layer, 2, batch_size, c.n_head, _INITIAL_CAPACITY, c.head_dim)
+        capacity = c.sliding_window or _INITIAL_CAPACITY
+        shape = (c.n_layer, 2, batch_size, c.n_head, capacity, c.head_dim)
         return KVCache(torch.zeros(shape, device=device, dtype=weight.dtype))
 
     def _reserve(self, cache: KVCache, n: int) -> None:
@@ -174,18 +210,36 @@ class TransformerPolicy(Policy):
         kv[..., : cache.length, :] = cache.kv[..., : cache.length, :]
         cache.kv = kv
 
+    def _window_mask(self, P: int, L: int, cached: bool, device: torch.device) -> tuple[Tensor, Tensor | None]:
+        """Sliding window W: which keys the new tokens at positions [P, P + L) see, and the ring
+        slots their keys go to. Without a cache: keys are the new ones, mask (L, L), slots None.
+        With one: keys are [ring | new], mask (L, W + L), slots (min(L, W),) for the last new."""
+        W = self.config.sliding_window
+        new = torch.arange(P, P + L, device=device)  # (L,) positions of the new tokens
+        q = new[:, None]  # (L, 1) query positions
+        sees_new = (new <= q) & (q - new < W)  # (L, L)
+        if not cached:
+            return sees_new, None
+        slot = torch.arange(W, device=device)  # (W,)
+        held = P - 1 - (P - 1 - slot) % W  # (W,) position in each slot (negative: never written)
+        sees_ring = (held >= 0) & (q - held < W)  # (L, W)
+        slots = new[-min(L, W) :] % W  # (m,)
+        return torch.cat([sees_ring, sees_new], dim=1), slots
+
     def forward(self, tokens: Tensor, state: KVCache | None = None) -> Tensor:
         L = tokens.shape[1]
         P = 0 if state is None else state.length
         cos, sin = self._rope(P, L)
-        mask = None
-        if state is not None:
+        mask, slots = None, None
+        if self.config.sliding_window is not None:
+            mask, slots = self._window_mask(P, L, state is not None, tokens.device)
+        elif state is not None:
             self._reserve(state, L)
             if L > 1:  # new token i sees the P cached tokens and new tokens <= i
                 mask = torch.ones(L, P + L, dtype=torch.bool, device=tokens.device).tril(P)
         x = self.embed_in(tokens)  # (B, L, d_model)
         for i, block in enumerate(self.layers):
-            x = block(x, cos, sin, None if state is None else state.kv[i], P, mask)
+            x = block(x, cos, sin, None if state is None else state.kv[i], P, mask, slots)
         if state is not None:
             state.length += L
         return self.embed_out(self.ln_f(x)).float()  # (B, L, vocab_size)
