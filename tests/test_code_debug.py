@@ -1,0 +1,188 @@
+"""The code_debug task: generator, both oracles at every size 2..64, checker, replay, locality."""
+
+import gc
+import random
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from mamba_agent.episode import FINISHED
+from mamba_agent.locality import conflicts
+from mamba_agent.runtime import run_episodes
+from mamba_agent.sandboxes import get_sandbox
+from mamba_agent.tasks import get_task
+from mamba_agent.tasks.code_debug import ANSWER, CodeDebugSingleTurn, Workspace, generate, threaded
+from mamba_agent.taskfile import load_taskfile
+from mamba_agent.trajectory import OBSERVATION
+from mamba_agent.vocab import RUN
+from tests.scripted import ScriptedPolicy
+
+task = get_task("code_debug")
+single = CodeDebugSingleTurn()
+EXAMPLE = Path(__file__).parent.parent / "tasks" / "examples" / "code-debug.yaml"
+
+
+def run_main(files: dict[str, str]):
+    ws = Workspace(files)
+    with get_sandbox("bubblewrap", ws.path) as sandbox:
+        return sandbox.run(["python3", "main.py"])
+
+
+def fixed(cb) -> dict[str, str]:
+    """The reference fix, by hand: v10 appended to every def and call on a path to foo."""
+    files = cb.files()
+    counts_down = {"foo"}
+    for f in reversed(cb.functions):
+        if any(c in counts_down for c, _ in f.calls):
+            counts_down.add(f.name)
+    out = {}
+    for name, text in files.items():
+        lines = text.split("\n")
+        fn = name.removesuffix(".py")
+        for i, line in enumerate(lines):
+            m = re.fullmatch(r"(def (\w+)|    (\w+))\(.*\):?", line)
+            if m and ((m.group(2) and m.group(2) in counts_down and m.group(2) == fn)
+                      or (m.group(3) in counts_down and (fn == "main" or fn in counts_down))):
+                close = line.rindex(")")
+                lines[i] = f"{line[:close]}, v10{line[close:]}"
+        out[name] = "\n".join(lines)
+    return out
+
+
+def test_generator_is_deterministic_and_buggy():
+    for n in (1, 2, 7, 64):
+        a, b = generate(n, 5), generate(n, 5)
+        assert a.files() == b.files() and a.files() != generate(n, 6).files()
+        names = [f.name for f in a.functions]
+        assert len(names) == n == len(set(names)) and names[-1] == "foo"
+        assert all(re.fullmatch(r"f\d{1,3}", x) for x in names[:-1])
+        assert a.foo_paths() >= 1
+    cb = generate(12, 3)
+    r = run_main(cb.files())
+    assert r.exit_code == 1 and "NameError: name 'v10' is not defined" in r.stderr
+    assert re.search(r'File "[^"]*foo.py", line \d+, in foo', r.stderr)
+    assert threaded(fixed(cb)) and not threaded(cb.files())
+    r = run_main(fixed(cb))
+    lines = r.stdout.splitlines()
+    assert r.exit_code == 0 and len(lines) == cb.foo_paths() and all(x.split()[-1] == str(cb.v10) for x in lines)
+
+
+@pytest.mark.parametrize("oracle", [task, single], ids=["interactive", "single-turn"])
+def test_oracle_fixes_every_size_2_to_64(oracle):
+    problems = [oracle.problem({"size": n, "seed": n}) for n in range(2, 65)]
+    problems += [oracle.problem({"size": n, "seed": s}) for n in (4, 16, 64) for s in (100, 101)]
+    for p in problems:
+        trajectory = oracle.oracle(p)  # raises unless it finishes and the checker accepts
+        assert trajectory.output_text() == ANSWER
+        gc.collect()
+
+
+def test_trajectory_lengths():
+    lengths = {n: len(task.oracle(task.problem({"size": n, "seed": 0}))) for n in (4, 16, 32, 64)}
+    print("interactive oracle tokens:", lengths)
+    assert lengths[4] < lengths[16] < lengths[32] < lengths[64] < 60_000
+
+
+def checked(files: dict[str, str], size: int, seed: int, answer: str = ANSWER) -> bool:
+    p = task.problem({"size": size, "seed": seed})
+    task.tools(p)  # builds the episode's workspace, which check reads
+    for name, text in files.items():
+        (p.workspace.path / name).write_text(text)
+    return task.check(p, answer)
+
+
+def test_checker_rejects_unfixed_and_half_fixed():
+    cb = generate(20, 4)
+    assert checked(fixed(cb), 20, 4)
+    assert not checked(cb.files(), 20, 4)  # unfixed
+    assert not checked(fixed(cb), 20, 4, answer="done")  # the answer is part of the protocol
+    # half-fixed: the first interactive round only (foo and its callers on one path)
+    p = task.problem({"size": 20, "seed": 4})
+    ep = task.episode(p, keep=True)
+    text = lambda: {n: (p.workspace.path / n).read_text() for n in cb.files()}  # noqa: E731
+    runs = 0
+    while runs < 2:
+        tokens = task.oracle(p).model_tokens()
+        break
+    ep = task.episode(p, keep=True)
+    for t in tokens:
+        ep.act(t)
+        runs += t == RUN
+        if runs == 2:
+            break
+    assert text() != cb.files() and not threaded(text()) and not task.check(p, ANSWER)
+    # a path dropped: foo runs fewer times than there are paths (if there are several)
+    many = next(s for s in range(50) if generate(12, s).foo_paths() > 1)
+    cb2 = generate(12, many)
+    files = fixed(cb2)
+    main = files["main.py"].split("\n")
+    call = next(i for i, line in enumerate(main) if line.startswith("    f") and "v10)" in line)
+    files["main.py"] = "\n".join(main[:call] + main[call + 1 :])
+    assert not checked(files, 12, many)
+
+
+def test_checker_rejects_a_global_v10_that_runs():
+    """A module-level v10 in foo.py runs and prints the right value: only the ast check sees it."""
+    cb = generate(9, 2)
+    files = cb.files()
+    files["foo.py"] = f"v10 = {cb.v10}\n" + files["foo.py"]
+    r = run_main(files)
+    assert r.exit_code == 0 and r.stdout.split()[-1] == str(cb.v10)
+    assert not threaded(files) and not checked(files, 9, 2)
+
+
+def test_replay_through_runtime_reproduces_the_trajectory():
+    problems = [task.problem({"size": n, "seed": s}) for n, s in ((3, 1), (9, 2), (17, 3))]
+    oracles = [task.oracle(p) for p in problems]
+    episodes = [task.episode(p, keep=True, expected=o.model_tokens()) for p, o in zip(problems, oracles)]
+    run_episodes(ScriptedPolicy(oracles), episodes)
+    for p, o, ep in zip(problems, oracles, episodes):
+        assert ep.exit == FINISHED and ep.answer == ANSWER and task.check(p, ep.answer)
+        assert ep.trajectory.tokens == o.tokens and ep.trajectory.roles == o.roles
+        assert OBSERVATION in ep.trajectory.roles
+
+
+def smallest_k(trajectories, hi: int = 4096) -> int | None:
+    """Smallest conflict-free k by bisection (conflicts never grow with k)."""
+    if conflicts(trajectories, hi):
+        return None
+    lo = 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if conflicts(trajectories, mid):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+LOCALITY_K = {"interactive": None, "single-turn": None}  # measured below; see the task docstring
+
+
+@pytest.mark.parametrize("oracle", [task, single], ids=["interactive", "single-turn"])
+def test_locality_is_measured(oracle):
+    """Not local for a small k (file contents are copied from observations): measure and report."""
+    rng = random.Random(7)
+    trajectories = [oracle.oracle(oracle.problem({"size": n, "seed": rng.randrange(10**6)})) for n in range(4, 17) for _ in range(2)]
+    k = smallest_k(trajectories)
+    print(f"{'single-turn' if oracle is single else 'interactive'}: smallest conflict-free k over sizes 4..16 = {k}")
+    assert conflicts(trajectories, 32) > 0  # far from the pointer tasks' k of 7-11
+
+
+@pytest.mark.parametrize(
+    "bad,field",
+    [({"size": 0, "seed": 1}, "size"), ({"size": "x", "seed": 1}, "size"), ({"size": 4}, "seed"),
+     ({"size": 4, "seed": -1}, "seed"), ({"size": 4, "seed": 1, "n": 3}, "n")],
+)
+def test_bad_input_names_the_field(bad, field):
+    with pytest.raises(ValidationError) as e:
+        task.problem(bad)
+    assert e.value.errors()[0]["loc"][0] == field
+
+
+def test_example_task_file():
+    tf, p = load_taskfile(EXAMPLE)
+    assert tf.task == "code_debug" and p.size == 32 and p.input == {"size": 32, "seed": 3}
+    assert task.oracle(p).output_text() == ANSWER
