@@ -19,6 +19,7 @@ TASKS = {
     "multiplication": "mamba_agent.tasks.multiplication:Multiplication",
     "multiplication-1": "mamba_agent.tasks.multiplication:MultiplicationBy1",
     "multiplication-2": "mamba_agent.tasks.multiplication:MultiplicationBy2",
+    "logical_graph": "mamba_agent.tasks.logical_graph:LogicalGraph",
     "code_debug": "mamba_agent.tasks.code_debug:CodeDebug",
 }
 
