@@ -13,7 +13,7 @@ Executions are bounded: a second caller is added only while every function toget
 4n times (the number of paths from main grows exponentially in a dense DAG).
 
 Interactive oracle (the one to train on), one round:
-    [RUN]python3 main.py[END] -> exit 1 and a traceback (or exit 0: `[ANS]fixed[EOS]`)
+    [RUN]<RUN_COMMAND>[END] -> exit 1 and the end of a traceback (or exit 0: `[ANS]fixed[EOS]`)
     then, walking the traceback's frames from the last (closest to foo) up, at most 3 files:
     [VIEW]file[END] -> numbered lines
     [EDIT]file:D-D\\n<def line with `, v10` appended to the parameters>[END]  (if not there yet)
@@ -68,7 +68,13 @@ from mamba_agent.tools.files import FileEdit, FileView
 from mamba_agent.tools.run import Run, close_in_background
 from mamba_agent.vocab import ANS, BOS, EDIT, END, EOS, OBS_END, RUN, VIEW, decode, encode
 
-RUN_COMMAND = "python3 main.py"
+RUN_COMMAND = "python3 -S -u main.py 2>&1 | tail -n 12; exit ${PIPESTATUS[0]}"
+# -S: no `site` (the code imports only its own files): Python starts in about 35 ms in the sandbox
+# instead of 80 (site-packages here holds many .pth files). `tail -n 12`: a traceback has two lines
+# per frame, so a deep failing path would make every observation, and the whole trajectory, grow
+# as n^2; the last 12 lines always hold the error and the 4 frames nearest to it, which are all a
+# round reads. -u keeps what the program printed before the traceback (unbuffered), and
+# PIPESTATUS keeps python's exit status through the pipe.
 ANSWER = "fixed"
 MAX_CALLERS_WINDOW = 3  # a function's first caller is one of the 3 before it (main counts as index 0)
 EXTRA_CALLER_WINDOW = 6
@@ -202,7 +208,7 @@ class CodeDebug(Task):
     def problem(self, input: dict) -> Problem:
         x = CodeDebugInput.model_validate(input)
         names = sorted(f"{f.name}.py" for f in generate(x.size, x.seed).functions)
-        prompt = f"{RUN_COMMAND} fails: fix the code\nfiles: main.py {' '.join(names)}\n"
+        prompt = f"python3 main.py fails: fix the code\nfiles: main.py {' '.join(names)}\n"
         return Problem(task=self.name, input=x.model_dump(), size=x.size, prompt=[BOS] + encode(prompt), reference=ANSWER)
 
     def random_problem(self, rng: random.Random, size: int) -> Problem:
@@ -221,7 +227,9 @@ class CodeDebug(Task):
         return tools
 
     def max_tokens(self, problem: Problem) -> int:
-        return 20_000 + 4_000 * problem.size
+        # The interactive oracle takes about 300 tokens per function (19,335 at n = 64), the
+        # single-turn one about 250; leave room for a policy that wanders.
+        return 10_000 + 1_000 * problem.size
 
     def check(self, problem: Problem, answer: str) -> bool:
         workspace = getattr(problem, "workspace", None)
@@ -240,7 +248,7 @@ class CodeDebug(Task):
         scratch = Workspace(files)
         sandbox = get_sandbox(self.backend, scratch.path, self.limits)
         try:
-            r = sandbox.run(["env", "PYTHONDONTWRITEBYTECODE=1", "python3", "main.py"])
+            r = sandbox.run(["env", "PYTHONDONTWRITEBYTECODE=1", "python3", "-S", "main.py"])
         finally:
             close_in_background(sandbox)
             scratch.cleanup()

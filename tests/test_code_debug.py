@@ -72,7 +72,7 @@ def test_generator_is_deterministic_and_buggy():
 @pytest.mark.parametrize("oracle", [task, single], ids=["interactive", "single-turn"])
 def test_oracle_fixes_every_size_2_to_64(oracle):
     problems = [oracle.problem({"size": n, "seed": n}) for n in range(2, 65)]
-    problems += [oracle.problem({"size": n, "seed": s}) for n in (4, 16, 64) for s in (100, 101)]
+    problems += [oracle.problem({"size": n, "seed": 100}) for n in (4, 16, 64)]
     for p in problems:
         trajectory = oracle.oracle(p)  # raises unless it finishes and the checker accepts
         assert trajectory.output_text() == ANSWER
@@ -98,22 +98,16 @@ def test_checker_rejects_unfixed_and_half_fixed():
     assert checked(fixed(cb), 20, 4)
     assert not checked(cb.files(), 20, 4)  # unfixed
     assert not checked(fixed(cb), 20, 4, answer="done")  # the answer is part of the protocol
-    # half-fixed: the first interactive round only (foo and its callers on one path)
+    # half-fixed: the workspace after the first interactive round (foo and up to 2 callers)
     p = task.problem({"size": 20, "seed": 4})
+    tokens = task.oracle(p).model_tokens()
+    assert tokens.count(RUN) > 2
     ep = task.episode(p, keep=True)
-    text = lambda: {n: (p.workspace.path / n).read_text() for n in cb.files()}  # noqa: E731
-    runs = 0
-    while runs < 2:
-        tokens = task.oracle(p).model_tokens()
-        break
-    ep = task.episode(p, keep=True)
-    for t in tokens:
+    for t in tokens[: [i for i, t in enumerate(tokens) if t == RUN][1]]:  # up to the second run
         ep.act(t)
-        runs += t == RUN
-        if runs == 2:
-            break
-    assert text() != cb.files() and not threaded(text()) and not task.check(p, ANSWER)
-    # a path dropped: foo runs fewer times than there are paths (if there are several)
+    half = {n: (p.workspace.path / n).read_text() for n in cb.files()}
+    assert half != cb.files() and not threaded(half) and not task.check(p, ANSWER)
+    # a call on a path to foo deleted: foo runs fewer times than the codebase has paths
     many = next(s for s in range(50) if generate(12, s).foo_paths() > 1)
     cb2 = generate(12, many)
     files = fixed(cb2)
@@ -158,17 +152,18 @@ def smallest_k(trajectories, hi: int = 4096) -> int | None:
     return lo
 
 
-LOCALITY_K = {"interactive": None, "single-turn": None}  # measured below; see the task docstring
-
-
 @pytest.mark.parametrize("oracle", [task, single], ids=["interactive", "single-turn"])
 def test_locality_is_measured(oracle):
-    """Not local for a small k (file contents are copied from observations): measure and report."""
+    """Not local for a small k: names, line numbers and lines are copied from observations (the
+    traceback, a viewed file) tens to hundreds of tokens back. Measured 2026-11-28 over one
+    codebase per size 4..16: interactive k = 100 (124 with four per size, 131 over sizes 17..64:
+    it levels off, the copies reach back a bounded distance); single-turn k = 51 at 4..16 (see the
+    task docstring for why that in-sample figure flatters it). The pointer tasks have k = 7..11."""
     rng = random.Random(7)
-    trajectories = [oracle.oracle(oracle.problem({"size": n, "seed": rng.randrange(10**6)})) for n in range(4, 17) for _ in range(2)]
+    trajectories = [oracle.oracle(oracle.problem({"size": n, "seed": rng.randrange(10**6)})) for n in range(4, 17)]
     k = smallest_k(trajectories)
     print(f"{'single-turn' if oracle is single else 'interactive'}: smallest conflict-free k over sizes 4..16 = {k}")
-    assert conflicts(trajectories, 32) > 0  # far from the pointer tasks' k of 7-11
+    assert k is not None and 32 < k <= 256
 
 
 @pytest.mark.parametrize(
