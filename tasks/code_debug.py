@@ -27,15 +27,19 @@ Interactive oracle (the one to train on), one round:
 Single-turn oracle: view every file listed in the prompt, then every edit (defs and calls of
 every function that reaches foo, worked out from the viewed code), then one run, then the answer.
 
-Locality (shared/locality.md): neither trajectory is k-local for a small k. Files and tracebacks
-are variable-length content: the name of the next file to view, the line number of a call to
-edit and the text of a line to rewrite are copied from an observation tens to hundreds of tokens
-back. What the interactive design does bound is that distance: files have a bounded length at
-any n (at most ~6 calls, 1 assignment), a round touches the last 3 frames of the traceback, and
-Python prints the last frame last, so every copy reaches back a bounded number of tokens whatever
-n is; the single-turn trajectory must carry what it read from every file to the edits, a distance
-that grows with n. tests/test_code_debug.py measures k over sizes 4..16 (interactive: see
-LOCALITY_K there) and expects weaker length generalisation than on the pointer tasks.
+Locality (shared/locality.md): neither trajectory is k-local for a small k, and cannot be made so:
+files and tracebacks are variable-length content, and the name of the next file to view, the
+line number of a call and the text of a line to rewrite are copied from an observation tens to
+hundreds of tokens back. Measured (smallest conflict-free k, tests/test_code_debug.py, one
+codebase per size 4..16): interactive 100 (124 with four per size; 131 over sizes 17..64, 131 all
+together), single-turn 51 (78 with four per size, 111 over 4..64); the pointer tasks have 7..11.
+What the interactive design bounds is how far back a copy reaches: a file has at most 9 calls
+and one assignment at any n, the run shows only the last 12 lines (the 4 frames nearest the
+error), and a round works on the last 3 frames, nearest first; its k levels off near 130 as n
+grows. The single-turn agent must carry what it read in every file to the edits, a distance that
+grows with n; its in-sample k is lower only because random names make long contexts unique (a
+conflict-free k is a lower bound on what the model must remember, not the distance it copies
+over). Expect weaker length generalisation than on the pointer tasks either way.
 
 Workspaces: `tools(problem)` renders the codebase into a fresh temporary directory per episode,
 owned by a `Workspace` object that the tools and `problem.workspace` hold; the directory is
