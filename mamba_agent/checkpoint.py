@@ -17,7 +17,11 @@ from mamba_agent.vocab import VOCAB_VERSION
 
 FORMAT, VERSION = "mamba-agent-checkpoint", 1
 BUILTIN_DIR = Path(__file__).parent / "checkpoints"
-DEFAULT_CHECKPOINTS = {"addition": "builtin:addition-mamba"}  # what `solve` uses per task
+DEFAULT_CHECKPOINTS = {  # what `solve` uses per task
+    "addition": "builtin:addition-mamba",
+    "multiplication-1": "builtin:multiplication-1-mamba",
+    "multiplication-2": "builtin:multiplication-2-mamba",
+}
 
 
 class CheckpointError(Exception):

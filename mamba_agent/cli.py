@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("train", help="train a policy on oracle trajectories (resumes an interrupted --out)")
     p.add_argument("--task", default="addition")
-    p.add_argument("--policy", default="mamba", help="policy kind: mamba, transformer")
+    p.add_argument("--policy", default="mamba", help="policy kind: mamba, transformer, lstm, gru, lookup (counts, needs --set k=N)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a policy config field, e.g. --set d_model=128 (repeatable)")
     p.add_argument("--steps", type=int, default=2000)
@@ -167,12 +167,14 @@ def train(args) -> int:
     try:
         cfg = TrainConfig(task=args.task, policy=policy, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           seed=args.seed, save_every=args.save_every, device=args.device)
-        from mamba_agent.policies import build_policy
+        from mamba_agent.policies import POLICY_CONFIGS
         from mamba_agent.tasks import get_task
         from mamba_agent.vocab import VOCAB_SIZE
 
         get_task(cfg.task)
-        build_policy({**cfg.policy, "vocab_size": VOCAB_SIZE})  # validate before any work
+        if args.policy not in POLICY_CONFIGS:
+            raise ValueError(f"unknown policy kind {args.policy!r}; valid kinds: {', '.join(POLICY_CONFIGS)}")
+        POLICY_CONFIGS[args.policy].model_validate({**policy, "vocab_size": VOCAB_SIZE})  # before any work
     except (ValidationError, ValueError) as e:
         raise UsageError(str(e).splitlines()[0] if not isinstance(e, ValidationError) else _validation_line(e)) from None
     summary = run_training(cfg, args.out)

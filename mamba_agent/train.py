@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mamba_agent.checkpoint import save_checkpoint
 from mamba_agent.console import Bar
 from mamba_agent.policies import build_policy
+from mamba_agent.policies.lookup import LookupConfig, fit_lookup
 from mamba_agent.tasks import get_task
 from mamba_agent.trajectory import LEARNED_ROLES
 from mamba_agent.vocab import PAD, VOCAB_SIZE
@@ -87,6 +88,8 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must divide evenly over {world} ranks")
     task = get_task(cfg.task)
+    if cfg.policy.get("kind") == "lookup":
+        return fit_lookup_run(cfg, out, task, progress)
     torch.manual_seed(cfg.seed)
     policy = build_policy({**cfg.policy, "vocab_size": VOCAB_SIZE}).to(device)
     decay = [p for n, p in policy.named_parameters() if p.dim() >= 2]
@@ -130,7 +133,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
             log.flush()
         if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):
             summary = {
-                "task_sizes": f"training distribution of {cfg.task}",
+                "task_sizes": f"training distribution of {cfg.task} (sizes up to {task.train_max_size})",
                 "steps": step,
                 "loss": loss_value,
                 "loss_ema": loss_ema,
@@ -156,3 +159,33 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
         torch.distributed.destroy_process_group()
     return summary
 
+
+
+def fit_lookup_run(cfg: TrainConfig, out: Path, task, progress: bool) -> dict:
+    """The lookup-table policy (locality.md) learns by counting: it sees exactly the trajectories a
+    neural policy trained with the same settings would see (steps x batch_size, same seeds)."""
+    start = time.monotonic()
+    bar = Bar("count", cfg.steps) if progress else None
+
+    def trajectories():
+        for step in range(cfg.steps):
+            rng = random.Random(f"{cfg.seed}-0-{step}")
+            yield from (task.oracle(task.training_problem(rng)) for _ in range(cfg.batch_size))
+            if bar:
+                bar.update(step + 1)
+
+    k = LookupConfig.model_validate({**cfg.policy, "vocab_size": VOCAB_SIZE}).k
+    policy = fit_lookup(trajectories(), k, VOCAB_SIZE)
+    if bar:
+        bar.close()
+    summary = {
+        "task_sizes": f"training distribution of {cfg.task} (sizes up to {task.train_max_size})",
+        "problems": cfg.steps * cfg.batch_size,
+        "contexts": policy.config.table_size,
+        "conflicts": policy.n_conflicts,
+        "seconds": round(time.monotonic() - start, 1),
+        "device": "cpu",
+        "config": cfg.model_dump(),
+    }
+    save_checkpoint(policy, out, cfg.task, summary)
+    return summary

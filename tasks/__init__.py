@@ -36,6 +36,7 @@ class Problem:
 class Task:
     name: str
     Input: type[BaseModel]  # schema of a task file's `input:` section
+    train_max_size: int  # the largest size in the training distribution (marked in reports)
 
     def problem(self, input: dict) -> Problem:
         """A problem from a task file's `input:` (raises pydantic.ValidationError)."""

@@ -84,3 +84,14 @@ def test_train_resumes_exactly_where_it_stopped(tmp_path, capsys):
 def test_train_rejects_bad_policy_field(tmp_path, capsys):
     assert main(["train", "--set", "d_modle=32", "--out", str(tmp_path / "x")]) == 2
     assert "d_modle" in capsys.readouterr().err
+
+
+def test_train_lookup_counts_the_same_data_and_saves_a_checkpoint(tmp_path, capsys):
+    from mamba_agent.checkpoint import load_checkpoint
+
+    assert main(["train", "--policy", "lookup", "--set", "k=7", "--steps", "3", "--batch-size", "16", "--out", str(tmp_path)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["problems"] == 48 and summary["conflicts"] == 0 and summary["contexts"] > 100
+    policy, meta = load_checkpoint(tmp_path)
+    assert meta["policy"]["kind"] == "lookup" and policy.config.table_size == summary["contexts"]
+    assert main(["train", "--policy", "lookup", "--out", str(tmp_path / "nok")]) == 2  # k is required

@@ -159,7 +159,7 @@ def test_bad_input_names_the_field(name, bad, field):
     assert e.value.errors()[0]["loc"][0] == field
 
 
-@pytest.mark.parametrize("example,size,b_digits", [("multiplication.yaml", 1000, 2), ("multiplication-1.yaml", 1000, 1)])
+@pytest.mark.parametrize("example,size,b_digits", [("multiplication-2.yaml", 1000, 2), ("multiplication-1.yaml", 1000, 1)])
 def test_example_task_files(example, size, b_digits):
     tf, p = load_taskfile(EXAMPLES / example)
     assert p.size == size and len(p.input["b"]) == b_digits
