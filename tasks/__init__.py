@@ -77,6 +77,15 @@ class Task:
         return episode.trajectory
 
 
+def digit_string(v) -> str:
+    """Task-file validator for an operand: a quoted, non-empty string of digits 0-9."""
+    if not isinstance(v, str):
+        raise ValueError('give the operand as a quoted string of digits, e.g. "8134" (YAML reads bare 0012 as a number)')
+    if not v or not v.isascii() or not v.isdigit():
+        raise ValueError(f"must be a non-empty string of digits 0-9, got {v[:40]!r}")
+    return v
+
+
 def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; valid tasks: {', '.join(sorted(TASKS))}")

@@ -47,7 +47,7 @@ import random
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from mamba_agent.episode import Episode
-from mamba_agent.tasks import Problem, Task
+from mamba_agent.tasks import Problem, Task, digit_string
 from mamba_agent.tools.pointer import PointerMemory
 from mamba_agent.vocab import ANS, BOS, EDGE, EOS, encode, pointer_command
 
@@ -70,11 +70,7 @@ class MultiplicationInput(BaseModel):
     @field_validator("a", "b", mode="before")
     @classmethod
     def _digits(cls, v):
-        if not isinstance(v, str):
-            raise ValueError('give the operand as a quoted string of digits, e.g. "8134" (YAML reads bare 0012 as a number)')
-        if not v or not v.isascii() or not v.isdigit():
-            raise ValueError(f"must be a non-empty string of digits 0-9, got {v[:40]!r}")
-        return v
+        return digit_string(v)
 
     @field_validator("b")
     @classmethod
