@@ -48,7 +48,7 @@ def main() -> None:
     print(json.dumps({
         "checkpoint": args.checkpoint, "policy": meta["policy"]["kind"], "parameters": policy.num_parameters(),
         "task_file": args.task_file, "size": problem.size, "exit": episode.exit,
-        "correct": task.check(problem, episode.answer), "tokens": episode.n_tokens,
+        "correct": task.check(problem, episode.answer, episode.tools), "tokens": episode.n_tokens,
         "seconds": round(episode.seconds, 2), "tokens_per_s": round(episode.n_tokens / episode.seconds, 1),
         "tokens_per_s_first_window": round(rates[0], 1) if rates else None,
         "tokens_per_s_last_window": round(rates[-1], 1) if rates else None,

@@ -53,7 +53,7 @@ def evaluate(checkpoint: str, sizes: list[int], samples: int, out: str | Path, b
                 row = {
                     "label": label, "policy": meta["policy"]["kind"], "task": task.name, "size": n, "index": i,
                     "train_max_size": task.train_max_size,
-                    "exact": ep.exit == FINISHED and task.check(p, ep.answer), "exit": ep.exit,
+                    "exact": ep.exit == FINISHED and task.check(p, ep.answer, ep.tools), "exit": ep.exit,
                     "model_tokens": ep.n_model_tokens, "oracle_model_tokens": len(ep.expected),
                     "tokens": ep.n_tokens, "batch_seconds": round(seconds, 3), "device": device,
                     "date": time.strftime("%Y-%m-%d"),

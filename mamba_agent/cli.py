@@ -104,7 +104,7 @@ def solve(args) -> int:
     else:
         with _LiveView(tf.task, checkpoint, max_tokens) as view:
             run_episodes(policy, [episode], sampler, on_progress=view.update)
-    correct = task.check(problem, episode.answer)
+    correct = task.check(problem, episode.answer, episode.tools)
     end = episode.close(correct)
     result = {"task": tf.task, **end, "reference": problem.reference, "checkpoint": checkpoint, "trajectory": str(path)}
     if args.json:

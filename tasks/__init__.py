@@ -57,7 +57,9 @@ class Task:
         """Default token limit: comfortably above the oracle's length."""
         raise NotImplementedError
 
-    def check(self, problem: Problem, answer: str) -> bool:
+    def check(self, problem: Problem, answer: str, tools: list[Tool] = ()) -> bool:
+        """Is `answer` right? `tools`: the episode's tools, for checkers that judge the state the
+        episode left behind (the code task's files); the others ignore them."""
         raise NotImplementedError
 
     def solve(self, episode: Episode, problem: Problem) -> None:
@@ -72,7 +74,7 @@ class Task:
         """The exact oracle trajectory, produced through the real tools."""
         episode = self.episode(problem, keep=True)
         self.solve(episode, problem)
-        if episode.exit != "finished" or not self.check(problem, episode.answer):
+        if episode.exit != "finished" or not self.check(problem, episode.answer, episode.tools):
             raise AssertionError(f"{self.name} oracle failed on {problem.input!r}: {episode.exit}")
         return episode.trajectory
 

@@ -42,9 +42,9 @@ conflict-free k is a lower bound on what the model must remember, not the distan
 over). Expect weaker length generalisation than on the pointer tasks either way.
 
 Workspaces: `tools(problem)` renders the codebase into a fresh temporary directory per episode,
-owned by a `Workspace` object that the tools and `problem.workspace` hold; the directory is
-removed when the last of them is dropped (weakref.finalize), and at interpreter exit. `check`
-reads the workspace of the latest episode built for the problem.
+owned by a `Workspace` object that the episode's tools hold; the directory is removed when the
+last of them is dropped (weakref.finalize), and at interpreter exit. `check` reads the files
+through the episode's tools, so episodes of one problem never see each other's workspace.
 
 Checker: the answer must be `fixed`; the workspace's files, copied to a fresh directory, must run
 in the sandbox with exit 0 and print `foo ... <v10>` with the value main set, once per path from
@@ -224,7 +224,6 @@ class CodeDebug(Task):
     def tools(self, problem: Problem) -> list:
         cb = generate(problem.input["size"], problem.input["seed"])
         workspace = Workspace(cb.files())
-        problem.workspace = workspace  # what `check` reads: the latest episode's files
         tools = [FileView(workspace.path), FileEdit(workspace.path), Run(workspace.path, self.backend, self.limits)]
         for tool in tools:
             tool.owner = workspace  # the directory lives as long as a tool does
@@ -235,15 +234,16 @@ class CodeDebug(Task):
         # single-turn one about 250; leave room for a policy that wanders.
         return 10_000 + 1_000 * problem.size
 
-    def check(self, problem: Problem, answer: str) -> bool:
-        workspace = getattr(problem, "workspace", None)
+    def check(self, problem: Problem, answer: str, tools=()) -> bool:
+        """The episode's files (through its edit tool) must be fixed, and the answer `fixed`."""
+        workspace = next((t.workspace for t in tools if isinstance(t, FileEdit)), None)
         if answer != ANSWER or workspace is None:
             return False
         cb = generate(problem.input["size"], problem.input["seed"])
         files = {}
         for name in cb.files():
             try:
-                files[name] = (workspace.path / name).read_text()
+                files[name] = (workspace / name).read_text()
             except (OSError, UnicodeDecodeError):
                 return False
         return threaded(files) and self._runs_clean(files, cb)

@@ -190,7 +190,7 @@ class LogicalGraph(Task):
         # 6 operand checks (20), 2 descents (12), its value (10) and the return find (21).
         return len(problem.prompt) + 300 * (problem.input["program"].count("\n") + 1) + 10
 
-    def check(self, problem: Problem, answer: str) -> bool:
+    def check(self, problem: Problem, answer: str, tools=()) -> bool:
         return answer == problem.reference
 
     def solve(self, episode: Episode, problem: Problem) -> None:

@@ -87,10 +87,10 @@ def test_trajectory_lengths():
 
 def checked(files: dict[str, str], size: int, seed: int, answer: str = ANSWER) -> bool:
     p = task.problem({"size": size, "seed": seed})
-    task.tools(p)  # builds the episode's workspace, which check reads
+    tools = task.tools(p)  # an episode's tools: its workspace is what check reads
     for name, text in files.items():
-        (p.workspace.path / name).write_text(text)
-    return task.check(p, answer)
+        (tools[0].workspace / name).write_text(text)
+    return task.check(p, answer, tools)
 
 
 def test_checker_rejects_unfixed_and_half_fixed():
@@ -105,8 +105,8 @@ def test_checker_rejects_unfixed_and_half_fixed():
     ep = task.episode(p, keep=True)
     for t in tokens[: [i for i, t in enumerate(tokens) if t == RUN][1]]:  # up to the second run
         ep.act(t)
-    half = {n: (p.workspace.path / n).read_text() for n in cb.files()}
-    assert half != cb.files() and not threaded(half) and not task.check(p, ANSWER)
+    half = {n: (ep.tools[0].workspace / n).read_text() for n in cb.files()}
+    assert half != cb.files() and not threaded(half) and not task.check(p, ANSWER, ep.tools)
     # a call on a path to foo deleted: foo runs fewer times than the codebase has paths
     many = next(s for s in range(50) if generate(12, s).foo_paths() > 1)
     cb2 = generate(12, many)
@@ -133,7 +133,7 @@ def test_replay_through_runtime_reproduces_the_trajectory():
     episodes = [task.episode(p, keep=True, expected=o.model_tokens()) for p, o in zip(problems, oracles)]
     run_episodes(ScriptedPolicy(oracles), episodes)
     for p, o, ep in zip(problems, oracles, episodes):
-        assert ep.exit == FINISHED and ep.answer == ANSWER and task.check(p, ep.answer)
+        assert ep.exit == FINISHED and ep.answer == ANSWER and task.check(p, ep.answer, ep.tools)
         assert ep.trajectory.tokens == o.tokens and ep.trajectory.roles == o.roles
         assert OBSERVATION in ep.trajectory.roles
 
