@@ -1,0 +1,40 @@
+"""What every pointer and search task promises, checked the same way for each."""
+
+import random
+
+import pytest
+
+from mamba_agent.episode import DIVERGED, FINISHED
+from mamba_agent.runtime import run_episodes
+from mamba_agent.tasks import get_task
+from mamba_agent.trajectory import OBSERVATION, OUTPUT
+from tests.scripted import ScriptedPolicy
+
+SIZES = {"addition": (1, 7, 64, 300), "multiplication-1": (1, 7, 64, 300), "multiplication-2": (1, 7, 64, 300),
+         "logical_graph": (1, 7, 10, 40)}
+
+
+@pytest.mark.parametrize("name", SIZES)
+def test_replay_through_runtime_reproduces_observations_and_answer(name):
+    """Model tokens replayed by a scripted policy, batched, through fresh tools: the same
+    trajectory, observations included, and the reference answer."""
+    task, rng = get_task(name), random.Random(1)
+    problems = [task.random_problem(rng, n) for n in SIZES[name]]
+    oracles = [task.oracle(p) for p in problems]
+    episodes = [task.episode(p, keep=True, expected=o.model_tokens()) for p, o in zip(problems, oracles)]
+    run_episodes(ScriptedPolicy(oracles), episodes)
+    for p, o, ep in zip(problems, oracles, episodes):
+        assert ep.exit == FINISHED
+        assert ep.trajectory.tokens == o.tokens and ep.trajectory.roles == o.roles
+        assert task.check(p, ep.answer, ep.tools) and ep.answer == p.reference
+        assert OBSERVATION in ep.trajectory.roles and OUTPUT in ep.trajectory.roles
+        assert len(o) < task.max_tokens(p) / 1.5  # the default limit leaves room
+
+
+@pytest.mark.parametrize("name", SIZES)
+def test_divergence_is_detected(name):
+    task, rng = get_task(name), random.Random(2)
+    p, q = task.random_problem(rng, 6), task.random_problem(rng, 6)
+    ep = task.episode(p, keep=True, expected=task.oracle(p).model_tokens())
+    run_episodes(ScriptedPolicy([task.oracle(q)]), [ep])
+    assert ep.exit == DIVERGED
