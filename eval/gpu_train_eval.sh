@@ -13,7 +13,7 @@ cd /tmp  # import the installed package, not the checkout
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
 for job in $JOBS; do
   IFS=: read -r task policy sizes <<<"$job"
-  python3 -m mamba_agent.cli train --task "$task" --policy "$policy" --steps "${STEPS:-2000}" --device cuda \
+  python3 -m mamba_agent.cli train --task "$task" --policy "$policy" --steps "${STEPS:-2000}" --device cuda --data-workers 12 \
     --out "runs/$task-$policy" 2>&1 | tail -1 | tee -a "$OUT/train.log"
   tar czf "$OUT/checkpoints.tgz" runs/*/config.json runs/*/model.safetensors runs/*/train_log.jsonl
 done

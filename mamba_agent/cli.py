@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    p.add_argument("--data-workers", type=int, default=0, help="processes generating trajectories (same batches)")
     p.add_argument("--out", required=True, help="run folder: checkpoint, train_state.pt, train_log.jsonl")
 
     p = sub.add_parser("eval", help="exact-match accuracy against problem size (appends, resumes)")
@@ -166,7 +167,8 @@ def train(args) -> int:
             policy[key] = value
     try:
         cfg = TrainConfig(task=args.task, policy=policy, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                          seed=args.seed, save_every=args.save_every, device=args.device)
+                          seed=args.seed, save_every=args.save_every, device=args.device,
+                          data_workers=args.data_workers)
         from mamba_agent.policies import POLICY_CONFIGS
         from mamba_agent.tasks import get_task
         from mamba_agent.vocab import VOCAB_SIZE

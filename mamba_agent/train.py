@@ -52,6 +52,9 @@ class TrainConfig(BaseModel, use_attribute_docstrings=True):
     """Steps between checkpoints (and the point a crash resumes from)."""
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available)."""
+    data_workers: int = 0
+    """Processes generating oracle trajectories (0: the training process). The batches are the
+    same whatever this is; on a GPU, generation is often slower than the step."""
 
 
 def make_batch(task, rng: random.Random, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -65,6 +68,22 @@ def make_batch(task, rng: random.Random, batch_size: int) -> tuple[torch.Tensor,
         tokens[i, : len(t)] = torch.tensor(t.tokens)
         mask[i, : len(t)] = learned[torch.tensor(t.roles)]
     return tokens[:, :-1], tokens[:, 1:], mask[:, 1:]
+
+
+class Batches(torch.utils.data.IterableDataset):
+    """The batches of steps `start`..`stop`-1 for one rank; worker w of W makes the steps s with
+    s % W == w, and the DataLoader takes the workers in turn, so the order is the step order."""
+
+    def __init__(self, task_name: str, seed: int, rank: int, batch_size: int, start: int, stop: int):
+        self.task_name, self.seed, self.rank, self.batch_size = task_name, seed, rank, batch_size
+        self.start, self.stop = start, stop
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        w, n = (info.id, info.num_workers) if info else (0, 1)
+        task = get_task(self.task_name)
+        for step in range(self.start + w, self.stop, n):
+            yield make_batch(task, random.Random(f"{self.seed}-{self.rank}-{step}"), self.batch_size)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -101,7 +120,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     state_path = out / "train_state.pt"
     if state_path.exists():  # resume
         saved = torch.load(state_path, map_location=device, weights_only=False)
-        if {**saved["config"], "steps": cfg.steps} != cfg.model_dump():  # more steps may extend a run
+        if {**saved["config"], "steps": cfg.steps, "data_workers": cfg.data_workers} != cfg.model_dump():  # more steps may extend a run
             raise ValueError(f"{out} holds a run with other settings; choose a new --out or the same settings")
         policy.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
@@ -111,9 +130,12 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     bar = Bar("train", cfg.steps, step, loss=float("nan")) if progress and rank == 0 else None
     summary = json.loads((out / "config.json").read_text())["training"] if step else {}
     start, loss_ema = time.monotonic() - seconds, None
-    while step < cfg.steps:
-        rng = random.Random(f"{cfg.seed}-{rank}-{step}")
-        inputs, targets, mask = (x.to(device) for x in make_batch(task, rng, cfg.batch_size // world))
+    batches = torch.utils.data.DataLoader(
+        Batches(cfg.task, cfg.seed, rank, cfg.batch_size // world, step, cfg.steps),
+        batch_size=None, num_workers=cfg.data_workers, prefetch_factor=4 if cfg.data_workers else None,
+    )
+    for batch in batches:
+        inputs, targets, mask = (x.to(device, non_blocking=True) for x in batch)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, cfg)
         logits = model(inputs)  # (B, T, V)

@@ -77,10 +77,11 @@ def test_train_resumes_exactly_where_it_stopped(tmp_path, capsys):
     common = ["train", "--set", "d_model=32", "--set", "n_layer=1", "--batch-size", "4", "--save-every", "2", "--device", "cpu"]
     assert main(common + ["--steps", "4", "--out", str(tmp_path / "straight")]) == 0
     assert main(common + ["--steps", "2", "--out", str(tmp_path / "resumed")]) == 0  # "crash" after step 2
-    assert main(common + ["--steps", "4", "--out", str(tmp_path / "resumed")]) == 0
+    assert main(common + ["--steps", "4", "--data-workers", "2", "--out", str(tmp_path / "resumed")]) == 0
     capsys.readouterr()
     w1 = safetensors.torch.load_file(tmp_path / "straight" / "model.safetensors")
     w2 = safetensors.torch.load_file(tmp_path / "resumed" / "model.safetensors")
+    # the same weights: resumed at step 2, and data from two worker processes instead of none
     assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
     meta = json.loads((tmp_path / "resumed" / "config.json").read_text())
     assert meta["training"]["steps"] == 4 and meta["policy"]["d_model"] == 32
