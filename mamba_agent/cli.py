@@ -154,6 +154,7 @@ def _print_result(r: dict) -> None:
 
 
 def train(args) -> int:
+    from mamba_agent.taskfile import first_error
     from mamba_agent.train import TrainConfig, train as run_training
 
     policy = {"kind": args.policy}
@@ -178,15 +179,10 @@ def train(args) -> int:
             raise ValueError(f"unknown policy kind {args.policy!r}; valid kinds: {', '.join(POLICY_CONFIGS)}")
         POLICY_CONFIGS[args.policy].model_validate({**policy, "vocab_size": VOCAB_SIZE})  # before any work
     except (ValidationError, ValueError) as e:
-        raise UsageError(str(e).splitlines()[0] if not isinstance(e, ValidationError) else _validation_line(e)) from None
+        raise UsageError(first_error(e) if isinstance(e, ValidationError) else str(e).splitlines()[0]) from None
     summary = run_training(cfg, args.out)
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     return 0
-
-
-def _validation_line(e: ValidationError) -> str:
-    err = e.errors()[0]
-    return f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
 
 
 def evaluate(args) -> int:

@@ -73,7 +73,8 @@ class TaskFile(BaseModel, use_attribute_docstrings=True):
         return self
 
 
-def _first_error(e: ValidationError, prefix: str = "") -> str:
+def first_error(e: ValidationError, prefix: str = "") -> str:
+    """`field.path: message` of a validation error's first problem, on one line."""
     err = e.errors()[0]
     loc = ".".join(str(x) for x in (prefix, *err["loc"]) if x != "")
     msg = err["msg"].removeprefix("Value error, ")
@@ -94,7 +95,7 @@ def load_taskfile(path: str | Path) -> tuple[TaskFile, Problem]:
     try:
         tf = TaskFile.model_validate(data)
     except ValidationError as e:
-        raise TaskFileError(f"{path}: {_first_error(e)}") from None
+        raise TaskFileError(f"{path}: {first_error(e)}") from None
     task = get_task(tf.task)
     try:
         if tf.input is not None:
@@ -102,7 +103,7 @@ def load_taskfile(path: str | Path) -> tuple[TaskFile, Problem]:
         else:
             problem = task.random_problem(random.Random(tf.seed), tf.size)
     except ValidationError as e:
-        raise TaskFileError(f"{path}: {_first_error(e, 'input')}") from None
+        raise TaskFileError(f"{path}: {first_error(e, 'input')}") from None
     if tf.trajectory is None:
         tf.trajectory = f"trajectories/{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     return tf, problem
