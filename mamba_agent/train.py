@@ -196,8 +196,8 @@ def fit_lookup_run(cfg: TrainConfig, out: Path, task, progress: bool) -> dict:
             if bar:
                 bar.update(step + 1)
 
-    k = LookupConfig.model_validate({**cfg.policy, "vocab_size": VOCAB_SIZE}).k
-    policy = fit_lookup(trajectories(), k, VOCAB_SIZE)
+    lookup = LookupConfig.model_validate({**cfg.policy, "vocab_size": VOCAB_SIZE})
+    policy = fit_lookup(trajectories(), lookup.k, VOCAB_SIZE, lookup.backoff)
     if bar:
         bar.close()
     summary = {

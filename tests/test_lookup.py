@@ -10,8 +10,8 @@ What was measured (k = 7, training problems of 1..5 digits, shared/locality.md's
 - Every other context (8,356 seen in 32,000 problems) is size-independent: 2,000 training
   problems leave 91 of them missing from thirty 20-digit problems (162 from thirty 60-digit
   ones), 8,000 leave 2 (6), and 32,000 cover every one needed by thirty problems each of 20, 60
-  and 200 digits. So, given only the contexts that reach into their input, the table solves
-  long problems exactly.
+  and 200 digits. So with back-off (unseen context: its longest seen suffix), which lets the
+  table ignore the operand digits before the first command, it solves long problems exactly.
 """
 
 import random
@@ -121,17 +121,15 @@ def test_long_problems_fail_loudly_at_the_first_token(small_fit, digits):
     assert episode.exit == FORMAT_ERRORS and first == ERR
 
 
-def test_long_problems_solved_exactly_given_the_contexts_that_reach_into_their_input():
+def test_with_backoff_long_problems_are_solved_exactly():
+    """Fitted on 1..5-digit problems only: with back-off the operand digits before the first
+    command stop mattering, and 32,000 problems cover every other context, so 20- to 300-digit
+    additions come out exactly (measured: 100 of 100 at 1,000 digits, eval/README.md)."""
     rng = random.Random(8)
-    problems = [task.random_problem(rng, n) for n in (20, 20, 60, 60, 200)]
-    trajectories = [task.oracle(p) for p in problems]
-    # The first K tokens after each prompt: their contexts hold operand digits no training
-    # problem has. Everything after is left to 32,000 training problems (1..5 digits).
-    ends = [len(p.prompt) + K for p in problems]
-    heads = [Trajectory(t.tokens[:end], t.roles[:end]) for t, end in zip(trajectories, ends)]
-    policy = fit_lookup(oracles(32_000, seed=0) + heads, K, VOCAB_SIZE)
+    problems = [task.random_problem(rng, n) for n in (20, 60, 300)]
+    policy = fit_lookup(oracles(32_000, seed=0), K, VOCAB_SIZE, backoff=True)
     assert policy.n_conflicts == 0
-    episodes = [task.episode(p, expected=t.model_tokens()) for p, t in zip(problems, trajectories)]
+    episodes = [task.episode(p, expected=task.oracle(p).model_tokens()) for p in problems]
     run_episodes(policy, episodes)
     assert [ep.exit for ep in episodes] == [FINISHED] * len(problems)
     assert all(task.check(p, ep.answer) for p, ep in zip(problems, episodes))

@@ -38,6 +38,11 @@ class LookupConfig(PolicyConfig):
     table_size: NonNegativeInt = 0
     """Number of contexts in the table (set by `fit_lookup`; sizes the buffers a checkpoint
     loads into)."""
+    backoff: bool = False
+    """On an unseen context, predict from its longest suffix that training saw (the token most
+    contexts with that suffix predict), as an n-gram model backs off, instead of [ERR]. It lets
+    the table ignore tokens that never matter, such as the operand digits before the first
+    command; on a task that is not local it guesses instead of failing loudly."""
 
     @model_validator(mode="after")
     def _check_vocab(self) -> "LookupConfig":
@@ -58,6 +63,7 @@ class LookupPolicy(Policy):
         self.register_buffer("next_token", torch.full((M,), ERR, dtype=torch.long))  # (M,)
         self.register_buffer("conflicts", torch.zeros((), dtype=torch.long))  # () set by fit_lookup
         self._table: dict[tuple[int, ...], int] = {}
+        self._suffixes: list[dict[tuple[int, ...], int]] = []  # [j]: j-token suffix -> token
         self._table_key = None
 
     @property
@@ -70,13 +76,24 @@ class LookupPolicy(Policy):
         key = tuple((b._version, b.data_ptr()) for b in (self.contexts, self.next_token))
         if key != self._table_key:
             self._table = dict(zip(map(tuple, self.contexts.tolist()), self.next_token.tolist()))
+            self._suffixes = [{}] + [_majority(self._table, j) for j in range(1, self.config.k)] if self.config.backoff else []
             self._table_key = key
         return self._table
 
+    def _predict(self, window: tuple[int, ...]) -> int:
+        token = self._table.get(window)
+        if token is None:
+            for j in range(len(self._suffixes) - 1, 0, -1):  # longest seen suffix first
+                token = self._suffixes[j].get(window[-j:])
+                if token is not None:
+                    return token
+            return ERR
+        return token
+
     def _logits(self, windows: Tensor) -> Tensor:
         """windows (..., k) long -> logits (..., vocab_size) float32: 0 at the prediction."""
-        table = self._lookup()
-        predicted = [table.get(w, ERR) for w in map(tuple, windows.reshape(-1, self.config.k).tolist())]
+        self._lookup()
+        predicted = [self._predict(w) for w in map(tuple, windows.reshape(-1, self.config.k).tolist())]
         predicted = torch.tensor(predicted, device=windows.device).view(windows.shape[:-1])  # (...)
         logits = torch.full((*windows.shape[:-1], self.config.vocab_size), _NEVER, device=windows.device)
         return logits.scatter_(-1, predicted[..., None], 0.0)  # (..., vocab_size)
@@ -103,7 +120,16 @@ class LookupPolicy(Policy):
         return state.nbytes
 
 
-def fit_lookup(trajectories: list[Trajectory], k: int, vocab_size: int) -> LookupPolicy:
+def _majority(table: dict[tuple[int, ...], int], j: int) -> dict[tuple[int, ...], int]:
+    """j-token suffix -> the next token that most table contexts ending in it predict."""
+    votes = Counter((context[-j:], token) for context, token in table.items())
+    best: dict[tuple[int, ...], int] = {}
+    for (suffix, token), _ in sorted(votes.items(), key=lambda item: (-item[1], item[0][1])):
+        best.setdefault(suffix, token)
+    return best
+
+
+def fit_lookup(trajectories: list[Trajectory], k: int, vocab_size: int, backoff: bool = False) -> LookupPolicy:
     """The table of (context -> next model token) over `trajectories`, counted as
     `mamba_agent.locality.contexts` does. A context followed by several tokens keeps the most
     frequent (ties: the smallest id) and counts as one conflict (`policy.n_conflicts`)."""
@@ -113,7 +139,7 @@ def fit_lookup(trajectories: list[Trajectory], k: int, vocab_size: int) -> Looku
         table.setdefault(context, token)
     n_tokens = Counter(context for context, _ in counts)  # distinct next tokens per context
     keys = sorted(table)  # a deterministic table for the same data
-    policy = LookupPolicy(LookupConfig(vocab_size=vocab_size, k=k, table_size=len(keys)))
+    policy = LookupPolicy(LookupConfig(vocab_size=vocab_size, k=k, table_size=len(keys), backoff=backoff))
     if keys:
         policy.contexts.copy_(torch.tensor(keys, dtype=torch.long))
         policy.next_token.copy_(torch.tensor([table[c] for c in keys]))
