@@ -40,10 +40,10 @@ def main() -> None:
     episode = task.episode(problem, max_tokens=args.max_tokens or task.max_tokens(problem))
     marks = []  # (tokens, seconds) every progress call
 
-    def progress(episodes):
-        marks.append((episodes[0].n_tokens, episodes[0].seconds))
+    def progress():
+        marks.append((episode.n_tokens, episode.seconds))
 
-    state = run_episodes(policy, [episode], on_progress=progress, progress_seconds=0.5)
+    state = run_episodes(policy, [episode], on_progress=progress, progress_seconds=0.5).state
     rates = [(b[0] - a[0]) / (b[1] - a[1]) for a, b in zip(marks, marks[1:]) if b[1] > a[1]]
     print(json.dumps({
         "checkpoint": args.checkpoint, "policy": meta["policy"]["kind"], "parameters": policy.num_parameters(),

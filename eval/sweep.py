@@ -1,10 +1,11 @@
 """Length-generalisation sweep: exact-match accuracy of checkpoints against problem size.
 
 Problem i of size n is the same for every checkpoint (seeded by task, size and i). Episodes run
-in batches through the real runtime, greedy, each with its oracle's model tokens: the episode
-ends at the first token that differs (the paper's metric is exact match of the whole
-trajectory, so nothing after that point can change the verdict). Each sample's result is
-appended to a JSONL file as its batch finishes; a rerun skips what is already there.
+through the real runtime, `batch_size` rows in lockstep (a finished episode's row takes the next
+one at once), greedy, each with its oracle's model tokens: the episode ends at the first token
+that differs (the paper's metric is exact match of the whole trajectory, so nothing after that
+point can change the verdict). Each sample's result is appended to a JSONL file the moment it
+finishes; a rerun skips what is already there.
 """
 
 import json
@@ -41,27 +42,34 @@ def evaluate(checkpoint: str, sizes: list[int], samples: int, out: str | Path, b
     done = {(r["label"], r["size"], r["index"]) for r in load_results(out)}
     todo = [(n, i) for n in sizes for i in range(samples) if (label, n, i) not in done]
     bar = Bar(f"eval {label}", len(todo)) if progress and todo else None
+    started = time.monotonic()
+    cases = {}  # episode -> (size, index, problem)
+
+    def episodes():  # made as rows free up, so an oracle is computed only when it is needed
+        for n, i in todo:
+            p = eval_problem(task, n, i)
+            ep = task.episode(p, expected=task.oracle(p).model_tokens())
+            cases[ep] = (n, i, p)
+            yield ep
+
     with open(out, "a") as f:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start : start + batch_size]
-            problems = [eval_problem(task, n, i) for n, i in chunk]
-            episodes = [task.episode(p, expected=task.oracle(p).model_tokens()) for p in problems]
-            t0 = time.monotonic()
-            run_episodes(policy, episodes)
-            seconds = time.monotonic() - t0
-            for (n, i), p, ep in zip(chunk, problems, episodes):
-                row = {
-                    "label": label, "policy": meta["policy"]["kind"], "task": task.name, "size": n, "index": i,
-                    "train_max_size": task.train_max_size,
-                    "exact": ep.exit == FINISHED and task.check(p, ep.answer, ep.tools), "exit": ep.exit,
-                    "model_tokens": ep.n_model_tokens, "oracle_model_tokens": len(ep.expected),
-                    "tokens": ep.n_tokens, "batch_seconds": round(seconds, 3), "device": device,
-                    "date": time.strftime("%Y-%m-%d"),
-                }
-                f.write(json.dumps(row) + "\n")
+
+        def record(ep) -> None:
+            n, i, p = cases.pop(ep)
+            row = {
+                "label": label, "policy": meta["policy"]["kind"], "task": task.name, "size": n, "index": i,
+                "train_max_size": task.train_max_size,
+                "exact": ep.exit == FINISHED and task.check(p, ep.answer, ep.tools), "exit": ep.exit,
+                "model_tokens": ep.n_model_tokens, "oracle_model_tokens": len(ep.expected),
+                "tokens": ep.n_tokens, "seconds": round(ep.seconds, 3), "device": device,
+                "date": time.strftime("%Y-%m-%d"),
+            }
+            f.write(json.dumps(row) + "\n")
             f.flush()
             if bar:
-                bar.advance(len(chunk))
+                bar.advance(1)
+
+        run_episodes(policy, episodes(), batch_size=min(batch_size, max(len(todo), 1)), on_done=record, device=device)
     if bar:
         bar.close()
     return [r for r in load_results(out) if r["label"] == label]

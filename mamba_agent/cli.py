@@ -104,7 +104,7 @@ def solve(args) -> int:
         run_episodes(policy, [episode], sampler)
     else:
         with _LiveView(tf.task, checkpoint, max_tokens) as view:
-            run_episodes(policy, [episode], sampler, on_progress=view.update)
+            run_episodes(policy, [episode], sampler, on_progress=lambda: view.update(episode))
     correct = task.check(problem, episode.answer, episode.tools)
     end = episode.close(correct)
     result = {"task": tf.task, **end, "reference": problem.reference, "checkpoint": checkpoint, "trajectory": str(path)}
@@ -134,10 +134,9 @@ class _LiveView:
     def __exit__(self, *exc):
         self.live.__exit__(*exc)
 
-    def update(self, episodes) -> None:
+    def update(self, ep) -> None:
         from rich.text import Text
 
-        ep = episodes[0]
         rate = ep.n_tokens / max(time.monotonic() - self.started, 1e-9)
         phase = "answering" if ep.after_ans else "thinking"
         answer = ep.answer

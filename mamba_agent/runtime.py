@@ -1,20 +1,23 @@
-"""The agent loop: a policy decodes several episodes in lockstep, tools in the loop.
+"""The agent loop: a policy decodes many episodes in lockstep, tools in the loop.
 
-Every row consumes exactly one token per step: a forced token (its prompt, then each tool
-observation) if it has one queued, else the token sampled from its last logits, which goes to
-`Episode.act` and may queue an observation. When every live row has forced tokens queued, the
-shortest run of them is prefilled in one call into the current state. The loop holds the policy
-state and the queues, never the token history: episodes stream their trajectories to disk.
+The batch has `batch_size` rows. Every live row consumes exactly one token per step: a forced
+token (its prompt, then each tool observation) if it has one queued, else the token sampled from
+its last logits, which goes to `Episode.act` and may queue an observation. When every live row
+has forced tokens queued, the shortest run of them is prefilled in one call. When an episode
+ends, the next one takes its row at once (its state row is emptied) if the policy can reset one
+row; otherwise (a KV cache whose positions every row shares) new episodes start when the whole
+batch is done. The loop holds the decoder's state and the queues, never the token history:
+episodes stream their trajectories to disk.
 """
 
-import itertools
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import torch
 
 from mamba_agent.episode import Episode
+from mamba_agent.policies.base import Decoder
 from mamba_agent.vocab import PAD
 
 
@@ -34,46 +37,95 @@ class Sampler:
         return torch.multinomial(probs, 1, generator=self.generator).squeeze(1).tolist()
 
 
+def make_decoder(policy, batch_size: int, device=None) -> Decoder:
+    """The policy's decoder (a fast one where it has one); a bare module gets the default."""
+    if hasattr(policy, "decoder"):
+        return policy.decoder(batch_size, device)
+    return Decoder(policy, batch_size, device)
+
+
 @torch.inference_mode()
 def run_episodes(
     policy,
-    episodes: list[Episode],
+    episodes: Iterable[Episode],
     sampler: Sampler | None = None,
-    on_progress: Callable[[list[Episode]], None] | None = None,
+    batch_size: int | None = None,
+    on_progress: Callable[[], None] | None = None,
+    on_done: Callable[[Episode], None] | None = None,
     progress_seconds: float = 0.1,
-):
-    """Decode until every episode is done; `on_progress(episodes)` is called every
-    `progress_seconds` and once at the end. Returns the final policy state (for measurements)."""
+    device: torch.device | str | None = None,
+) -> Decoder:
+    """Decode every episode to its end. `episodes` may be a lazy iterable: each is taken when a
+    row frees up. `batch_size` (default: all of them) rows decode together. `on_done(episode)`
+    runs as each one ends; `on_progress()` every `progress_seconds` and once at the end. Returns the decoder (its state, for measurements)."""
     sampler = sampler or Sampler()
-    device = next(itertools.chain(policy.parameters(), policy.buffers())).device  # lookup tables have no parameters
-    state = policy.init_state(len(episodes), device=device)
-    queues = [deque(ep.prompt) for ep in episodes]
-    sampled: list[int] = []
-    last_progress = time.monotonic()
+    if batch_size is None:
+        episodes = list(episodes)
+        batch_size = max(len(episodes), 1)
+    pending = iter(episodes)
+    decoder = make_decoder(policy, batch_size, device)
+    refill_rows = _can_reset_rows(policy)
+    rows: list[Episode | None] = [None] * batch_size
+    queues = [deque() for _ in range(batch_size)]
+    sampled = [PAD] * batch_size
+    started = time.monotonic()
+    last_progress = started
+
+    def take(r: int) -> None:
+        rows[r] = next(pending, None)
+        queues[r].clear()
+        if rows[r] is not None:
+            queues[r].extend(rows[r].prompt)
+
+    for r in range(batch_size):
+        take(r)
     while True:
-        live = [r for r, ep in enumerate(episodes) if not ep.done]
+        live = [r for r in range(batch_size) if rows[r] is not None]
         if not live:
             break
         chunk = min(len(queues[r]) for r in live)
         if chunk > 1:  # every live row has forced tokens: prefill them together
-            rows = [[queues[r].popleft() for _ in range(chunk)] if r in live else [PAD] * chunk for r in range(len(episodes))]
-            logits = policy(torch.tensor(rows, device=device), state)[:, -1]  # (B, V)
+            tokens = [[queues[r].popleft() for _ in range(chunk)] if rows[r] else [PAD] * chunk for r in range(batch_size)]
+            logits = decoder.prefill(tokens)
         else:
-            inputs = []
-            for r, ep in enumerate(episodes):
-                if ep.done:
-                    inputs.append(PAD)
-                elif queues[r]:
-                    inputs.append(queues[r].popleft())
+            tokens = [PAD] * batch_size
+            for r in live:
+                ep, queue = rows[r], queues[r]
+                if not queue:
+                    queue.extend(ep.act(sampled[r]))
+                    if ep.done:  # the token that ended it is not fed: the row is free
+                        rows[r] = None
+                        if on_done is not None:
+                            on_done(ep)
+                        if refill_rows:
+                            decoder.reset_row(r)
+                            take(r)
+                            if rows[r] is not None:
+                                tokens[r] = queues[r].popleft()
+                        continue
+                    tokens[r] = sampled[r]
                 else:
-                    token = sampled[r]
-                    queues[r].extend(ep.act(token))
-                    inputs.append(token)
-            logits = policy.step(torch.tensor(inputs, device=device), state)  # (B, V)
+                    tokens[r] = queue.popleft()
+            if not refill_rows and all(ep is None for ep in rows):
+                decoder = make_decoder(policy, batch_size, device)  # a new wave on a fresh state
+                for r in range(batch_size):
+                    take(r)
+                continue
+            if all(ep is None for ep in rows):
+                break
+            logits = decoder.step(tokens)
         sampled = sampler(logits)
         if on_progress is not None and time.monotonic() - last_progress > progress_seconds:
-            on_progress(episodes)
+            on_progress()
             last_progress = time.monotonic()
     if on_progress is not None:
-        on_progress(episodes)
-    return state
+        on_progress()
+    return decoder
+
+
+def _can_reset_rows(policy) -> bool:
+    try:
+        policy.reset_row(policy.init_state(1), 0)
+    except (NotImplementedError, AttributeError):
+        return False
+    return True

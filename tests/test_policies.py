@@ -237,3 +237,30 @@ def test_decoding_under_inference_mode_leaves_the_policy_trainable(kind):
         for t in range(150, 200):  # past the lengths seen so far: the Transformer extends its RoPE table
             policy.step(seq[:, t], state)
     policy(seq).sum().backward()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_decoder_equals_forward_and_resets_one_row(kind):
+    """Each policy's runtime decoder (Mamba's on the CPU: NumPy with prepared weights) gives the
+    parallel forward's logits through prefill and step; a row reset starts that row afresh."""
+    policy, seq = tiny(kind), tokens(3, 40)
+    with torch.no_grad():
+        full = policy(seq)  # (3, 40, VOCAB)
+        decoder = policy.decoder(3)
+        got = [decoder.prefill(seq[:, :10].tolist())]
+        got += [decoder.step(seq[:, t].tolist()).clone() for t in range(10, 40)]
+        torch.testing.assert_close(torch.stack(got, dim=1), full[:, 9:], atol=ATOL, rtol=0)
+        if kind.startswith("transformer"):
+            with pytest.raises(NotImplementedError):
+                decoder.reset_row(1)  # every row shares the cache's positions
+            return
+        decoder.reset_row(1)
+        fresh = policy(seq[1:2, :5])[0]  # (5, VOCAB): row 1's tokens from an empty history
+        steps = torch.stack([decoder.step(seq[:, t].tolist())[1].clone() for t in range(5)])
+    torch.testing.assert_close(steps, fresh, atol=ATOL, rtol=0)
+
+
+def test_mamba_cpu_decoder_is_the_fast_path():
+    from mamba_agent.policies.mamba import CPUDecoder
+
+    assert isinstance(tiny("mamba").decoder(1), CPUDecoder)

@@ -4,11 +4,16 @@ A policy reads token ids and scores the next token. It runs in two modes:
 - `forward(tokens)`: the whole sequence at once from an empty state (training);
 - `init_state` + `forward(tokens, state)` (prefill) + `step(token, state)` (decode): the runtime's
   loop, in which the state is updated in place.
+The runtime does not call these directly but through a `Decoder` (`policy.decoder(batch_size)`):
+one batch of rows, its state, and the three calls the loop makes. The default decoder is those
+methods; a policy may return a faster one (weights prepared once, buffers allocated once, a CUDA
+graph) that must give the same logits.
 
 The state is an inference object: it stores values without autograd history, so prefill and
 step are meant to run under `torch.no_grad()` (step enforces it itself).
 """
 
+import itertools
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -57,6 +62,81 @@ class Policy(nn.Module, ABC):
     def state_nbytes(self, state: Any) -> int:
         """Bytes allocated for the state (for a cache that grows: its capacity, not its fill)."""
 
+    def reset_row(self, state: Any, row: int) -> None:
+        """Empty row `row`'s history in place, for a new episode in that row. Policies whose
+        state is one slot per row support it; the rest (a KV cache shared by every row's
+        positions) raise, and the runtime then refills a batch only when all of it is done."""
+        raise NotImplementedError(f"{type(self).__name__} cannot reset one row of its state")
+
+    def decoder(self, batch_size: int, device: torch.device | str | None = None) -> "Decoder":
+        """The runtime's handle on `batch_size` rows decoding together (see `Decoder`)."""
+        return Decoder(self, batch_size, device)
+
     def num_parameters(self) -> int:
         """Number of distinct parameters (tied weights counted once)."""
         return sum(p.numel() for p in self.parameters())
+
+
+class Decoder:
+    """`batch_size` rows decoding in lockstep: their state and the calls the runtime makes.
+
+    This default runs the policy's own `forward` and `step`. Logits returned by `step` and
+    `prefill` may be a buffer that the next call overwrites: read them before calling again.
+    """
+
+    def __init__(self, policy: Policy, batch_size: int, device: torch.device | str | None = None):
+        self.policy, self.batch_size = policy, batch_size
+        self.state = policy.init_state(batch_size, device)
+        self.device = torch.device(device) if device is not None else _device_of(policy)
+
+    def prefill(self, tokens: list[list[int]]) -> Tensor:
+        """tokens: B rows of L ids -> the logits after the last one (B, vocab_size)."""
+        return self.policy(torch.tensor(tokens, device=self.device), self.state)[:, -1]
+
+    def step(self, tokens: list[int]) -> Tensor:
+        """B ids -> logits (B, vocab_size)."""
+        return self.policy.step(torch.tensor(tokens, device=self.device), self.state)
+
+    def reset_row(self, row: int) -> None:
+        self.policy.reset_row(self.state, row)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    tensor = next(itertools.chain(module.parameters(), module.buffers()), None)  # lookup tables have only buffers
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+class CUDAGraphDecoder(Decoder):
+    """`step` captured once in a CUDA graph and replayed: one launch per token instead of one per
+    operation. At batch 1 a small model's step is all launch overhead (tens of kernels of a few
+    microseconds each). Needs a state of fixed tensors updated in place (Mamba, LSTM, GRU);
+    `prefill` and `reset_row` write into the same tensors, so the graph sees them."""
+
+    def __init__(self, policy: Policy, batch_size: int, device: torch.device | str | None = None):
+        super().__init__(policy, batch_size, device)
+        self.tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        self.host_tokens = torch.zeros(batch_size, dtype=torch.long).pin_memory()
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: Tensor | None = None
+
+    def _capture(self) -> None:
+        # Warm up on a side stream (Triton compiles, cuBLAS picks its kernels) with a scratch
+        # state, then capture: nothing runs during capture, so the real state is untouched.
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            scratch = self.policy.init_state(self.batch_size, self.device)
+            for _ in range(3):
+                self.policy.step(self.tokens, scratch)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self.policy.step(self.tokens, self.state)
+
+    def step(self, tokens: list[int]) -> Tensor:
+        if self.graph is None:
+            self._capture()
+        self.host_tokens.numpy()[:] = tokens
+        self.tokens.copy_(self.host_tokens, non_blocking=True)
+        self.graph.replay()
+        return self.logits

@@ -119,6 +119,9 @@ class LookupPolicy(Policy):
     def state_nbytes(self, state: Tensor) -> int:
         return state.nbytes
 
+    def reset_row(self, state: Tensor, row: int) -> None:
+        state[row] = PAD
+
 
 def _majority(table: dict[tuple[int, ...], int], j: int) -> dict[tuple[int, ...], int]:
     """j-token suffix -> the next token that most table contexts ending in it predict."""

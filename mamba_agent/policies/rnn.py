@@ -15,7 +15,7 @@ import torch
 from pydantic import PositiveInt
 from torch import Tensor, nn
 
-from mamba_agent.policies.base import Policy, PolicyConfig
+from mamba_agent.policies.base import CUDAGraphDecoder, Decoder, Policy, PolicyConfig
 
 
 class _RNNConfig(PolicyConfig):
@@ -105,3 +105,12 @@ class RNNPolicy(Policy):
 
     def state_nbytes(self, state: RNNState) -> int:
         return state.h.nbytes + (0 if state.c is None else state.c.nbytes)
+
+    def reset_row(self, state: RNNState, row: int) -> None:
+        state.h[:, row].zero_()
+        if state.c is not None:
+            state.c[:, row].zero_()
+
+    def decoder(self, batch_size: int, device: torch.device | str | None = None) -> Decoder:
+        device = torch.device(device) if device is not None else self.head.weight.device
+        return (CUDAGraphDecoder if device.type == "cuda" else Decoder)(self, batch_size, device)
