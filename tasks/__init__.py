@@ -16,6 +16,9 @@ from mamba_agent.trajectory import Trajectory
 
 TASKS = {
     "addition": "mamba_agent.tasks.addition:Addition",
+    "addition-nocot": "mamba_agent.tasks.addition_ablations:AdditionNoCoT",
+    "addition-cot-notool": "mamba_agent.tasks.addition_ablations:AdditionCoTNoTool",
+    "addition-calculator": "mamba_agent.tasks.addition_ablations:AdditionCalculator",
     "multiplication": "mamba_agent.tasks.multiplication:Multiplication",
     "multiplication-1": "mamba_agent.tasks.multiplication:MultiplicationBy1",
     "multiplication-2": "mamba_agent.tasks.multiplication:MultiplicationBy2",

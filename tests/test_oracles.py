@@ -11,7 +11,7 @@ from mamba_agent.trajectory import OBSERVATION, OUTPUT
 from tests.scripted import ScriptedPolicy
 
 SIZES = {"addition": (1, 7, 64, 300), "multiplication-1": (1, 7, 64, 300), "multiplication-2": (1, 7, 64, 300),
-         "logical_graph": (1, 7, 10, 40)}
+         "logical_graph": (1, 7, 10, 40), "addition-calculator": (1, 7, 64, 300)}
 
 
 @pytest.mark.parametrize("name", SIZES)
