@@ -153,3 +153,64 @@ def test_transformer_step_and_prefill_equal_forward_on_cuda():
         stepped = torch.stack([policy.step(seq[:, t], state) for t in range(90, 100)], dim=1)
     torch.testing.assert_close(prefilled, full[:, :90], **TOL)
     torch.testing.assert_close(stepped, full[:, 90:], **TOL)
+
+
+@pytest.mark.parametrize("chunk", [2, 13, 300])
+def test_kernel_prefill_into_an_existing_state(kernels, chunk):
+    """The scan kernel starts from h = 0; prefill adds what the existing state contributes."""
+    policy, seq = tiny("mamba"), tokens(2, 400)
+    with torch.no_grad():
+        full = policy(seq)
+        state = policy.init_state(2)
+        policy(seq[:, :100], state)
+        prefilled = torch.cat([policy(part, state) for part in seq[:, 100:].split(chunk, dim=1)], dim=1)
+        ref_state = run_torch_path(lambda: _prefill_state(policy, seq))
+    torch.testing.assert_close(prefilled, full[:, 100:], **TOL)
+    torch.testing.assert_close(state.ssm, ref_state.ssm, **TOL)
+    torch.testing.assert_close(state.conv, ref_state.conv, **TOL)
+
+
+def _prefill_state(policy, seq):
+    state = policy.init_state(seq.shape[0])
+    policy(seq, state)
+    return state
+
+
+@pytest.mark.parametrize("kind", ["mamba", "gru"])
+def test_cuda_graph_decoder_equals_forward_and_resets_rows(kind):
+    from mamba_agent.policies.base import CUDAGraphDecoder
+
+    policy, seq = tiny(kind), tokens(3, 40)
+    with torch.no_grad():
+        full = policy(seq)
+        decoder = policy.decoder(3)
+        assert isinstance(decoder, CUDAGraphDecoder)
+        got = [decoder.prefill(seq[:, :10].tolist())]
+        got += [decoder.step(seq[:, t].tolist()).clone() for t in range(10, 40)]
+        torch.testing.assert_close(torch.stack(got, dim=1), full[:, 9:], **TOL)
+        decoder.reset_row(1)
+        fresh = policy(seq[1:2, :5])[0]
+        steps = torch.stack([decoder.step(seq[:, t].tolist())[1].clone() for t in range(5)])
+    torch.testing.assert_close(steps, fresh, **TOL)
+
+
+def test_gpu_checkpoint_decodes_the_same_on_the_cpu(tmp_path):
+    """Trained on the GPU (a few steps here), saved, loaded on the CPU: the NumPy decoder and
+    the CUDA-graph decoder give the same logits."""
+    from mamba_agent.checkpoint import load_checkpoint, save_checkpoint
+
+    policy, seq = tiny("mamba"), tokens(2, 30)
+    opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    for _ in range(3):
+        loss = torch.nn.functional.cross_entropy(policy(seq).flatten(0, 1), seq.flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    policy.eval()
+    save_checkpoint(policy, tmp_path / "ckpt", "addition", {})
+    cpu_policy, _ = load_checkpoint(str(tmp_path / "ckpt"), device="cpu")
+    with torch.no_grad():
+        gpu_dec, cpu_dec = policy.decoder(2), cpu_policy.decoder(2)
+        for t in range(30):
+            a, b = gpu_dec.step(seq[:, t].tolist()).cpu(), cpu_dec.step(seq[:, t].tolist())
+            torch.testing.assert_close(a, b, **TOL)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Callable, Literal, NamedTuple
 
 import numpy as np
+import threadpoolctl
 import torch
 import torch.nn.functional as F
 from pydantic import PositiveInt, model_validator
@@ -184,11 +185,10 @@ class MambaMixer(nn.Module):
         update them in place."""
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
-        # The scan kernel takes no initial state, so prefill runs the PyTorch recurrence.
-        kernels = _kernels() if hidden.is_cuda and ssm_state is None else None
-        if kernels and kernels.causal_conv1d_fn:
+        kernels = _kernels() if hidden.is_cuda else None
+        if kernels and kernels.causal_conv1d_fn and conv_state is None:
             x = kernels.causal_conv1d_fn(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
-        else:
+        else:  # with a state: one conv over [last W-1 inputs | x]
             x = F.silu(self._conv(x, conv_state))  # (B, d_inner, L)
         x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, L, R|N|N)
@@ -196,14 +196,33 @@ class MambaMixer(nn.Module):
         B, C = B.transpose(1, 2), C.transpose(1, 2)  # (B, N, L)
         if kernels:
             y = kernels.selective_scan_fn(
-                x, dt, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True
+                x, dt, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                return_last_state=ssm_state is not None,
             )
+            if ssm_state is not None:
+                y, h = y
+                y = y + self._from_initial_state(ssm_state, dt, A, C, z)
+                ssm_state.add_(h.detach())
         else:
             delta = F.softplus(dt.float() + self.dt_proj.bias.float()[:, None])  # Δ (B, d_inner, L)
             y, h = selective_scan(x, delta, A, B, C, self.D.float(), z, ssm_state)
             if ssm_state is not None:
                 ssm_state.copy_(h.detach())
         return self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
+
+    def _from_initial_state(self, h0: Tensor, dt: Tensor, A: Tensor, C: Tensor, z: Tensor) -> Tensor:
+        """Prefill with the scan kernel, which starts from h = 0: add what h0 contributes.
+
+        The recurrence is linear in h, so h0 adds exp(A cumsum(Δ)_t) h0 to h_t and C_t of that
+        to y_t. Returns that gated output (B, d_inner, L) and decays h0 in place to its share of
+        the final state (the caller adds the kernel's). Memory O(B d_inner L N): for long
+        prompts, prefill in chunks.
+        """
+        delta = F.softplus(dt.float() + self.dt_proj.bias.float()[:, None])  # Δ (B, d_inner, L)
+        decay = torch.exp(delta.cumsum(-1)[..., None] * A[:, None])  # (B, d_inner, L, N)
+        y0 = torch.einsum("bdln,bdn,bnl->bdl", decay, h0.float(), C.float())  # (B, d_inner, L)
+        h0.mul_(decay[:, :, -1])
+        return y0 * F.silu(z.float())
 
     def step(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
         """One token: hidden (B, d_model) -> (B, d_model); conv_state and ssm_state updated in place."""
@@ -317,6 +336,9 @@ class CPUDecoder(Decoder):
     def __init__(self, policy: MambaPolicy, batch_size: int):
         super().__init__(policy, batch_size, "cpu")
         c, B, f32 = policy.config, batch_size, np.float32
+        # NumPy's BLAS would start its own threads for these small products, which only contend
+        # with each other (at batch 1 it cost a third of the step): use as many as torch does.
+        threadpoolctl.threadpool_limits(torch.get_num_threads(), user_api="blas")
         di, N, R, d, W = c.d_inner, c.d_state, c.dt_rank, c.d_model, c.d_conv
         self.N, self.di, self.eps_d = N, di, 1e-5 * d
 
