@@ -221,15 +221,15 @@ def main() -> None:
             f.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)
 
-    with torch.inference_mode():
-        for name in args.models.split(","):
-            policy = MODELS[name]().to(device).eval()
+    for name in args.models.split(","):
+        policy = MODELS[name]().to(device).eval()  # outside inference mode: its weights stay normal tensors
+        with torch.inference_mode():
             bench_decode(name, policy, device, batches, args.context, hw, emit)
             bench_memory(name, policy, device, [int(n) for n in args.lengths.split(",")], emit)
-            del policy
-        additions = args.additions if args.additions is not None else (1024 if device.type == "cuda" else 0)
-        if additions:
-            bench_additions(device, min(additions, max(batches)), additions, 1000, emit)
+        del policy
+    additions = args.additions if args.additions is not None else (1024 if device.type == "cuda" else 0)
+    if additions:
+        bench_additions(device, min(additions, max(batches)), additions, 1000, emit)
     (out / "bench.md").write_text(report(meta, records))
 
 
