@@ -24,6 +24,7 @@ TASKS = {
     "multiplication-2": "mamba_agent.tasks.multiplication:MultiplicationBy2",
     "logical_graph": "mamba_agent.tasks.logical_graph:LogicalGraph",
     "code_debug": "mamba_agent.tasks.code_debug:CodeDebug",
+    "hanoi": "mamba_agent.tasks.hanoi:Hanoi",
 }
 
 

@@ -11,6 +11,7 @@ from mamba_agent.trajectory import OBSERVATION, OUTPUT
 from tests.scripted import ScriptedPolicy
 
 SIZES = {"addition": (1, 7, 64, 300), "multiplication-1": (1, 7, 64, 300), "multiplication-2": (1, 7, 64, 300),
+         "hanoi": (1, 3, 6, 9),
          "logical_graph": (1, 7, 10, 40), "addition-calculator": (1, 7, 64, 300)}
 
 
