@@ -20,6 +20,7 @@ Writes `bench.jsonl` (one record per measurement, appended as it finishes) and `
 """
 
 import argparse
+import gc
 import json
 import platform
 import random
@@ -84,25 +85,28 @@ def kv_fill(decoder, length: int) -> None:
     cache.length = length
 
 
-def reach(decoder, length: int, chunk: int = 4096) -> None:
+def reach(decoder, length: int) -> None:
     """Bring the decoder's rows to `length` tokens of history (Mamba: a real chunked prefill)."""
     if hasattr(decoder.state, "kv"):
         kv_fill(decoder, length)
         return
+    chunk = max(64, 2**16 // decoder.batch_size)
     g = torch.Generator().manual_seed(0)
     for start in range(0, length, chunk):
         n = min(chunk, length - start)
         decoder.prefill(torch.randint(0, 256, (decoder.batch_size, n), generator=g).tolist())
+    if decoder.device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def time_steps(decoder, device, seconds: float = 1.5, max_steps: int = 2000) -> tuple[float, int]:
     """Seconds per step of `decoder.step` + greedy sampling (the runtime's loop without tools)."""
     tokens = [65] * decoder.batch_size
     for _ in range(5):  # warm-up: graph capture, allocator
-        tokens = decoder.step(tokens).argmax(-1).tolist()
+        tokens = decoder.step_greedy(tokens)
     n, start = 0, time.perf_counter()
     while n < max_steps and (n < 3 or time.perf_counter() - start < seconds):
-        tokens = decoder.step(tokens).argmax(-1).tolist()
+        tokens = decoder.step_greedy(tokens)
         n += 1
     return (time.perf_counter() - start) / n, n
 
@@ -140,6 +144,7 @@ def bench_decode(name, policy, device, batches, context, hw, emit):
             "decoder": type(decoder).__name__,
         })
         del decoder
+        gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -150,26 +155,29 @@ def rss_mib() -> float:
 
 
 def bench_memory(name, policy, device, lengths, emit):
-    """Peak memory while decoding after `length` tokens of history, and the state's size."""
+    """Memory while decoding after `length` tokens of history: the state's size, and the peak
+    above what was allocated before the decoder was made (weights; on the CPU, process RSS)."""
     for length in lengths:
         decoder = None
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         try:
             decoder = policy.decoder(1, device)
             reach(decoder, length)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             sec, n = time_steps(decoder, device, seconds=0.5, max_steps=200)
-            peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else rss_mib() * 2**20
+            peak = torch.cuda.max_memory_allocated(device) - before if device.type == "cuda" else rss_mib() * 2**20
             emit({
                 "kind": "memory", "model": name, "tokens": length, "state_bytes": decoder.policy.state_nbytes(decoder.state),
-                "peak_bytes": peak, "peak_is": "allocated" if device.type == "cuda" else "process RSS",
+                "peak_bytes": peak, "peak_is": "allocated while decoding, beyond the weights" if device.type == "cuda" else "process RSS",
                 "ms_per_step": 1e3 * sec,
             })
         except torch.OutOfMemoryError:
             emit({"kind": "memory", "model": name, "tokens": length, "error": "out of memory"})
         del decoder
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
 
 
 def bench_additions(device, batch, count, digits, emit):

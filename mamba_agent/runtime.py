@@ -86,7 +86,7 @@ def run_episodes(
         chunk = min(len(queues[r]) for r in live)
         if chunk > 1:  # every live row has forced tokens: prefill them together
             tokens = [[queues[r].popleft() for _ in range(chunk)] if rows[r] else [PAD] * chunk for r in range(batch_size)]
-            logits = decoder.prefill(tokens)
+            sampled = sampler(decoder.prefill(tokens))
         else:
             tokens = [PAD] * batch_size
             for r in live:
@@ -113,8 +113,7 @@ def run_episodes(
                 continue
             if all(ep is None for ep in rows):
                 break
-            logits = decoder.step(tokens)
-        sampled = sampler(logits)
+            sampled = decoder.step_greedy(tokens) if sampler.temperature == 0 else sampler(decoder.step(tokens))
         if on_progress is not None and time.monotonic() - last_progress > progress_seconds:
             on_progress()
             last_progress = time.monotonic()

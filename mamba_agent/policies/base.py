@@ -97,6 +97,10 @@ class Decoder:
         """B ids -> logits (B, vocab_size)."""
         return self.policy.step(torch.tensor(tokens, device=self.device), self.state)
 
+    def step_greedy(self, tokens: list[int]) -> list[int]:
+        """B ids -> the B most likely next ids (greedy decoding's whole step)."""
+        return self.step(tokens).argmax(-1).tolist()
+
     def reset_row(self, row: int) -> None:
         self.policy.reset_row(self.state, row)
 
@@ -114,8 +118,11 @@ class CUDAGraphDecoder(Decoder):
 
     def __init__(self, policy: Policy, batch_size: int, device: torch.device | str | None = None):
         super().__init__(policy, batch_size, device)
-        self.tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+        # The graph reads its input ids from pinned host memory and writes the greedy ids back
+        # to it: a step is one replay and one synchronisation.
         self.host_tokens = torch.zeros(batch_size, dtype=torch.long).pin_memory()
+        self.host_greedy = torch.zeros(batch_size, dtype=torch.long).pin_memory()
+        self.tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: Tensor | None = None
 
@@ -127,16 +134,25 @@ class CUDAGraphDecoder(Decoder):
         with torch.cuda.stream(side):
             scratch = self.policy.init_state(self.batch_size, self.device)
             for _ in range(3):
-                self.policy.step(self.tokens, scratch)
+                self.policy.step(self.tokens, scratch).argmax(-1)
         torch.cuda.current_stream(self.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
+            self.tokens.copy_(self.host_tokens, non_blocking=True)
             self.logits = self.policy.step(self.tokens, self.state)
+            self.host_greedy.copy_(self.logits.argmax(-1), non_blocking=True)
 
-    def step(self, tokens: list[int]) -> Tensor:
+    def _replay(self, tokens: list[int]) -> None:
         if self.graph is None:
             self._capture()
         self.host_tokens.numpy()[:] = tokens
-        self.tokens.copy_(self.host_tokens, non_blocking=True)
         self.graph.replay()
+
+    def step(self, tokens: list[int]) -> Tensor:
+        self._replay(tokens)
         return self.logits
+
+    def step_greedy(self, tokens: list[int]) -> list[int]:
+        self._replay(tokens)
+        torch.cuda.current_stream(self.device).synchronize()
+        return self.host_greedy.tolist()

@@ -215,13 +215,19 @@ class MambaMixer(nn.Module):
 
         The recurrence is linear in h, so h0 adds exp(A cumsum(Δ)_t) h0 to h_t and C_t of that
         to y_t. Returns that gated output (B, d_inner, L) and decays h0 in place to its share of
-        the final state (the caller adds the kernel's). Memory O(B d_inner L N): for long
-        prompts, prefill in chunks.
+        the final state (the caller adds the kernel's). The decay factors are made 128 MiB at a
+        time.
         """
         delta = F.softplus(dt.float() + self.dt_proj.bias.float()[:, None])  # Δ (B, d_inner, L)
-        decay = torch.exp(delta.cumsum(-1)[..., None] * A[:, None])  # (B, d_inner, L, N)
-        y0 = torch.einsum("bdln,bdn,bnl->bdl", decay, h0.float(), C.float())  # (B, d_inner, L)
-        h0.mul_(decay[:, :, -1])
+        elapsed = delta.cumsum(-1)  # (B, d_inner, L)
+        h0, C = h0.float(), C.float()
+        B, d_inner, L = delta.shape
+        block = max(1, 2**25 // (B * d_inner * self.d_state))  # time steps per 128 MiB of decay
+        y0 = torch.cat([
+            torch.einsum("bdln,bdn,bnl->bdl", torch.exp(elapsed[..., t : t + block, None] * A[:, None]), h0, C[..., t : t + block])
+            for t in range(0, L, block)
+        ], dim=-1)  # (B, d_inner, L)
+        h0.mul_(torch.exp(elapsed[..., -1:] * A))
         return y0 * F.silu(z.float())
 
     def step(self, hidden: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
@@ -432,3 +438,7 @@ class CPUDecoder(Decoder):
         np.matmul(res, self.head, out=self.logits)
         self.logits *= self._norm_scale(res)
         return torch.from_numpy(self.logits)
+
+    def step_greedy(self, tokens: list[int]) -> list[int]:
+        self.step(tokens)
+        return self.logits.argmax(-1).tolist()
