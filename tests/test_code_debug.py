@@ -1,4 +1,5 @@
-"""The code_debug task: generator, both oracles at every size 2..64, checker, replay, locality."""
+"""The code_debug task: generator, both oracles at every size 2..64, checker, replay, locality,
+and the simulated runs of the oracle against the real sandbox."""
 
 import gc
 import random
@@ -11,16 +12,21 @@ from pydantic import ValidationError
 from mamba_agent.episode import FINISHED
 from mamba_agent.locality import conflicts
 from mamba_agent.runtime import run_episodes
-from mamba_agent.sandboxes import get_sandbox
-from mamba_agent.tasks import get_task
-from mamba_agent.tasks.code_debug import ANSWER, CodeDebugSingleTurn, Workspace, generate, threaded
+from mamba_agent.sandboxes import SandboxLimits, get_sandbox
+from mamba_agent.sandboxes.bubblewrap import BubblewrapSandbox
+from mamba_agent.tasks import code_debug, get_task
+from mamba_agent.tasks.code_debug import ANSWER, CodeDebug, CodeDebugSingleTurn, Workspace, generate, threaded
+from mamba_agent.tasks.code_debug_sim import CHECK_ARGV, RUN_ARGV, SimulatedSandbox, Unsupported
 from mamba_agent.taskfile import load_taskfile
+from mamba_agent.tools import run as run_tool
+from mamba_agent.train import make_batch
 from mamba_agent.trajectory import OBSERVATION
 from mamba_agent.vocab import RUN
 from tests.scripted import ScriptedPolicy
 
-task = get_task("code_debug")
+task = get_task("code_debug")  # what train.py and eval build: the oracle's runs simulated
 single = CodeDebugSingleTurn()
+sandboxed, sandboxed_single = CodeDebug(oracle_runs="sandbox"), CodeDebugSingleTurn(oracle_runs="sandbox")
 EXAMPLE = Path(__file__).parent.parent / "tasks" / "examples" / "code-debug.yaml"
 
 
@@ -181,3 +187,77 @@ def test_example_task_file():
     tf, p = load_taskfile(EXAMPLE)
     assert tf.task == "code_debug" and p.size == 32 and p.input == {"size": 32, "seed": 3}
     assert task.oracle(p).output_text() == ANSWER
+
+
+def test_simulated_oracle_is_token_identical_to_the_sandboxed_one():
+    """The training data (and the sweep's reference) come from simulated runs: every token must be
+    what the bubblewrap sandbox gives, at every size 2..16, on training problems drawn as train.py
+    draws them, at two larger sizes, and for the single-turn oracle."""
+    rng = random.Random("0-0-0")  # train.py's stream for seed 0, rank 0, step 0
+    problems = [task.problem({"size": n, "seed": 1000 + n}) for n in range(2, 17)]
+    problems += [task.training_problem(rng) for _ in range(12)]
+    problems += [task.problem({"size": n, "seed": n}) for n in (32, 64)]
+    for p in problems:
+        a, b = task.oracle(p), sandboxed.oracle(p)
+        assert a.tokens == b.tokens and a.roles == b.roles, p.input
+        gc.collect()
+    for n in (3, 9, 16):
+        p = single.problem({"size": n, "seed": 7})
+        assert single.oracle(p).tokens == sandboxed_single.oracle(p).tokens, p.input
+
+
+FIELDS = {"exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "timed_out", "killed"}
+
+
+def test_simulated_runs_equal_the_sandbox_on_states_the_oracle_never_reaches():
+    """Any mix of fixed and unfixed files (missing and surplus arguments, NameErrors at call
+    lines, prints before the traceback, tracebacks longer than the tail) gives the same result."""
+    rng = random.Random(11)
+    states = []
+    for n in (2, 5, 9, 14, 20, 40):
+        cb = generate(n, n)
+        files, fix = cb.files(), fixed(cb)
+        states += [files, fix] + [{k: rng.choice((files[k], fix[k])) for k in files} for _ in range(4)]
+    for files in states:
+        ws = Workspace(files)
+        simulated = SimulatedSandbox(ws.path, task.limits)
+        with get_sandbox("bubblewrap", ws.path, task.limits) as sandbox:
+            for argv in (RUN_ARGV, CHECK_ARGV):
+                real, sim = sandbox.run(argv), simulated.run(argv)
+                assert real.model_dump(include=FIELDS) == sim.model_dump(include=FIELDS)
+        ws.cleanup()
+    ws, small = Workspace(generate(30, 1).files()), SandboxLimits(output_bytes=100)
+    with get_sandbox("bubblewrap", ws.path, small) as sandbox:
+        for argv in (RUN_ARGV, CHECK_ARGV):  # output capped as the sandbox caps it
+            real, sim = sandbox.run(argv), SimulatedSandbox(ws.path, small).run(argv)
+            assert real.stdout_truncated or real.stderr_truncated
+            assert real.model_dump(include=FIELDS) == sim.model_dump(include=FIELDS)
+
+
+def test_simulator_refuses_what_it_does_not_reproduce():
+    cb = generate(4, 1)
+    for change in ("import os\n", "v10 = 3\n", "def g(*a):\n    pass\n", "x = [1]\n"):
+        files = {**cb.files(), "foo.py": change + cb.files()["foo.py"]}
+        with pytest.raises(Unsupported):
+            SimulatedSandbox(Workspace(files).path, task.limits).run(CHECK_ARGV)
+    with pytest.raises(Unsupported):
+        SimulatedSandbox(Workspace(cb.files()).path, task.limits).run(["bash", "-c", "ls"])
+
+
+def test_training_data_needs_no_sandbox_and_policies_always_get_one(monkeypatch):
+    def no_sandbox(*args, **kwargs):
+        raise AssertionError("a sandbox was started")
+
+    p = task.problem({"size": 4, "seed": 1})
+    tools = task.tools(p)  # a policy's episode: the real backend
+    assert isinstance(tools[2].sandbox, BubblewrapSandbox)
+    for name, text in fixed(generate(4, 1)).items():
+        (tools[0].workspace / name).write_text(text)
+    monkeypatch.setattr(code_debug, "get_sandbox", no_sandbox)
+    monkeypatch.setattr(run_tool, "get_sandbox", no_sandbox)
+    inputs, _, mask = make_batch(task, random.Random("0-0-0"), 4)  # what a training step does
+    assert inputs.shape[0] == 4 and mask.any()
+    with pytest.raises(AssertionError, match="a sandbox was started"):
+        task.tools(p)
+    with pytest.raises(AssertionError, match="a sandbox was started"):
+        task.check(p, ANSWER, tools)  # the checker of a policy's episode runs sandboxed

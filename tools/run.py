@@ -13,6 +13,10 @@ shadowed by stale bytecode (a .pyc is keyed on the source's mtime in whole secon
 
 A failing, killed or timed-out command is an observation. Only infrastructure failures raise:
 the sandbox backend cannot run here (SandboxUnavailable, from the constructor).
+
+`Run(workspace, sandbox=S)` sends the commands to S instead of a backend it builds: anything with
+`limits` and `run(argv) -> ExecResult`. The code task's oracle passes its `SimulatedSandbox`,
+which computes what its own, trusted code prints; the observation is formatted here either way.
 """
 
 import threading
@@ -36,14 +40,22 @@ class Run(Tool):
 
     argument_commands = frozenset({RUN})
 
-    def __init__(self, workspace: str | Path, backend: str = "bubblewrap", limits: SandboxLimits = DEFAULT_LIMITS):
+    def __init__(self, workspace: str | Path, backend: str = "bubblewrap", limits: SandboxLimits = DEFAULT_LIMITS,
+                 sandbox=None):
+        """`sandbox`: run commands there instead of in a new `backend` sandbox (`backend` and
+        `limits` are then unused); the caller keeps it, and closes it if it needs closing."""
         self.workspace = Path(workspace).resolve()
+        self._finalizer = None
+        if sandbox is not None:
+            self.sandbox = sandbox
+            return
         self.sandbox = get_sandbox(backend, self.workspace, limits)
         # A dropped tool frees its sandbox, in the background (see close_in_background).
         self._finalizer = weakref.finalize(self, close_in_background, self.sandbox)
 
     def close(self) -> None:
-        self._finalizer()
+        if self._finalizer is not None:
+            self._finalizer()
 
     def command(self, token: int, argument: list[int] | None = None) -> list[int]:
         command = bytes(argument or []).decode("utf-8", errors="replace")
