@@ -21,6 +21,8 @@ DEFAULT_CHECKPOINTS = {  # what `solve` uses per task
     "addition": "builtin:addition-mamba",
     "multiplication-1": "builtin:multiplication-1-mamba",
     "multiplication-2": "builtin:multiplication-2-mamba",
+    "hanoi": "builtin:hanoi-mamba",
+    "code_debug": "builtin:code_debug-mamba",
 }
 
 

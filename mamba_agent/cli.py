@@ -98,12 +98,14 @@ def solve(args) -> int:
     path = args.trajectory or tf.trajectory
     writer = TrajectoryWriter(path, {"task": tf.task, "input": problem.input, "checkpoint": checkpoint, "policy": meta["policy"]["kind"]})
     max_tokens = tf.limits.max_tokens or task.max_tokens(problem)
-    episode = task.episode(problem, max_tokens=max_tokens, limits=tf.limits, writer=writer)
     sampler = Sampler(tf.policy.temperature, tf.policy.seed)
     if args.json:
+        episode = task.episode(problem, max_tokens=max_tokens, limits=tf.limits, writer=writer)
         run_episodes(policy, [episode], sampler)
     else:
         with _LiveView(tf.task, checkpoint, max_tokens) as view:
+            episode = task.episode(problem, max_tokens=max_tokens, limits=tf.limits, writer=writer,
+                                   on_tool_call=view.tool_call)
             run_episodes(policy, [episode], sampler, on_progress=lambda: view.update(episode))
     correct = task.check(problem, episode.answer, episode.tools)
     end = episode.close(correct)
@@ -133,6 +135,19 @@ class _LiveView:
 
     def __exit__(self, *exc):
         self.live.__exit__(*exc)
+
+    def tool_call(self, command: list[int], observation: list[int]) -> None:
+        """One line per tool call with an argument (view, edit, run, find), printed as it happens."""
+        from rich.markup import escape
+
+        from mamba_agent.vocab import decode
+
+        def short(text: str, limit: int) -> str:
+            text = " ⏎ ".join(line for line in text.splitlines() if line.strip())
+            return text if len(text) <= limit else text[: limit - 1] + "…"
+
+        cmd, obs = short(decode(command), 60), short(decode(observation, specials=False), 70)
+        self.live.console.print(f"[bold]{escape(cmd)}[/] → {escape(obs)}", soft_wrap=True)
 
     def update(self, ep) -> None:
         from rich.text import Text

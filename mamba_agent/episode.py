@@ -10,6 +10,7 @@ recorded as a command and answered with [ERR]. Too many in a row ends the episod
 """
 
 import time
+from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -46,12 +47,16 @@ class Episode:
         writer: TrajectoryWriter | None = None,
         keep: bool = False,
         expected: list[int] | None = None,
+        on_tool_call: Callable[[list[int], list[int]], None] | None = None,
     ):
         """`prompt`: input tokens ([BOS] first). `keep`: hold the trajectory in memory (oracles,
         tests; the runtime streams to `writer` instead). `expected`: the oracle's model tokens;
-        the episode ends as `diverged` at the first token that differs (exact-match evaluation)."""
+        the episode ends as `diverged` at the first token that differs (exact-match evaluation).
+        `on_tool_call(command, observation)`: called after each command with an argument
+        (`[RUN]...[END]`, `[FIND]...[END]`: the calls worth showing a person), with their tokens."""
         self.prompt, self.tools, self.limits = prompt, tools, limits
         self.max_tokens, self.writer, self.expected = max_tokens, writer, expected
+        self.on_tool_call = on_tool_call
         self.trajectory = Trajectory() if keep else None
         # Dispatch tables, built once: token id -> tool.
         self._single = {tok: tool for tool in tools for tok in tool.commands}
@@ -104,7 +109,10 @@ class Episode:
                 argument.append(token)
                 return []
             self._open_arg = None
-            return self._ok(tool.command(command, argument))
+            obs = tool.command(command, argument)
+            if self.on_tool_call is not None:
+                self.on_tool_call([command, *argument, END], obs)
+            return self._ok(obs)
         if token in self._single:
             self._record(token, COMMAND)
             return self._ok(self._single[token].command(token))
@@ -114,7 +122,7 @@ class Episode:
             return []
         if token == EOS:
             self._record(token, COMMAND)
-            self.exit = FINISHED
+            self.exit = self.exit or FINISHED  # a diverging [EOS] stays diverged
             return []
         if token < 256 or (token == ANS and not self.after_ans):
             role = OUTPUT if self.after_ans else THOUGHT
