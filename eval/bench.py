@@ -90,7 +90,7 @@ def reach(decoder, length: int) -> None:
     if hasattr(decoder.state, "kv"):
         kv_fill(decoder, length)
         return
-    chunk = max(64, 2**16 // decoder.batch_size)
+    chunk = max(64, min(4096, 2**16 // decoder.batch_size))  # bounds the prefill's temporaries
     g = torch.Generator().manual_seed(0)
     for start in range(0, length, chunk):
         n = min(chunk, length - start)
@@ -99,16 +99,22 @@ def reach(decoder, length: int) -> None:
         torch.cuda.empty_cache()
 
 
-def time_steps(decoder, device, seconds: float = 1.5, max_steps: int = 2000) -> tuple[float, int]:
-    """Seconds per step of `decoder.step` + greedy sampling (the runtime's loop without tools)."""
+def time_steps(decoder, device, seconds: float = 1.5, windows: int = 5) -> tuple[float, int]:
+    """Seconds per step of `decoder.step_greedy` (the runtime's loop without tools): the median
+    of `windows` timed windows (a busy neighbour on a shared machine moves one window, not the
+    figure), each at least seconds / windows long and 3 steps."""
     tokens = [65] * decoder.batch_size
     for _ in range(5):  # warm-up: graph capture, allocator
         tokens = decoder.step_greedy(tokens)
-    n, start = 0, time.perf_counter()
-    while n < max_steps and (n < 3 or time.perf_counter() - start < seconds):
-        tokens = decoder.step_greedy(tokens)
-        n += 1
-    return (time.perf_counter() - start) / n, n
+    per_step, total = [], 0
+    for _ in range(windows):
+        n, start = 0, time.perf_counter()
+        while n < 3 or time.perf_counter() - start < seconds / windows:
+            tokens = decoder.step_greedy(tokens)
+            n += 1
+        per_step.append((time.perf_counter() - start) / n)
+        total += n
+    return sorted(per_step)[windows // 2], total
 
 
 def limit_seconds(policy, state_bytes_per_row: float, batch: int, hw: dict) -> float:
@@ -168,7 +174,7 @@ def bench_memory(name, policy, device, lengths, emit):
             reach(decoder, length)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            sec, n = time_steps(decoder, device, seconds=0.5, max_steps=200)
+            sec, n = time_steps(decoder, device, seconds=0.5)
             peak = torch.cuda.max_memory_allocated(device) - before if device.type == "cuda" else rss_mib() * 2**20
             emit({
                 "kind": "memory", "model": name, "tokens": length, "state_bytes": decoder.policy.state_nbytes(decoder.state),
