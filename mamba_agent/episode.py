@@ -101,6 +101,10 @@ class Episode:
                 self.exit = TIME_LIMIT
         return obs
 
+    def blocks_on(self, token: int) -> bool:
+        """Would `act(token)` call a blocking tool (one that waits on a sandbox)?"""
+        return token == END and self._open_arg is not None and self._open_arg[1].blocking
+
     def _carry_out(self, token: int) -> list[int]:
         if self._open_arg is not None:  # inside an argument: ordinary tokens until [END]
             self._record(token, COMMAND)

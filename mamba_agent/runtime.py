@@ -13,6 +13,7 @@ episodes stream their trajectories to disk.
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
@@ -68,8 +69,8 @@ def run_episodes(
     rows: list[Episode | None] = [None] * batch_size
     queues = [deque() for _ in range(batch_size)]
     sampled = [PAD] * batch_size
-    started = time.monotonic()
-    last_progress = started
+    pool = None  # threads for blocking tool calls, made when first needed
+    last_progress = time.monotonic()
 
     def take(r: int) -> None:
         rows[r] = next(pending, None)
@@ -89,10 +90,17 @@ def run_episodes(
             sampled = sampler(decoder.prefill(tokens))
         else:
             tokens = [PAD] * batch_size
+            # Tool calls that wait on another process (a sandboxed run) go out together on
+            # threads, so one episode's 40 ms run does not hold up the next one's.
+            calls = [r for r in live if not queues[r] and rows[r].blocks_on(sampled[r])]
+            answered = {}
+            if len(calls) > 1:
+                pool = pool or ThreadPoolExecutor(max_workers=min(batch_size, 32))
+                answered = dict(zip(calls, pool.map(lambda r: rows[r].act(sampled[r]), calls)))
             for r in live:
                 ep, queue = rows[r], queues[r]
                 if not queue:
-                    queue.extend(ep.act(sampled[r]))
+                    queue.extend(answered[r] if r in answered else ep.act(sampled[r]))
                     if ep.done:  # the token that ended it is not fed: the row is free
                         rows[r] = None
                         if on_done is not None:
@@ -117,6 +125,8 @@ def run_episodes(
         if on_progress is not None and time.monotonic() - last_progress > progress_seconds:
             on_progress()
             last_progress = time.monotonic()
+    if pool is not None:
+        pool.shutdown()
     if on_progress is not None:
         on_progress()
     return decoder

@@ -122,3 +122,36 @@ def test_rows_refill_and_every_episode_decodes_as_if_alone(kind):
     assert sorted(map(id, finished)) == sorted(map(id, together))
     for a, b in zip(alone, together):
         assert b.done and b.trajectory.tokens == a.trajectory.tokens
+
+
+def test_blocking_tool_calls_of_a_step_run_at_once():
+    """Four episodes reach `[RUN]...[END]` at the same step: their calls must be in flight
+    together (a barrier of 4 inside the tool breaks, and the call raises, if they are not)."""
+    import threading
+
+    from mamba_agent.episode import Episode
+    from mamba_agent.tools import Tool
+    from mamba_agent.vocab import BOS, END, OBS_END, RUN
+
+    class Slow(Tool):
+        argument_commands = frozenset({RUN})
+        blocking = True
+
+        def __init__(self, barrier=None):
+            self.barrier = barrier
+
+        def command(self, token, argument=None):
+            if self.barrier is not None:
+                self.barrier.wait(timeout=10)
+            return encode("ok") + [OBS_END]
+
+    def episode(tool, keep=False):
+        return Episode([BOS], [tool], max_tokens=50, keep=keep)
+
+    script = episode(Slow(), keep=True)
+    for t in [RUN, ord("x"), END, EOS]:
+        script.act(t)
+    barrier = threading.Barrier(4)
+    episodes = [episode(Slow(barrier), keep=True) for _ in range(4)]
+    run_episodes(ScriptedPolicy([script.trajectory] * 4), episodes)
+    assert all(ep.exit == FINISHED and ep.trajectory.tokens == script.trajectory.tokens for ep in episodes)

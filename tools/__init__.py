@@ -11,6 +11,7 @@ by the episode, never by raising.
 class Tool:
     commands: frozenset[int] = frozenset()  # single-token commands this tool answers
     argument_commands: frozenset[int] = frozenset()  # commands whose argument runs to [END]
+    blocking: bool = False  # its calls wait on another process: the runtime runs several at once
 
     def write(self, token: int) -> None:
         """A thought or output token; memory tools append it."""

@@ -39,6 +39,7 @@ class Run(Tool):
     """
 
     argument_commands = frozenset({RUN})
+    blocking = True
 
     def __init__(self, workspace: str | Path, backend: str = "bubblewrap", limits: SandboxLimits = DEFAULT_LIMITS,
                  sandbox=None):
