@@ -9,39 +9,63 @@ internal nodes. Names are a lowercase letter and 3 digits (26,000 names), distin
 random at every size, so a 10-node training program and a 1,000-node test program look alike
 (names v0..v999 would show a model 1-digit names in training and 3-digit ones only in testing).
 Fixed width keeps every search pattern below unambiguous (`b902 =` finds b902's definition and
-nothing else), and 4 characters rather than `v` + 4 digits saves a tenth of the trajectory.
+its mark and nothing else, `+b902` only its value), and 4 characters rather than `v` + 4 digits saves a tenth of the trajectory.
 In random problems (n >= 2) every variable but the output is an operand of a later node, so the
 output depends on all n nodes (with operands drawn uniformly, a 1,000-node output depends on
 ~40 of them, and a "1,000-node" test would be a 40-node one).
 
-The oracle is a depth-first search from the output; the DFS stack and the computed values live
-in the search memory as thoughts. With current node v:
-  1. `[FIND]v =[END]` answers v's definition line.
-  2. An input: write `v := 1` (or 0) and a newline; go to 4.
-  3. For each operand a in order, `[FIND]a :=[END]` answers `a := 1` (or 0) if a is computed,
-     else nothing: then write `a < v` and a newline (a is computed on behalf of v) and make a
-     the current node (step 1). When every operand is known, write `v := value` and a newline.
-  4. `[FIND]v <[END]` answers `v < p`: p is current again (step 1: its definition is found
-     again and its operands checked again, one more now known). Nothing: v is the output, so
-     `[ANS]`, the output `1` or `0`, `[EOS]`.
+The oracle is a depth-first search from the output; the DFS stack, the marks and the computed
+values live in the search memory as thoughts. Each operand is a literal, `+a` (a) or `-a` (not
+a), and a computed node v writes both of its literals' values: `+v 1` and `-v 0` (or `+v 0`,
+`-v 1`), so checking a literal is one find whose answer ends with the literal's own value. With
+current node v:
+  1. `[FIND]v =[END]` answers v's definition line, then v's mark `v =x` if step 3 wrote one.
+     An input: its value is the line's; go to 5.
+  2. No mark (literal 1 not known yet): write `v` and a newline (v's name again, a few tokens
+     back from here on), then `[FIND]+a[END]` (or `-a`) for literal 1: `+a 1` (or 0), or nothing
+     if a is not computed: then write `a < v` and a newline (a is computed on behalf of v) and
+     make a the current node (step 1).
+  3. Literal 1 known, x: write the mark `v =x` and a newline and go to 1 (the definition again,
+     now followed by the mark).
+  4. Marked: one operand: v's value is x. Two: write `v 0` or `v 1` when x decides v
+     (`0 and ..`, `1 or ..`), else `v ?`, and a newline; then find literal 2 as in step 2
+     (descending into it the same way if it is not computed). v's value is the decided x, else
+     literal 2's value (both operands are always evaluated: the search is the whole DFS).
+  5. Write `+v x` and `-v y` (x = v's value, y = not x), each with a newline; then
+     `[FIND]v <[END]` answers `v < p`: p is current again (step 1: its definition and mark tell
+     where it was). Nothing: v is the output, so `[ANS]`, the output `1` or `0`, `[EOS]`.
 A value, once written, is found by every later check, so each node is descended into at most
-once and each `v <` line is unique. Every decision reads the latest definition line and what
-came after it, so the trajectory is local at any size.
+once and each `v <` line and each mark is unique (`v =` answers at most two lines).
+
+Why this shape: a name is only ever copied from the latest observation or the latest thought,
+never across a check. The old trajectory (one `v := value` line per node, definition found
+again after each descent) copied v's name from its definition line after two operand checks,
+70 tokens back, and a 1,500-step Mamba did not learn it (2/20 at 3 nodes). Here the longest
+copy is that of a name from the start of the line just read: the output's name from the last
+program line (the first command), and v's name written right after its definition (step 2);
+a 28-character line (`a001 = not b002 and not c003`), its newline and `[FIND]` or `[/OBS]`
+make that 30 tokens. Everything else reads at most ~25 tokens back: literal 1 from the
+definition behind `v` and a newline, literal 2 and the operator from the definition behind the
+mark, v's name from the `v` line, the mark or the `v ?` line, a value from the end of the last
+answer.
 
 Locality (mamba_agent.locality over training problems, n uniform in 1..10, plus sizes 50, 200
 and 1,000; tests/test_logical_graph.py keeps both numbers):
-  - k = 70 when the training names come from a small pool (16 or 24): contexts then repeat
-    across problems, so the check sees how far back a decision really looks. This is the true
-    figure and a bound at any size: writing `v := value` after the second operand's check
-    copies v's name from the definition line; its last character is 24 + 2 (the rest of the
-    longest line, `a001 = not b002 and not c003`, then newline and [/OBS]) + 2 * 20 (two
-    checks) + 3 (the name so far) + 1 tokens back.
-  - k = 30 to 35 with random names (150 to 300 training problems; 29 with 20): long contexts
-    hardly ever repeat, so fewer conflicts are seen. A lower bound that creeps up with more
-    data, not the real reach.
+  - k = 30 when the training names come from a small pool (16): contexts then repeat across
+    problems, so the check sees how far back a decision really looks (the copies above). The
+    true figure and a bound at any size (the old trajectory: 70).
+  - k = 23 with random names (150 training problems; 22 with 20): long contexts hardly ever
+    repeat, so fewer conflicts are seen; a lower bound, not the real reach (the old: 35).
+Not much lower is possible with this input: the output's name is the first 4 of up to 28
+characters of the last line and appears nowhere else, so whatever first writes it reads
+29 tokens back; any node's name read after its definition line is as far. Making it shorter
+would take never writing the output's name (it could be found through its last operand).
 
-Length (tokens per internal node on top of the input, which is about 21 tokens a line): 182 at
-n = 10 (2,080 tokens in all), 154 at n = 1,000 (about 175,000 in all, ~6,000 finds).
+The lookup table (counting, k = 30, back-off) gets 0% even at 10 nodes: it cannot copy names
+it has not seen in the same context (eval/results/2026-11-28-logical-graph-lookup-cpu/).
+
+Length (tokens per internal node on top of the input, which is about 21 tokens a line): about
+235 at n = 10 (~2,600 tokens in all), 210 at n = 200 and n = 1,000 (about 229,000 in all).
 
 The answer is `1` (True) or `0` (False); the checker wants exactly the reference.
 """
@@ -186,9 +210,10 @@ class LogicalGraph(Task):
         return [SearchMemory(problem.prompt[1:])]
 
     def max_tokens(self, problem: Problem) -> int:
-        # A bound, not an estimate: per internal node at most 3 definition finds (38 tokens),
-        # 6 operand checks (20), 2 descents (12), its value (10) and the return find (21).
-        return len(problem.prompt) + 300 * (problem.input["program"].count("\n") + 1) + 10
+        # A bound, not an estimate: per node at most 4 definition finds (8 + 29 + 8 each), its
+        # name, mark and `v ?` lines (17), 4 literal checks (16 each), 2 descents (12), its
+        # values (16) and the return find (21): under 340.
+        return len(problem.prompt) + 400 * (problem.input["program"].count("\n") + 1) + 10
 
     def check(self, problem: Problem, answer: str, tools=()) -> bool:
         return answer == problem.reference
@@ -208,27 +233,40 @@ class LogicalGraph(Task):
             for t in encode(text):
                 act(t)
 
+        def literal(negated: bool, a: str) -> str:
+            return ("-" if negated else "+") + a
+
         v = parse_program(problem.input["program"])[-1][0]  # the output: the last line
         while True:
-            (line,) = find(f"{v} =")
-            _, definition = parse_line(line)
-            if isinstance(definition, bool):
+            lines = find(f"{v} =")  # the definition, then the mark `v =x` if literal 1 was known
+            _, definition = parse_line(lines[0])
+            if isinstance(definition, bool):  # an input
                 value = definition
             else:
-                values, missing = {}, None
-                for _, a in definition[1]:
-                    found = find(f"{a} :=")
+                op, operands = definition
+                if len(lines) == 1:  # phase 1: check literal 1
+                    write(f"{v}\n")  # v's name, close again
+                    found = find(literal(*operands[0]))
                     if not found:
-                        missing = a
-                        break
-                    (memo,) = found
-                    values[a] = memo == f"{a} := 1"
-                if missing:  # descend: compute it first, then come back to v
-                    write(f"{missing} < {v}\n")
-                    v = missing
-                    continue
-                value = _apply(definition, values)
-            write(f"{v} := {int(value)}\n")
+                        write(f"{operands[0][1]} < {v}\n")
+                        v = operands[0][1]
+                        continue
+                    x = found[0][-1]
+                    write(f"{v} ={x}\n")  # the mark: literal 1 is known and is x
+                    continue  # find the definition again, now with the mark
+                x = lines[1][-1] == "1"  # phase 2: literal 1 is x
+                if len(operands) == 1:
+                    value = x
+                else:  # v's value: x if x decides it (0 and .., 1 or ..), else literal 2's
+                    decides = x == (op == "or")
+                    write(f"{v} {int(x) if decides else '?'}\n")
+                    found = find(literal(*operands[1]))
+                    if not found:
+                        write(f"{operands[1][1]} < {v}\n")
+                        v = operands[1][1]
+                        continue
+                    value = x if decides else found[0][-1] == "1"
+            write(f"+{v} {int(value)}\n-{v} {int(not value)}\n")
             parent = find(f"{v} <")
             if not parent:  # v is the output
                 act(ANS)

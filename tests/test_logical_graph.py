@@ -1,10 +1,11 @@
 import random
 import re
+from collections import defaultdict
 
 import pytest
 from pydantic import ValidationError
 
-from mamba_agent.locality import conflicts, smallest_local_k
+from mamba_agent.locality import conflicts, contexts, smallest_local_k
 from mamba_agent.taskfile import load_taskfile
 from mamba_agent.tasks import get_task
 from mamba_agent.tasks.logical_graph import parse_program, random_program
@@ -86,7 +87,7 @@ def test_example_task_file():
     assert p.size == 1000 and p.task == "logical_graph"
     trajectory = task.oracle(p)
     assert trajectory.output_text() == p.reference == python_value(p.input["program"])
-    assert len(trajectory) < 200_000  # about 175,000 (module docstring)
+    assert len(trajectory) < 250_000  # about 229,000 (module docstring)
 
 
 def test_trajectory_reads_as_documented():
@@ -94,24 +95,29 @@ def test_trajectory_reads_as_documented():
     text = decode(task.oracle(p).tokens)
     assert text == (
         "[BOS]a001 = True\nb002 = False\nc003 = True\nd004 = not b002 and a001\n"
-        "[FIND]d004 =[END]d004 = not b002 and a001\n[/OBS]"
-        "[FIND]b002 :=[END][/OBS]b002 < d004\n"
-        "[FIND]b002 =[END]b002 = False\n[/OBS]b002 := 0\n"
-        "[FIND]b002 <[END]b002 < d004\n[/OBS]"
-        "[FIND]d004 =[END]d004 = not b002 and a001\n[/OBS]"
-        "[FIND]b002 :=[END]b002 := 0\n[/OBS]"
-        "[FIND]a001 :=[END][/OBS]a001 < d004\n"
-        "[FIND]a001 =[END]a001 = True\n[/OBS]a001 := 1\n"
+        "[FIND]d004 =[END]d004 = not b002 and a001\n[/OBS]d004\n"  # no mark: literal 1
+        "[FIND]-b002[END][/OBS]b002 < d004\n"  # not computed: descend
+        "[FIND]b002 =[END]b002 = False\n[/OBS]+b002 0\n-b002 1\n"  # an input: both literals
+        "[FIND]b002 <[END]b002 < d004\n[/OBS]"  # back to d004
+        "[FIND]d004 =[END]d004 = not b002 and a001\n[/OBS]d004\n"
+        "[FIND]-b002[END]-b002 1\n[/OBS]d004 =1\n"  # literal 1 is 1: the mark
+        "[FIND]d004 =[END]d004 = not b002 and a001\nd004 =1\n[/OBS]d004 ?\n"  # 1 and ..: not decided
+        "[FIND]+a001[END][/OBS]a001 < d004\n"
+        "[FIND]a001 =[END]a001 = True\n[/OBS]+a001 1\n-a001 0\n"
         "[FIND]a001 <[END]a001 < d004\n[/OBS]"
-        "[FIND]d004 =[END]d004 = not b002 and a001\n[/OBS]"
-        "[FIND]b002 :=[END]b002 := 0\n[/OBS]"
-        "[FIND]a001 :=[END]a001 := 1\n[/OBS]d004 := 1\n"
+        "[FIND]d004 =[END]d004 = not b002 and a001\nd004 =1\n[/OBS]d004 ?\n"
+        "[FIND]+a001[END]+a001 1\n[/OBS]+d004 1\n-d004 0\n"  # d004 is literal 2's value
         "[FIND]d004 <[END][/OBS][ANS]1[EOS]"
     )
 
 
-
-
+def test_a_decided_node_still_evaluates_its_second_operand():
+    """`0 and ..` is 0 whatever the second operand is, but the DFS still computes it (every node
+    the output depends on is visited, as the module docstring says), and `v 0` says the value."""
+    p = task.problem({"program": "a001 = False\nb002 = True\nc003 = a001 and not b002\n"})
+    text = decode(task.oracle(p).tokens)
+    assert "c003 0\n[FIND]-b002[END][/OBS]b002 < c003\n" in text
+    assert "+b002 1\n-b002 0\n" in text and text.endswith("+c003 0\n-c003 1\n[FIND]c003 <[END][/OBS][ANS]0[EOS]")
 
 
 def test_checker_wants_exactly_the_value():
@@ -121,21 +127,37 @@ def test_checker_wants_exactly_the_value():
 
 
 def test_trajectory_is_local():
-    """Every model token is a function of the last 70 tokens at any size (module docstring).
+    """Every model token is a function of the last 30 tokens at any size (module docstring).
 
     With training names from a pool of 16, contexts repeat across problems and the check sees
-    the real reach, 70; with random names long contexts hardly ever repeat and it sees only 35.
-    (Two conflict counts are smallest_local_k without the 69 smaller k's: conflicts only fall
-    as k grows.)"""
+    the real reach, 30 (the output's name from the last program line, a node's name right
+    after its definition line); with random names long contexts hardly ever repeat and it
+    sees only 23. (Two conflict counts are smallest_local_k without the smaller k's:
+    conflicts only fall as k grows.)"""
     rng = random.Random(3)
     long = [task.oracle(task.random_problem(rng, n)) for n in (50, 200, 1000)]
     small_pool = [task.oracle(task.problem({"program": random_program(rng, rng.randint(1, 10), pool=16)})) for _ in range(200)]
-    assert conflicts(small_pool + long, 70) == 0
-    assert conflicts(small_pool + long, 69) > 0
+    assert conflicts(small_pool + long, 30) == 0
+    assert conflicts(small_pool + long, 29) > 0
     train = [task.oracle(task.training_problem(rng)) for _ in range(150)]
-    assert conflicts(train + long, 35) == 0
-    assert conflicts(train + long, 34) > 0
-    assert smallest_local_k(train[:20], k_max=70) == 29  # fewer problems, fewer repeats, smaller k
+    assert conflicts(train + long, 23) == 0
+    assert conflicts(train + long, 22) > 0
+    assert smallest_local_k(train[:20], k_max=40) == 22  # fewer problems, fewer repeats, smaller k
+
+
+def test_what_sets_k_is_a_name_copied_from_the_line_just_read():
+    """The conflicts at k = 29 are all the first character of a name copied from the start of
+    a 28-character line: the output's (after the prompt and `[FIND]`) or the current node's
+    (after its definition and `[/OBS]`)."""
+    rng = random.Random(4)
+    seen = defaultdict(set)
+    for _ in range(200):
+        t = task.oracle(task.problem({"program": random_program(rng, rng.randint(1, 10), pool=16)}))
+        for context, token in contexts(t, 29):
+            seen[context].add(token)
+    clashes = [decode(list(c)) for c, tokens in seen.items() if len(tokens) > 1]
+    assert clashes
+    assert all(re.fullmatch(r" = not [a-z]\d{3} and not [a-z]\d{3}\n(\[/OBS\]|\[FIND\])[a-z]\d{2}", c) for c in clashes), clashes
 
 
 @pytest.mark.parametrize(
