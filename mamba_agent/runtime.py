@@ -72,11 +72,15 @@ def run_episodes(
     pool = None  # threads for blocking tool calls, made when first needed
     last_progress = time.monotonic()
 
+    blocking = False  # has any episode a blocking tool? (else skip looking for its calls)
+
     def take(r: int) -> None:
+        nonlocal blocking
         rows[r] = next(pending, None)
         queues[r].clear()
         if rows[r] is not None:
             queues[r].extend(rows[r].prompt)
+            blocking |= any(tool.blocking for tool in rows[r].tools)
 
     for r in range(batch_size):
         take(r)
@@ -92,7 +96,7 @@ def run_episodes(
             tokens = [PAD] * batch_size
             # Tool calls that wait on another process (a sandboxed run) go out together on
             # threads, so one episode's 40 ms run does not hold up the next one's.
-            calls = [r for r in live if not queues[r] and rows[r].blocks_on(sampled[r])]
+            calls = [r for r in live if not queues[r] and rows[r].blocks_on(sampled[r])] if blocking else []
             answered = {}
             if len(calls) > 1:
                 pool = pool or ThreadPoolExecutor(max_workers=min(batch_size, 32))
