@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("locality", help="smallest k for which a task's oracle trajectories are k-local")
     p.add_argument("--task", default="addition")
-    p.add_argument("--sizes", default="1,2,3,4,5,10,20,50,100", help="problem sizes to include")
+    p.add_argument("--sizes", help="comma-separated problem sizes (default: 1 to two beyond the training sizes)")
     p.add_argument("--per-size", type=int, default=50, help="trajectories per size")
 
     args = parser.parse_args(argv)
@@ -240,8 +240,12 @@ def locality(args) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     rng = random.Random(0)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    trajs = [task.oracle(task.random_problem(rng, n)) for n in sizes for _ in range(args.per_size)]
+    try:
+        sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(range(1, task.train_max_size + 3))
+        trajs = [task.oracle(task.random_problem(rng, n)) for n in sizes for _ in range(args.per_size)]
+    except ValueError as e:  # pydantic's ValidationError is one
+        why = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)
+        raise UsageError(f"--sizes: {why}; give sizes this task accepts") from None
     trajs += [task.oracle(task.training_problem(rng)) for _ in range(args.per_size * 10)]
     k = smallest_local_k(trajs)
     print(json.dumps({"task": task.name, "sizes": sizes, "trajectories": len(trajs), "k": k}))

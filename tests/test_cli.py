@@ -124,3 +124,12 @@ def test_train_lookup_counts_the_same_data_and_saves_a_checkpoint(tmp_path, caps
     policy, meta = load_checkpoint(tmp_path)
     assert meta["policy"]["kind"] == "lookup" and policy.config.table_size == summary["contexts"]
     assert main(["train", "--policy", "lookup", "--out", str(tmp_path / "nok")]) == 2  # k is required
+
+
+def test_locality_defaults_to_training_sizes_and_rejects_bad_ones(capsys):
+    assert main(["locality", "--task", "hanoi", "--per-size", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["k"] == 5 and out["sizes"] == list(range(1, 11))  # 1..8 trained, and two beyond
+    assert main(["locality", "--task", "hanoi", "--sizes", "30"]) == 2
+    err = capsys.readouterr().err
+    assert "--sizes: " in err and "at most 20 disks" in err and len(err.strip().splitlines()) == 1
