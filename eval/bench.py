@@ -49,11 +49,6 @@ MODELS = {
 }
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def cpu_limits(threads: int) -> dict:
     """Measured: copy bandwidth of 256 MiB arrays, fp32 matmul flops, on `threads` threads."""
     a = np.ones(64 * 2**20, np.float32)

@@ -42,7 +42,6 @@ def evaluate(checkpoint: str, sizes: list[int], samples: int, out: str | Path, b
     done = {(r["label"], r["size"], r["index"]) for r in load_results(out)}
     todo = [(n, i) for n in sizes for i in range(samples) if (label, n, i) not in done]
     bar = Bar(f"eval {label}", len(todo)) if progress and todo else None
-    started = time.monotonic()
     cases = {}  # episode -> (size, index, problem)
 
     def episodes():  # made as rows free up, so an oracle is computed only when it is needed

@@ -24,7 +24,7 @@ import random
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from mamba_agent.episode import Episode
-from mamba_agent.tasks import Problem, Task, digit_string
+from mamba_agent.tasks import Problem, Task, digit_string, same_number
 from mamba_agent.tools.pointer import PointerMemory
 from mamba_agent.vocab import ANS, BOS, EDGE, EOS, encode, pointer_command
 
@@ -93,7 +93,7 @@ class Addition(Task):
         return 2 * (13 * (la + lb) + 9 * problem.size) + 100
 
     def check(self, problem: Problem, answer: str, tools=()) -> bool:
-        return answer.isascii() and answer.isdigit() and answer.lstrip("0") == problem.reference.lstrip("0")
+        return same_number(answer, problem.reference)
 
     def solve(self, episode: Episode, problem: Problem) -> None:
         act = episode.act

@@ -1,4 +1,5 @@
-"""A deterministic fake policy: replays recorded trajectories token by token (no model)."""
+"""A deterministic fake policy: replays recorded trajectories token by token (no model), and the
+replay check the task tests share."""
 
 import torch
 
@@ -33,3 +34,20 @@ class ScriptedPolicy(torch.nn.Module):
         for r in range(len(state)):
             state[r] += tokens.shape[1]
         return self._logits(state).unsqueeze(1)
+
+
+def replay_oracles(task, problems) -> list:
+    """Each problem's oracle model tokens replayed through the runtime, batched, on fresh tools:
+    asserts every episode finishes with the oracle's trajectory (roles too) and the reference
+    answer, which the checker accepts. Returns (oracle, episode) pairs for further checks."""
+    from mamba_agent.episode import FINISHED
+    from mamba_agent.runtime import run_episodes
+
+    oracles = [task.oracle(p) for p in problems]
+    episodes = [task.episode(p, keep=True, expected=o.model_tokens()) for p, o in zip(problems, oracles)]
+    run_episodes(ScriptedPolicy(oracles), episodes)
+    for p, o, ep in zip(problems, oracles, episodes):
+        assert ep.exit == FINISHED
+        assert ep.trajectory.tokens == o.tokens and ep.trajectory.roles == o.roles
+        assert task.check(p, ep.answer, ep.tools) and ep.answer == p.reference
+    return list(zip(oracles, episodes))

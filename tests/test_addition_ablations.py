@@ -8,14 +8,13 @@ import pytest
 
 from mamba_agent.episode import FINISHED, FORMAT_ERRORS
 from mamba_agent.locality import conflicts
-from mamba_agent.runtime import run_episodes
 from mamba_agent.taskfile import load_taskfile
 from mamba_agent.tasks import get_task
 from mamba_agent.tools.calculator import Calculator, add_digits
 from mamba_agent.train import make_batch
 from mamba_agent.trajectory import COMMAND, INPUT, OBSERVATION, OUTPUT, THOUGHT
 from mamba_agent.vocab import ANS, EDGE, END, EOS, ERR, FIND, OBS_END, RUN, encode, pointer_command
-from tests.scripted import ScriptedPolicy
+from tests.scripted import replay_oracles
 
 sys.set_int_max_str_digits(0)
 VARIANTS = ["addition-nocot", "addition-cot-notool", "addition-calculator"]
@@ -47,13 +46,7 @@ def test_replay_through_runtime_on_fresh_tools(name):
     """Model tokens replayed by a scripted policy, batched: the same trajectory and answer."""
     task, rng = get_task(name), random.Random(7)
     problems = [task.random_problem(rng, n) for n in (1, 5, 9, 64)] + [task.problem({"a": "9" * 40, "b": "1"})]
-    oracles = [task.oracle(p) for p in problems]
-    episodes = [task.episode(p, keep=True, expected=o.model_tokens()) for p, o in zip(problems, oracles)]
-    run_episodes(ScriptedPolicy(oracles), episodes)
-    for p, o, ep in zip(problems, oracles, episodes):
-        assert ep.exit == FINISHED
-        assert ep.trajectory.tokens == o.tokens and ep.trajectory.roles == o.roles
-        assert task.check(p, ep.answer, ep.tools) and ep.answer == p.reference
+    replay_oracles(task, problems)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

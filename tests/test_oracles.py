@@ -4,11 +4,11 @@ import random
 
 import pytest
 
-from mamba_agent.episode import DIVERGED, FINISHED
+from mamba_agent.episode import DIVERGED
 from mamba_agent.runtime import run_episodes
 from mamba_agent.tasks import get_task
 from mamba_agent.trajectory import OBSERVATION, OUTPUT
-from tests.scripted import ScriptedPolicy
+from tests.scripted import ScriptedPolicy, replay_oracles
 
 SIZES = {"addition": (1, 7, 64, 300), "multiplication-1": (1, 7, 64, 300), "multiplication-2": (1, 7, 64, 300),
          "hanoi": (1, 3, 6, 9),
@@ -21,13 +21,7 @@ def test_replay_through_runtime_reproduces_observations_and_answer(name):
     trajectory, observations included, and the reference answer."""
     task, rng = get_task(name), random.Random(1)
     problems = [task.random_problem(rng, n) for n in SIZES[name]]
-    oracles = [task.oracle(p) for p in problems]
-    episodes = [task.episode(p, keep=True, expected=o.model_tokens()) for p, o in zip(problems, oracles)]
-    run_episodes(ScriptedPolicy(oracles), episodes)
-    for p, o, ep in zip(problems, oracles, episodes):
-        assert ep.exit == FINISHED
-        assert ep.trajectory.tokens == o.tokens and ep.trajectory.roles == o.roles
-        assert task.check(p, ep.answer, ep.tools) and ep.answer == p.reference
+    for p, (o, ep) in zip(problems, replay_oracles(task, problems)):
         assert OBSERVATION in ep.trajectory.roles and OUTPUT in ep.trajectory.roles
         assert len(o) < task.max_tokens(p) / 1.5  # the default limit leaves room
 

@@ -346,7 +346,7 @@ class CPUDecoder(Decoder):
         # with each other (at batch 1 it cost a third of the step): use as many as torch does.
         threadpoolctl.threadpool_limits(torch.get_num_threads(), user_api="blas")
         di, N, R, d, W = c.d_inner, c.d_state, c.dt_rank, c.d_model, c.d_conv
-        self.N, self.di, self.eps_d = N, di, 1e-5 * d
+        self.eps_d = 1e-5 * d
 
         def weight(t: Tensor) -> np.ndarray:  # (out, in) -> (in, out): x @ W.T as x @ weight
             return t.detach().float().t().contiguous().numpy()
@@ -369,6 +369,7 @@ class CPUDecoder(Decoder):
                 m.D.detach().float().numpy(),  # (di,)
                 weight(m.out_proj.weight),  # (di, d)
                 conv,  # (B, di, W): view of the state
+                conv[..., 1:],  # its last W - 1 inputs
                 ssm,  # (B, di, N): view of the state
             ))
         emb = policy.backbone.embedding.weight.detach().float()
@@ -383,6 +384,14 @@ class CPUDecoder(Decoder):
         self.delta, self.y, self.tmp = (np.zeros((B, di), f32) for _ in range(3))
         self.dA, self.dBx = np.zeros((B, di, N), f32), np.zeros((B, di, N), f32)
         self.logits = np.zeros((B, c.vocab_size), f32)
+        # Views into those buffers, made once: the step only fills them.
+        xz, window, dbc = self.xz, self.window, self.dbc
+        self.views = (
+            xz[:, :di], xz[:, di:],  # x, z
+            window[..., : W - 1], window[..., W - 1], window[..., :W],  # history, newest, state part
+            dbc[:, :-1], dbc[:, None, :N], dbc[:, N : 2 * N, None], dbc[:, 2 * N :],  # x_proj out, B, C, dt + 1
+            self.delta[:, :, None], self.y[:, :, None],
+        )
 
     def _norm_scale(self, x: np.ndarray) -> np.ndarray:
         """(B, 1): 1 / sqrt(sum(x^2) + d eps), the RMSNorm scale divided by sqrt(d)."""
@@ -399,23 +408,21 @@ class CPUDecoder(Decoder):
         np.divide(x, tmp, out=x)
 
     def step(self, tokens: list[int]) -> Tensor:
-        N, di = self.N, self.di
-        res, xz, window, dbc, delta, y, tmp, dA, dBx = (
-            self.residual, self.xz, self.window, self.dbc, self.delta, self.y, self.tmp, self.dA, self.dBx
+        res, xz, window, delta, y, tmp, dA, dBx = (
+            self.residual, self.xz, self.window, self.delta, self.y, self.tmp, self.dA, self.dBx
         )
-        W = window.shape[2] - 1
-        x, z, B, C, dt = xz[:, :di], xz[:, di:], dbc[:, :N, None], dbc[:, N : 2 * N, None], dbc[:, 2 * N :]
+        x, z, history, newest, window_state, x_proj_out, B, C, dt, delta_col, y_col = self.views
         self.tokens[:] = tokens
         np.take(self.embedding, self.tokens, axis=0, out=res)
-        for in_w, conv_w, x_w, dt_w, A, D, out_w, conv, h in self.layers:
+        for in_w, conv_w, x_w, dt_w, A, D, out_w, conv, conv_tail, h in self.layers:
             np.matmul(res, in_w, out=xz)
             xz *= self._norm_scale(res)  # [x | z] = in_proj(norm(res))
-            window[..., : W - 1] = conv[..., 1:]  # the causal conv's last W inputs: shift, append x
-            window[..., W - 1] = x
-            conv[...] = window[..., :W]
+            history[...] = conv_tail  # the causal conv's last W inputs: shift, append x
+            newest[...] = x
+            conv[...] = window_state
             np.vecdot(window, conv_w, out=x)  # conv + bias
             self._silu(xz, self.tmp_xz)  # silu(conv x) and silu(z) in one pass
-            np.matmul(x, x_w, out=dbc[:, :-1])
+            np.matmul(x, x_w, out=x_proj_out)
             np.matmul(dt, dt_w, out=delta)  # dt_proj + bias
             # Δ = softplus(delta) = log(1 + e^t), as max(t, log1p(e^min(t, 20))): exact in fp32
             np.minimum(delta, 20, out=tmp)
@@ -423,13 +430,13 @@ class CPUDecoder(Decoder):
             np.log1p(tmp, out=tmp)
             np.maximum(delta, tmp, out=delta)
             # h = exp(Δ A) h + (Δ x) B;  y = (C h + D x) silu(z)
-            np.multiply(delta[:, :, None], A, out=dA)
+            np.multiply(delta_col, A, out=dA)
             np.exp(dA, out=dA)
             h *= dA
             delta *= x
-            np.multiply(delta[:, :, None], B[:, None, :, 0], out=dBx)
+            np.multiply(delta_col, B, out=dBx)
             h += dBx
-            np.matmul(h, C, out=y[:, :, None])
+            np.matmul(h, C, out=y_col)
             np.multiply(D, x, out=tmp)
             y += tmp
             y *= z
