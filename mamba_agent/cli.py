@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--data-workers", type=int, default=0, help="processes generating trajectories (same batches)")
+    p.add_argument("--max-seconds", type=float, help="time budget: the lr decays by steps or time, whichever is further, and the run ends at either")
+    p.add_argument("--init-from", help="start from this checkpoint's weights (folder or builtin:<name>)")
     p.add_argument("--out", required=True, help="run folder: checkpoint, train_state.pt, train_log.jsonl")
 
     p = sub.add_parser("eval", help="exact-match accuracy against problem size (appends, resumes)")
@@ -183,7 +185,8 @@ def train(args) -> int:
     try:
         cfg = TrainConfig(task=args.task, policy=policy, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           seed=args.seed, save_every=args.save_every, device=args.device,
-                          data_workers=args.data_workers)
+                          data_workers=args.data_workers, max_seconds=args.max_seconds,
+                          init_from=args.init_from)
         from mamba_agent.policies import POLICY_CONFIGS
         from mamba_agent.tasks import get_task
         from mamba_agent.vocab import VOCAB_SIZE
@@ -191,10 +194,14 @@ def train(args) -> int:
         get_task(cfg.task)
         if args.policy not in POLICY_CONFIGS:
             raise ValueError(f"unknown policy kind {args.policy!r}; valid kinds: {', '.join(POLICY_CONFIGS)}")
-        POLICY_CONFIGS[args.policy].model_validate({**policy, "vocab_size": VOCAB_SIZE})  # before any work
+        if not args.init_from:
+            POLICY_CONFIGS[args.policy].model_validate({**policy, "vocab_size": VOCAB_SIZE})  # before any work
     except (ValidationError, ValueError) as e:
         raise UsageError(first_error(e) if isinstance(e, ValidationError) else str(e).splitlines()[0]) from None
-    summary = run_training(cfg, args.out)
+    try:
+        summary = run_training(cfg, args.out)
+    except ValueError as e:  # settings that clash with --out's run or --init-from's checkpoint
+        raise UsageError(str(e).splitlines()[0]) from None
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     return 0
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from mamba_agent.checkpoint import save_checkpoint
+from mamba_agent.checkpoint import load_checkpoint, save_checkpoint
 from mamba_agent.console import Bar
 from mamba_agent.policies import build_policy
 from mamba_agent.policies.lookup import LookupConfig, fit_lookup
@@ -55,6 +55,14 @@ class TrainConfig(BaseModel, use_attribute_docstrings=True):
     data_workers: int = 0
     """Processes generating oracle trajectories (0: the training process). The batches are the
     same whatever this is; on a GPU, generation is often slower than the step."""
+    max_seconds: float | None = None
+    """A time budget: the cosine decay follows steps or seconds, whichever is further along, and
+    the run ends (and saves) when either is used up. For fixed-time runs on a shared GPU; the
+    number of steps done then depends on the machine (the log and the summary have it)."""
+    init_from: str | None = None
+    """A checkpoint (folder or builtin:<name>) of this task whose weights start the run (more
+    training for a trained model; give another seed, or it sees its first batches again). Its
+    policy config is used: `policy` may only repeat its kind."""
 
 
 def make_batch(task, rng: random.Random, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -86,10 +94,12 @@ class Batches(torch.utils.data.IterableDataset):
             yield make_batch(task, random.Random(f"{self.seed}-{self.rank}-{step}"), self.batch_size)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: TrainConfig, seconds: float = 0.0) -> float:
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
     progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    if cfg.max_seconds:
+        progress = min(1.0, max(progress, seconds / cfg.max_seconds))
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -110,7 +120,14 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     if cfg.policy.get("kind") == "lookup":
         return fit_lookup_run(cfg, out, task, progress)
     torch.manual_seed(cfg.seed)
-    policy = build_policy({**cfg.policy, "vocab_size": VOCAB_SIZE}).to(device)
+    if cfg.init_from:
+        policy, meta = load_checkpoint(cfg.init_from)
+        if meta["task"] != cfg.task or set(cfg.policy) - {"kind"} or cfg.policy.get("kind", policy.config.kind) != policy.config.kind:
+            raise ValueError(f"init_from {cfg.init_from} is a {meta['policy']['kind']} of task {meta['task']}: "
+                             f"train it with --task {meta['task']} --policy {meta['policy']['kind']} and no --set")
+        policy = policy.train().to(device)
+    else:
+        policy = build_policy({**cfg.policy, "vocab_size": VOCAB_SIZE}).to(device)
     decay = [p for n, p in policy.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in policy.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -136,8 +153,10 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     )
     for batch in batches:
         inputs, targets, mask = (x.to(device, non_blocking=True) for x in batch)
+        seconds = time.monotonic() - start
+        lr = lr_at(step, cfg, seconds)
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = lr
         logits = model(inputs)  # (B, T, V)
         loss = F.cross_entropy(logits[mask], targets[mask])
         opt.zero_grad(set_to_none=True)
@@ -150,10 +169,16 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
         loss_ema = loss_value if loss_ema is None else 0.95 * loss_ema + 0.05 * loss_value
         if bar:
             bar.update(step, loss=loss_ema)
-        if rank == 0 and (step % 10 == 0 or step == cfg.steps):
-            log.write(json.dumps({"step": step, "loss": loss_value, "lr": lr_at(step - 1, cfg), "seconds": round(time.monotonic() - start, 2)}) + "\n")
+        out_of_time = cfg.max_seconds is not None and time.monotonic() - start >= cfg.max_seconds
+        if world > 1 and cfg.max_seconds is not None:  # every rank stops at the same step
+            flag = torch.tensor(float(out_of_time), device=device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            out_of_time = bool(flag.item())
+        last = step == cfg.steps or out_of_time
+        if rank == 0 and (step % 10 == 0 or last):
+            log.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, "seconds": round(time.monotonic() - start, 2)}) + "\n")
             log.flush()
-        if rank == 0 and (step % cfg.save_every == 0 or step == cfg.steps):
+        if rank == 0 and (step % cfg.save_every == 0 or last):
             summary = {
                 "task_sizes": f"training distribution of {cfg.task} (sizes up to {task.train_max_size})",
                 "steps": step,
@@ -173,6 +198,8 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
                 out / "train_state.pt.tmp",
             )
             os.replace(out / "train_state.pt.tmp", state_path)
+        if out_of_time:
+            break
     if bar:
         bar.close()
     if log:

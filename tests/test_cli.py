@@ -110,6 +110,29 @@ def test_train_resumes_exactly_where_it_stopped(tmp_path, capsys):
     assert steps == [2, 4]
 
 
+def test_train_init_from_starts_from_the_checkpoint_weights(tmp_path, capsys):
+    common = ["train", "--batch-size", "4", "--device", "cpu"]
+    assert main(common + ["--set", "d_model=32", "--set", "n_layer=1", "--steps", "2", "--out", str(tmp_path / "a")]) == 0
+    # lr 0: two more steps that change nothing, so the weights are the checkpoint's, config included
+    assert main(common + ["--init-from", str(tmp_path / "a"), "--lr", "0", "--steps", "2", "--seed", "1", "--out", str(tmp_path / "b")]) == 0
+    w1 = safetensors.torch.load_file(tmp_path / "a" / "model.safetensors")
+    w2 = safetensors.torch.load_file(tmp_path / "b" / "model.safetensors")
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert json.loads((tmp_path / "b" / "config.json").read_text())["policy"]["d_model"] == 32
+    capsys.readouterr()
+    assert main(common + ["--task", "multiplication", "--init-from", str(tmp_path / "a"), "--out", str(tmp_path / "c")]) == 2
+    assert "--task addition" in capsys.readouterr().err
+
+
+def test_train_max_seconds_ends_the_run_and_saves(tmp_path, capsys):
+    args = ["train", "--set", "d_model=32", "--set", "n_layer=1", "--batch-size", "4", "--device", "cpu",
+            "--steps", "1000", "--max-seconds", "0.001", "--out", str(tmp_path)]
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 1  # out of time after the first step, saved there
+    assert json.loads((tmp_path / "config.json").read_text())["training"]["steps"] == 1
+
+
 def test_train_rejects_bad_policy_field(tmp_path, capsys):
     assert main(["train", "--set", "d_modle=32", "--out", str(tmp_path / "x")]) == 2
     assert "d_modle" in capsys.readouterr().err

@@ -194,6 +194,31 @@ def test_cuda_graph_decoder_equals_forward_and_resets_rows(kind):
     torch.testing.assert_close(steps, fresh, **TOL)
 
 
+@pytest.mark.parametrize("sizes", [dict(d_model=64, n_layer=2), dict(d_model=128, n_layer=4), dict(d_model=768, n_layer=2)])
+def test_fused_cuda_step_equals_policy_step(sizes):
+    """mamba_cuda.FusedStep (6 kernels a layer, Δ's projections merged) gives policy.step's
+    logits and states, at the shipped size, a tiny one, and the 130M configuration's width."""
+    found = mamba._kernels()
+    if found is None:
+        pytest.skip("mamba-ssm kernels not importable")
+    from mamba_agent.policies.mamba_cuda import FusedStep
+
+    torch.manual_seed(0)
+    policy = build_policy({"kind": "mamba", "vocab_size": VOCAB, **sizes}).cuda().eval()
+    with torch.no_grad():  # move the norm gains and conv biases off their init so that errors show
+        policy.backbone.embedding.weight.mul_(30)
+        for layer in policy.backbone.layers:
+            layer.norm.weight.uniform_(0.5, 1.5)
+            layer.mixer.conv1d.bias.uniform_(-0.5, 0.5)
+    seq = tokens(5, 30)
+    fused, expected_state, state = FusedStep(policy, found.selective_state_update), policy.init_state(5), policy.init_state(5)
+    with torch.no_grad():
+        for t in range(30):
+            torch.testing.assert_close(fused(seq[:, t], state), policy.step(seq[:, t], expected_state), **TOL)
+    torch.testing.assert_close(state.conv, expected_state.conv, **TOL)
+    torch.testing.assert_close(state.ssm, expected_state.ssm, **TOL)
+
+
 def test_gpu_checkpoint_decodes_the_same_on_the_cpu(tmp_path):
     """Trained on the GPU (a few steps here), saved, loaded on the CPU: the NumPy decoder and
     the CUDA-graph decoder give the same logits."""

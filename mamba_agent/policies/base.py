@@ -114,10 +114,12 @@ class CUDAGraphDecoder(Decoder):
     """`step` captured once in a CUDA graph and replayed: one launch per token instead of one per
     operation. At batch 1 a small model's step is all launch overhead (tens of kernels of a few
     microseconds each). Needs a state of fixed tensors updated in place (Mamba, LSTM, GRU);
-    `prefill` and `reset_row` write into the same tensors, so the graph sees them."""
+    `prefill` and `reset_row` write into the same tensors, so the graph sees them. `step`: what
+    the graph captures, `policy.step` unless the policy gives a faster equivalent."""
 
-    def __init__(self, policy: Policy, batch_size: int, device: torch.device | str | None = None):
+    def __init__(self, policy: Policy, batch_size: int, device: torch.device | str | None = None, step=None):
         super().__init__(policy, batch_size, device)
+        self.step_fn = step or policy.step
         # The graph reads its input ids from pinned host memory and writes the greedy ids back
         # to it: a step is one replay and one synchronisation.
         self.host_tokens = torch.zeros(batch_size, dtype=torch.long).pin_memory()
@@ -134,12 +136,12 @@ class CUDAGraphDecoder(Decoder):
         with torch.cuda.stream(side):
             scratch = self.policy.init_state(self.batch_size, self.device)
             for _ in range(3):
-                self.policy.step(self.tokens, scratch).argmax(-1)
+                self.step_fn(self.tokens, scratch).argmax(-1)
         torch.cuda.current_stream(self.device).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.tokens.copy_(self.host_tokens, non_blocking=True)
-            self.logits = self.policy.step(self.tokens, self.state)
+            self.logits = self.step_fn(self.tokens, self.state)
             self.host_greedy.copy_(self.logits.argmax(-1), non_blocking=True)
 
     def _replay(self, tokens: list[int]) -> None:

@@ -322,7 +322,12 @@ class MambaPolicy(Policy):
     def decoder(self, batch_size: int, device: torch.device | str | None = None) -> Decoder:
         device = torch.device(device) if device is not None else self.backbone.embedding.weight.device
         if device.type == "cuda":
-            return CUDAGraphDecoder(self, batch_size, device)
+            kernels, step = _kernels(), None
+            if kernels and self.backbone.embedding.weight.dtype == torch.float32:
+                from mamba_agent.policies.mamba_cuda import FusedStep  # Triton: CUDA only
+
+                step = FusedStep(self, kernels.selective_state_update)
+            return CUDAGraphDecoder(self, batch_size, device, step=step)
         if device.type == "cpu" and self.backbone.embedding.weight.dtype == torch.float32:
             return CPUDecoder(self, batch_size)
         return Decoder(self, batch_size, device)
