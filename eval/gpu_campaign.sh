@@ -10,7 +10,8 @@
 # is further, and the run saves and ends at either; `timeout` is the backstop), then, when EVAL ARGS are given, runs `mamba-agent eval
 # runs/NAME EVAL ARGS --device cuda` until DEADLINE_S (default 560) seconds after the start
 # (results are appended sample by sample, so what finished is kept). TRAIN_S 0: no training,
-# evaluate the existing checkpoint NAME (a builtin:<name>, say).
+# evaluate the existing checkpoint NAME (a builtin:<name>, say). Checkpoints a job starts from
+# (--init-from carry/NAME) travel in .carry/ (git-ignored; name it in carry).
 # Out: $OUT/campaign.tgz.part-* (split at 15 MB; `cat part-* | tar xz`): runs/*/{config.json,
 # model.safetensors,train_log.jsonl}, logs/NAME.log, eval/NAME.jsonl; $OUT/machine.txt.
 set -uo pipefail
@@ -18,8 +19,9 @@ OUT=${OUT:-/tmp/gpu-out} DEADLINE_S=${DEADLINE_S:-560} DEVICE=${DEVICE:-cuda}
 START=$(date +%s)
 JOBS_FILE=$(realpath "$1")
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/mamba_ssm-*.whl .whl/py/*.whl 2>/dev/null
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . 2>/dev/null
+rm -rf /tmp/carry && { [ ! -d .carry ] || cp -r .carry /tmp/carry; }  # checkpoints to start from: carry/NAME
 cd /tmp && mkdir -p runs logs eval  # import the installed package, not the checkout
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || uname -m; nproc; } | tee "$OUT/machine.txt"
 
@@ -33,7 +35,7 @@ job() {  # NAME TRAIN_S "TRAIN ARGS" "EVAL ARGS"
   else
     checkpoint=$name name=${name#builtin:}
   fi
-  if [ -n "$4" ] && { [ "$train_s" -eq 0 ] || [ -f "$checkpoint/config.json" ]; }; then
+  if [ -n "${4// /}" ] && { [ "$train_s" -eq 0 ] || [ -f "$checkpoint/config.json" ]; }; then
     local left=$((START + DEADLINE_S - $(date +%s)))
     # shellcheck disable=SC2086
     [ "$left" -gt 10 ] && timeout -s INT -k 10 "$left" python3 -m mamba_agent.cli eval "$checkpoint" $4 --device "$DEVICE" \
@@ -43,8 +45,8 @@ job() {  # NAME TRAIN_S "TRAIN ARGS" "EVAL ARGS"
 }
 
 while IFS='|' read -r name train_s train_args eval_args; do
-  name=$(echo "$name" | xargs) && [ -n "$name" ] && [ "${name:0:1}" != "#" ] || continue
-  job "$name" "$(echo "$train_s" | xargs)" "$train_args" "$(echo "$eval_args" | xargs)" &
+  name=${name//[[:space:]]/} && [ -n "$name" ] && [ "${name:0:1}" != "#" ] || continue
+  job "$name" "${train_s//[[:space:]]/}" "$train_args" "$eval_args" &
 done <"$JOBS_FILE"
 wait
 cp "$JOBS_FILE" logs/jobs.txt

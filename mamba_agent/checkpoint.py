@@ -6,6 +6,7 @@ Checkpoints shipped in the package are named `builtin:<name>` (a folder under
 mamba_agent/checkpoints/); anything else is a path.
 """
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -52,7 +53,9 @@ def save_checkpoint(policy: Policy, directory: str | Path, task: str, training: 
         "policy": policy.config.model_dump(),
         "training": training,
     }
-    safetensors.torch.save_model(policy, directory / "model.safetensors.tmp")
+    # Saved from a CPU copy: on CUDA, cuDNN packs an RNN's weights into one buffer (views of it),
+    # which safetensors refuses to save.
+    safetensors.torch.save_model(copy.deepcopy(policy).cpu(), directory / "model.safetensors.tmp")
     (directory / "config.json.tmp").write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(directory / "model.safetensors.tmp", directory / "model.safetensors")
     os.replace(directory / "config.json.tmp", directory / "config.json")

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--data-workers", type=int, default=0, help="processes generating trajectories (same batches)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast the forward pass")
     p.add_argument("--max-seconds", type=float, help="time budget: the lr decays by steps or time, whichever is further, and the run ends at either")
     p.add_argument("--init-from", help="start from this checkpoint's weights (folder or builtin:<name>)")
     p.add_argument("--out", required=True, help="run folder: checkpoint, train_state.pt, train_log.jsonl")
@@ -185,7 +186,7 @@ def train(args) -> int:
     try:
         cfg = TrainConfig(task=args.task, policy=policy, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           seed=args.seed, save_every=args.save_every, device=args.device,
-                          data_workers=args.data_workers, max_seconds=args.max_seconds,
+                          data_workers=args.data_workers, max_seconds=args.max_seconds, precision=args.precision,
                           init_from=args.init_from)
         from mamba_agent.policies import POLICY_CONFIGS
         from mamba_agent.tasks import get_task

@@ -13,6 +13,7 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,9 @@ class TrainConfig(BaseModel, use_attribute_docstrings=True):
     data_workers: int = 0
     """Processes generating oracle trajectories (0: the training process). The batches are the
     same whatever this is; on a GPU, generation is often slower than the step."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """bf16: the forward pass under autocast (weights, optimizer, loss and the Mamba state stay
+    fp32); on a GPU it lets attention use its fast bf16 kernels."""
     max_seconds: float | None = None
     """A time budget: the cosine decay follows steps or seconds, whichever is further along, and
     the run ends (and saves) when either is used up. For fixed-time runs on a shared GPU; the
@@ -157,8 +161,9 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
         lr = lr_at(step, cfg, seconds)
         for group in opt.param_groups:
             group["lr"] = lr
-        logits = model(inputs)  # (B, T, V)
-        loss = F.cross_entropy(logits[mask], targets[mask])
+        with torch.autocast(device.split(":")[0], torch.bfloat16, enabled=cfg.precision == "bf16"):
+            logits = model(inputs)  # (B, T, V)
+        loss = F.cross_entropy(logits[mask].float(), targets[mask])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip)
