@@ -22,7 +22,7 @@ python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/mamba_ssm
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . 2>/dev/null
 rm -rf /tmp/carry && { [ ! -d .carry ] || cp -r .carry /tmp/carry; }  # checkpoints to start from: carry/NAME
-cd /tmp && mkdir -p runs logs eval  # import the installed package, not the checkout
+cd /tmp && rm -rf runs logs eval && mkdir -p runs logs eval  # import the installed package, not the checkout
 { nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || uname -m; nproc; } | tee "$OUT/machine.txt"
 
 job() {  # NAME TRAIN_S "TRAIN ARGS" "EVAL ARGS"
