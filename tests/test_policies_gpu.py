@@ -239,3 +239,16 @@ def test_gpu_checkpoint_decodes_the_same_on_the_cpu(tmp_path):
         for t in range(30):
             a, b = gpu_dec.step(seq[:, t].tolist()).cpu(), cpu_dec.step(seq[:, t].tolist())
             torch.testing.assert_close(a, b, **TOL)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "mamba"])
+def test_checkpoint_of_a_cuda_policy_saves_and_loads(tmp_path, kind):
+    """cuDNN packs an RNN's weights into one buffer on CUDA; saving must still work (it once
+    failed in safetensors and lost two training runs), and the weights must come back equal."""
+    from mamba_agent.checkpoint import load_checkpoint, save_checkpoint
+
+    policy = tiny(kind)
+    save_checkpoint(policy, tmp_path, "addition", {})
+    loaded, _ = load_checkpoint(str(tmp_path), device="cuda")
+    for (name, a), (_, b) in zip(policy.state_dict().items(), loaded.state_dict().items()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
