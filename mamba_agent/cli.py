@@ -203,7 +203,8 @@ def train(args) -> int:
         summary = run_training(cfg, args.out)
     except ValueError as e:  # settings that clash with --out's run or --init-from's checkpoint
         raise UsageError(str(e).splitlines()[0]) from None
-    print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
+    if summary:  # rank 0 (torchrun's other ranks write nothing)
+        print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     return 0
 
 

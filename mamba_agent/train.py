@@ -158,6 +158,10 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     for batch in batches:
         inputs, targets, mask = (x.to(device, non_blocking=True) for x in batch)
         seconds = time.monotonic() - start
+        if world > 1 and cfg.max_seconds is not None:  # rank 0's clock: the same lr and last step on every rank
+            clock = torch.tensor(seconds, device=device, dtype=torch.float64)
+            torch.distributed.broadcast(clock, 0)
+            seconds = clock.item()
         lr = lr_at(step, cfg, seconds)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -174,11 +178,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
         loss_ema = loss_value if loss_ema is None else 0.95 * loss_ema + 0.05 * loss_value
         if bar:
             bar.update(step, loss=loss_ema)
-        out_of_time = cfg.max_seconds is not None and time.monotonic() - start >= cfg.max_seconds
-        if world > 1 and cfg.max_seconds is not None:  # every rank stops at the same step
-            flag = torch.tensor(float(out_of_time), device=device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            out_of_time = bool(flag.item())
+        out_of_time = cfg.max_seconds is not None and seconds >= cfg.max_seconds  # as of this step's start
         last = step == cfg.steps or out_of_time
         if rank == 0 and (step % 10 == 0 or last):
             log.write(json.dumps({"step": step, "loss": loss_value, "lr": lr, "seconds": round(time.monotonic() - start, 2)}) + "\n")

@@ -133,6 +133,25 @@ def test_train_max_seconds_ends_the_run_and_saves(tmp_path, capsys):
     assert json.loads((tmp_path / "config.json").read_text())["training"]["steps"] == 1
 
 
+def test_train_on_two_ranks_with_torchrun_and_a_time_budget(tmp_path):
+    """DDP on the CPU (gloo): both ranks follow rank 0's clock, so they stop at the same step
+    (a rank that stopped alone would leave the other hanging in its all-reduce)."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           "-m", "mamba_agent.cli", "train", "--set", "d_model=32", "--set", "n_layer=1", "--batch-size", "4",
+           "--device", "cpu", "--steps", "10000", "--max-seconds", "3", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    training = json.loads((tmp_path / "config.json").read_text())["training"]
+    assert training["world_size"] == 2 and 1 <= training["steps"] < 10000
+
+
 def test_train_rejects_bad_policy_field(tmp_path, capsys):
     assert main(["train", "--set", "d_modle=32", "--out", str(tmp_path / "x")]) == 2
     assert "d_modle" in capsys.readouterr().err
