@@ -87,7 +87,11 @@ class Episode:
         if self.expected is not None:
             i = self.n_model_tokens
             if i >= len(self.expected) or self.expected[i] != token:
+                # The verdict is decided: record the token, carry nothing out (no tool call).
                 self.exit = DIVERGED
+                self.n_model_tokens += 1
+                self._record(token, COMMAND if token >= 256 else OUTPUT if self.after_ans else THOUGHT)
+                return []
         self.n_model_tokens += 1
         obs = self._carry_out(token)
         for t in obs:
@@ -126,7 +130,7 @@ class Episode:
             return []
         if token == EOS:
             self._record(token, COMMAND)
-            self.exit = self.exit or FINISHED  # a diverging [EOS] stays diverged
+            self.exit = FINISHED
             return []
         if token < 256 or (token == ANS and not self.after_ans):
             role = OUTPUT if self.after_ans else THOUGHT

@@ -7,7 +7,8 @@ import pytest
 from mamba_agent.episode import DIVERGED
 from mamba_agent.runtime import run_episodes
 from mamba_agent.tasks import get_task
-from mamba_agent.trajectory import OBSERVATION, OUTPUT
+from mamba_agent.trajectory import COMMAND, OBSERVATION, OUTPUT
+from mamba_agent.vocab import pointer_command
 from tests.scripted import ScriptedPolicy, replay_oracles
 
 SIZES = {"addition": (1, 7, 64, 300), "multiplication-1": (1, 7, 64, 300), "multiplication-2": (1, 7, 64, 300),
@@ -33,3 +34,13 @@ def test_divergence_is_detected(name):
     ep = task.episode(p, keep=True, expected=task.oracle(p).model_tokens())
     run_episodes(ScriptedPolicy([task.oracle(q)]), [ep])
     assert ep.exit == DIVERGED
+
+
+def test_a_diverging_token_is_recorded_but_not_carried_out():
+    task = get_task("addition")
+    p = task.problem({"a": "12", "b": "34"})
+    expected = task.oracle(p).model_tokens()
+    ep = task.episode(p, keep=True, expected=expected)
+    wrong = next(t for t in (pointer_command(2, "read"), pointer_command(3, "read")) if t != expected[0])
+    assert ep.act(wrong) == [] and ep.exit == DIVERGED  # a read, yet no observation
+    assert ep.trajectory.tokens[-1] == wrong and ep.trajectory.roles[-1] == COMMAND
