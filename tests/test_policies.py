@@ -74,6 +74,21 @@ def test_chunked_prefill_equals_forward_and_step_continues(kind, chunk):
         assert (restarted - full[:, 60 - chunk : 60]).abs().max() > 100 * ATOL
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_decoder_prefills_a_long_prompt_in_chunks(kind):
+    """The decoder splits a prefill into calls of at most prefill_row_tokens row-tokens; the
+    logits after the prompt and the next step are those of one whole forward."""
+    policy, seq = tiny(kind), tokens(3, 41)
+    with torch.no_grad():
+        full = policy(seq)
+        decoder = policy.decoder(3)
+        decoder.prefill_row_tokens = 3 * 7  # chunks of 7 tokens: 6 calls for 40
+        after_prompt = decoder.prefill(seq[:, :40].tolist()).clone()
+        after_step = decoder.step(seq[:, 40].tolist())
+    torch.testing.assert_close(after_prompt, full[:, 39], atol=ATOL, rtol=0)
+    torch.testing.assert_close(after_step, full[:, 40], atol=ATOL, rtol=0)
+
+
 def test_mamba_state_size_is_constant():
     policy = build_policy(MambaConfig(vocab_size=VOCAB, d_model=8, n_layer=1, d_state=4)).eval()
     with torch.no_grad():
