@@ -85,7 +85,7 @@ def reach(decoder, length: int) -> None:
     if hasattr(decoder.state, "kv"):
         kv_fill(decoder, length)
         return
-    chunk = max(64, min(4096, 2**16 // decoder.batch_size))  # bounds the prefill's temporaries
+    chunk = max(64, min(4096, 2**16 // decoder.batch_size))  # bounds the token lists made here
     g = torch.Generator().manual_seed(0)
     for start in range(0, length, chunk):
         n = min(chunk, length - start)
