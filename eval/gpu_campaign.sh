@@ -10,7 +10,7 @@
 # is further, and the run saves and ends at either; `timeout` is the backstop), then, when EVAL ARGS are given, runs `mamba-agent eval
 # runs/NAME EVAL ARGS --device cuda` until DEADLINE_S (default 560) seconds after the start
 # (results are appended sample by sample, so what finished is kept). TRAIN_S 0: no training,
-# evaluate the existing checkpoint NAME (a builtin:<name>, say). Checkpoints a job starts from
+# evaluate the existing checkpoint NAME (a builtin:<name>, or carry/NAME). Checkpoints a job starts from
 # (--init-from carry/NAME) travel in .carry/ (git-ignored; name it in carry).
 # Out: $OUT/campaign.tgz.part-* (split at 15 MB; `cat part-* | tar xz`): runs/*/{config.json,
 # model.safetensors,train_log.jsonl}, logs/NAME.log, eval/NAME.jsonl; $OUT/machine.txt.
@@ -33,7 +33,7 @@ job() {  # NAME TRAIN_S "TRAIN ARGS" "EVAL ARGS"
       --max-seconds $((train_s - 30)) --out "runs/$name" >"logs/$name.log" 2>&1 || echo "training ended early (exit $?)" >>"logs/$name.log"
     tail -c 2000 "logs/$name.log" | tr '\r' '\n' | tail -3 >"logs/$name.tail" && mv "logs/$name.tail" "logs/$name.log"
   else
-    checkpoint=$name name=${name#builtin:}
+    checkpoint=$name name=${name#builtin:} name=${name##*/}
   fi
   if [ -n "${4// /}" ] && { [ "$train_s" -eq 0 ] || [ -f "$checkpoint/config.json" ]; }; then
     local left=$((START + DEADLINE_S - $(date +%s)))
