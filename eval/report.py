@@ -56,7 +56,7 @@ def paper_notation(train_max: int | None, by_size: dict[int, tuple[int, int]]) -
 
 def report(results: list[dict], out_dir: str | Path | None = None) -> str:
     acc = accuracy(results)
-    kinds = {(r["task"], r["label"]): r.get("policy", "?") for r in results}
+    kinds = {(r["task"], r["label"]): r.get("policy", "?") + ("-window" if r.get("sliding_window") else "") for r in results}
     train_max = {(r["task"], r["label"]): r.get("train_max_size") or _train_max(r["task"]) for r in results}
     lines = []
     for task in sorted({t for t, _, _ in acc}):

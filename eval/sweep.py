@@ -63,6 +63,8 @@ def evaluate(checkpoint: str, sizes: list[int], samples: int, out: str | Path, b
                 "tokens": ep.n_tokens, "seconds": round(ep.seconds, 3), "device": device,
                 "date": time.strftime("%Y-%m-%d"),
             }
+            if window := meta["policy"].get("sliding_window"):
+                row["sliding_window"] = window  # a Mistral-style Transformer: the paper's other row
             f.write(json.dumps(row) + "\n")
             f.flush()
             if bar:

@@ -23,6 +23,7 @@ DEFAULT_CHECKPOINTS = {  # what `solve` uses per task
     "multiplication-1": "builtin:multiplication-1-mamba",
     "multiplication-2": "builtin:multiplication-2-mamba",
     "hanoi": "builtin:hanoi-mamba",
+    "logical_graph": "builtin:logical_graph-mamba",
     "code_debug": "builtin:code_debug-mamba",
 }
 

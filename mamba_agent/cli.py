@@ -138,6 +138,8 @@ class _LiveView:
 
     def __exit__(self, *exc):
         self.live.__exit__(*exc)
+        if not self.live.console.is_terminal:  # rich leaves the last status line open there
+            self.live.console.line()
 
     def tool_call(self, command: list[int], observation: list[int]) -> None:
         """One line per tool call with an argument (view, edit, run, find), printed as it happens."""
