@@ -82,55 +82,57 @@ def run_episodes(
             queues[r].extend(rows[r].prompt)
             blocking |= any(tool.blocking for tool in rows[r].tools)
 
-    for r in range(batch_size):
-        take(r)
-    while True:
-        live = [r for r in range(batch_size) if rows[r] is not None]
-        if not live:
-            break
-        chunk = min(len(queues[r]) for r in live)
-        if chunk > 1:  # every live row has forced tokens: prefill them together
-            tokens = [[queues[r].popleft() for _ in range(chunk)] if rows[r] else [PAD] * chunk for r in range(batch_size)]
-            sampled = sampler(decoder.prefill(tokens))
-        else:
-            tokens = [PAD] * batch_size
-            # Tool calls that wait on another process (a sandboxed run) go out together on
-            # threads, so one episode's 40 ms run does not hold up the next one's.
-            calls = [r for r in live if not queues[r] and rows[r].blocks_on(sampled[r])] if blocking else []
-            answered = {}
-            if len(calls) > 1:
-                pool = pool or ThreadPoolExecutor(max_workers=min(batch_size, 32))
-                answered = dict(zip(calls, pool.map(lambda r: rows[r].act(sampled[r]), calls)))
-            for r in live:
-                ep, queue = rows[r], queues[r]
-                if not queue:
-                    queue.extend(answered[r] if r in answered else ep.act(sampled[r]))
-                    if ep.done:  # the token that ended it is not fed: the row is free
-                        rows[r] = None
-                        if on_done is not None:
-                            on_done(ep)
-                        if refill_rows:
-                            decoder.reset_row(r)
-                            take(r)
-                            if rows[r] is not None:
-                                tokens[r] = queues[r].popleft()
-                        continue
-                    tokens[r] = sampled[r]
-                else:
-                    tokens[r] = queue.popleft()
-            if not refill_rows and all(ep is None for ep in rows):
-                decoder = make_decoder(policy, batch_size, device)  # a new wave on a fresh state
-                for r in range(batch_size):
-                    take(r)
-                continue
-            if all(ep is None for ep in rows):
+    try:
+        for r in range(batch_size):
+            take(r)
+        while True:
+            live = [r for r in range(batch_size) if rows[r] is not None]
+            if not live:
                 break
-            sampled = decoder.step_greedy(tokens) if sampler.temperature == 0 else sampler(decoder.step(tokens))
-        if on_progress is not None and time.monotonic() - last_progress > progress_seconds:
-            on_progress()
-            last_progress = time.monotonic()
-    if pool is not None:
-        pool.shutdown()
+            chunk = min(len(queues[r]) for r in live)
+            if chunk > 1:  # every live row has forced tokens: prefill them together
+                tokens = [[queues[r].popleft() for _ in range(chunk)] if rows[r] else [PAD] * chunk for r in range(batch_size)]
+                sampled = sampler(decoder.prefill(tokens))
+            else:
+                tokens = [PAD] * batch_size
+                # Tool calls that wait on another process (a sandboxed run) go out together on
+                # threads, so one episode's 40 ms run does not hold up the next one's.
+                calls = [r for r in live if not queues[r] and rows[r].blocks_on(sampled[r])] if blocking else []
+                answered = {}
+                if len(calls) > 1:
+                    pool = pool or ThreadPoolExecutor(max_workers=min(batch_size, 32))
+                    answered = dict(zip(calls, pool.map(lambda r: rows[r].act(sampled[r]), calls)))
+                for r in live:
+                    ep, queue = rows[r], queues[r]
+                    if not queue:
+                        queue.extend(answered[r] if r in answered else ep.act(sampled[r]))
+                        if ep.done:  # the token that ended it is not fed: the row is free
+                            rows[r] = None
+                            if on_done is not None:
+                                on_done(ep)
+                            if refill_rows:
+                                decoder.reset_row(r)
+                                take(r)
+                                if rows[r] is not None:
+                                    tokens[r] = queues[r].popleft()
+                            continue
+                        tokens[r] = sampled[r]
+                    else:
+                        tokens[r] = queue.popleft()
+                if not refill_rows and all(ep is None for ep in rows):
+                    decoder = make_decoder(policy, batch_size, device)  # a new wave on a fresh state
+                    for r in range(batch_size):
+                        take(r)
+                    continue
+                if all(ep is None for ep in rows):
+                    break
+                sampled = decoder.step_greedy(tokens) if sampler.temperature == 0 else sampler(decoder.step(tokens))
+            if on_progress is not None and time.monotonic() - last_progress > progress_seconds:
+                on_progress()
+                last_progress = time.monotonic()
+    finally:  # also when a tool or the policy raises: no idle threads left behind
+        if pool is not None:
+            pool.shutdown()
     if on_progress is not None:
         on_progress()
     return decoder

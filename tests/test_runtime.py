@@ -155,3 +155,28 @@ def test_blocking_tool_calls_of_a_step_run_at_once():
     episodes = [episode(Slow(barrier), keep=True) for _ in range(4)]
     run_episodes(ScriptedPolicy([script.trajectory] * 4), episodes)
     assert all(ep.exit == FINISHED and ep.trajectory.tokens == script.trajectory.tokens for ep in episodes)
+
+
+def test_a_tool_that_raises_leaves_no_threads_behind():
+    """Two blocking calls go out on the runtime's thread pool and the tool raises: the error
+    reaches the caller, and the pool's threads are shut down, not left idle."""
+    import threading
+
+    from mamba_agent.episode import Episode
+    from mamba_agent.tools import Tool
+    from mamba_agent.vocab import BOS, END, RUN
+
+    class Broken(Tool):
+        argument_commands = frozenset({RUN})
+        blocking = True
+
+        def command(self, token, argument=None):
+            raise RuntimeError("the sandbox is gone")
+
+    script = Episode([BOS], [], max_tokens=50, keep=True)
+    for t in [RUN, ord("x"), END, EOS]:
+        script.act(t)
+    threads = threading.active_count()
+    with pytest.raises(RuntimeError, match="sandbox is gone"):
+        run_episodes(ScriptedPolicy([script.trajectory] * 2), [Episode([BOS], [Broken()], max_tokens=50) for _ in range(2)])
+    assert threading.active_count() == threads
