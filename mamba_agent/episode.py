@@ -90,7 +90,7 @@ class Episode:
                 # The verdict is decided: record the token, carry nothing out (no tool call).
                 self.exit = DIVERGED
                 self.n_model_tokens += 1
-                self._record(token, COMMAND if token >= 256 else OUTPUT if self.after_ans else THOUGHT)
+                self._record(token, self._role(token))
                 return []
         self.n_model_tokens += 1
         obs = self._carry_out(token)
@@ -132,8 +132,7 @@ class Episode:
             self._record(token, COMMAND)
             self.exit = FINISHED
             return []
-        if token < 256 or (token == ANS and not self.after_ans):
-            role = OUTPUT if self.after_ans else THOUGHT
+        if (role := self._role(token)) != COMMAND:
             self._record(token, role)
             self.after_ans |= token == ANS
             if role == OUTPUT:
@@ -146,6 +145,13 @@ class Episode:
         self._record(token, COMMAND)
         self.format_errors += 1
         return [ERR]
+
+    def _role(self, token: int) -> int:
+        """What `token` is if carried out now: a byte (or the first [ANS]) outside an argument is a
+        thought, or output after [ANS]; anything else is (part of) a command."""
+        if self._open_arg is None and (token < 256 or (token == ANS and not self.after_ans)):
+            return OUTPUT if self.after_ans else THOUGHT
+        return COMMAND
 
     def _ok(self, obs: list[int]) -> list[int]:
         self.format_errors = 0

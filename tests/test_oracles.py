@@ -44,3 +44,14 @@ def test_a_diverging_token_is_recorded_but_not_carried_out():
     wrong = next(t for t in (pointer_command(2, "read"), pointer_command(3, "read")) if t != expected[0])
     assert ep.act(wrong) == [] and ep.exit == DIVERGED  # a read, yet no observation
     assert ep.trajectory.tokens[-1] == wrong and ep.trajectory.roles[-1] == COMMAND
+
+
+def test_a_diverging_byte_inside_a_command_is_recorded_as_command():
+    task = get_task("logical_graph")
+    p = task.random_problem(random.Random(0), 3)
+    expected = task.oracle(p).model_tokens()
+    ep = task.episode(p, keep=True, expected=expected)
+    assert ep.act(expected[0]) == []  # [FIND]: the pattern follows
+    wrong = next(t for t in b"xyz" if t != expected[1])
+    assert ep.act(wrong) == [] and ep.exit == DIVERGED
+    assert ep.trajectory.tokens[-1] == wrong and ep.trajectory.roles[-1] == COMMAND
