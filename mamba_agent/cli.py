@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast the forward pass")
     p.add_argument("--max-seconds", type=float, help="time budget: the lr decays by steps or time, whichever is further, and the run ends at either")
     p.add_argument("--init-from", help="start from this checkpoint's weights (folder or builtin:<name>)")
+    p.add_argument("--length-buckets", type=int, default=1, metavar="G",
+                   help="sort each G steps' trajectories by length and batch alike ones (same data; less padding)")
     p.add_argument("--out", required=True, help="run folder: checkpoint, train_state.pt, train_log.jsonl")
 
     p = sub.add_parser("eval", help="exact-match accuracy against problem size (appends, resumes)")
@@ -189,7 +191,7 @@ def train(args) -> int:
         cfg = TrainConfig(task=args.task, policy=policy, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           seed=args.seed, save_every=args.save_every, device=args.device,
                           data_workers=args.data_workers, max_seconds=args.max_seconds, precision=args.precision,
-                          init_from=args.init_from)
+                          init_from=args.init_from, length_buckets=args.length_buckets)
         from mamba_agent.policies import POLICY_CONFIGS
         from mamba_agent.tasks import get_task
         from mamba_agent.vocab import VOCAB_SIZE

@@ -2,7 +2,8 @@
 
 Batches are generated on the fly from the task's training distribution; the batch of step s on
 rank r comes from a generator seeded by (seed, r, s), so a resumed run sees exactly the data it
-would have seen. Every `save_every` steps the run folder gets an atomic checkpoint plus
+would have seen (with `length_buckets` G, the G batches of a block of steps are pooled, sorted by
+length and cut again, so each step pads to lengths like its own). Every `save_every` steps the run folder gets an atomic checkpoint plus
 `train_state.pt` (optimizer, step); `train` on the same folder resumes from there.
 Several GPUs: `torchrun --nproc_per_node N -m mamba_agent.cli train ...` (DDP; rank 0 writes).
 """
@@ -63,6 +64,12 @@ class TrainConfig(BaseModel, use_attribute_docstrings=True):
     """A time budget: the cosine decay follows steps or seconds, whichever is further along, and
     the run ends (and saves) when either is used up. For fixed-time runs on a shared GPU; the
     number of steps done then depends on the machine (the log and the summary have it)."""
+    length_buckets: int = Field(1, ge=1)
+    """Steps taken G at a time: their G x batch_size trajectories are sorted by length and cut
+    into G batches, taken in a random order. The same trajectories as with 1, only regrouped; a
+    step then pads to the length of its own batch, not of the longest problem the task draws,
+    which is what an RNN step (sequential in time) and attention (quadratic) cost. For tasks
+    whose lengths vary widely: Hanoi's 1..8 disks run from ~70 to ~30,000 tokens."""
     init_from: str | None = None
     """A checkpoint (folder or builtin:<name>) of this task whose weights start the run (more
     training for a trained model; give another seed, or it sees its first batches again). Its
@@ -71,10 +78,14 @@ class TrainConfig(BaseModel, use_attribute_docstrings=True):
 
 def make_batch(task, rng: random.Random, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(inputs, targets, mask), each (B, T): mask is True where the target is a model token."""
-    trajs = [task.oracle(task.training_problem(rng)) for _ in range(batch_size)]
+    return pad_batch([task.oracle(task.training_problem(rng)) for _ in range(batch_size)])
+
+
+def pad_batch(trajs: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Trajectories -> (inputs, targets, mask), each (B, T), padded to the longest."""
     T = max(len(t) for t in trajs) - 1
-    tokens = torch.full((batch_size, T + 1), PAD, dtype=torch.long)
-    mask = torch.zeros(batch_size, T + 1, dtype=torch.bool)
+    tokens = torch.full((len(trajs), T + 1), PAD, dtype=torch.long)
+    mask = torch.zeros(len(trajs), T + 1, dtype=torch.bool)
     learned = torch.tensor([r in LEARNED_ROLES for r in range(5)])
     for i, t in enumerate(trajs):
         tokens[i, : len(t)] = torch.tensor(t.tokens)
@@ -83,19 +94,30 @@ def make_batch(task, rng: random.Random, batch_size: int) -> tuple[torch.Tensor,
 
 
 class Batches(torch.utils.data.IterableDataset):
-    """The batches of steps `start`..`stop`-1 for one rank; worker w of W makes the steps s with
-    s % W == w, and the DataLoader takes the workers in turn, so the order is the step order."""
+    """The batches of steps `start`..`stop`-1 for one rank, a block of `buckets` steps per item
+    (see TrainConfig.length_buckets); worker w of W makes the blocks b with b % W == w, and the
+    DataLoader takes the workers in turn, so the order is the step order."""
 
-    def __init__(self, task_name: str, seed: int, rank: int, batch_size: int, start: int, stop: int):
+    def __init__(self, task_name: str, seed: int, rank: int, batch_size: int, start: int, stop: int, buckets: int = 1):
         self.task_name, self.seed, self.rank, self.batch_size = task_name, seed, rank, batch_size
-        self.start, self.stop = start, stop
+        self.start, self.stop, self.buckets = start, stop, buckets
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         w, n = (info.id, info.num_workers) if info else (0, 1)
-        task = get_task(self.task_name)
-        for step in range(self.start + w, self.stop, n):
-            yield make_batch(task, random.Random(f"{self.seed}-{self.rank}-{step}"), self.batch_size)
+        task, G, B = get_task(self.task_name), self.buckets, self.batch_size
+        for block in range(self.start // G + w, math.ceil(self.stop / G), n):
+            steps = range(block * G, (block + 1) * G)  # whole blocks, whatever `stop`: the same data for any run length
+            trajs = []
+            for step in steps:
+                rng = random.Random(f"{self.seed}-{self.rank}-{step}")
+                trajs += [task.oracle(task.training_problem(rng)) for _ in range(B)]
+            if G > 1:
+                trajs.sort(key=len)
+                order = list(range(G))
+                random.Random(f"{self.seed}-{self.rank}-block-{block}").shuffle(order)
+                trajs = [t for i in order for t in trajs[i * B:(i + 1) * B]]
+            yield [pad_batch(trajs[i * B:(i + 1) * B]) for i, step in enumerate(steps) if self.start <= step < self.stop]
 
 
 def lr_at(step: int, cfg: TrainConfig, seconds: float = 0.0) -> float:
@@ -152,10 +174,10 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     summary = json.loads((out / "config.json").read_text())["training"] if step else {}
     start, loss_ema = time.monotonic() - seconds, None
     batches = torch.utils.data.DataLoader(
-        Batches(cfg.task, cfg.seed, rank, cfg.batch_size // world, step, cfg.steps),
+        Batches(cfg.task, cfg.seed, rank, cfg.batch_size // world, step, cfg.steps, cfg.length_buckets),
         batch_size=None, num_workers=cfg.data_workers, prefetch_factor=4 if cfg.data_workers else None,
     )
-    for batch in batches:
+    for batch in (batch for block in batches for batch in block):
         inputs, targets, mask = (x.to(device, non_blocking=True) for x in batch)
         seconds = time.monotonic() - start
         if world > 1 and cfg.max_seconds is not None:  # rank 0's clock: the same lr and last step on every rank
