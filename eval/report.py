@@ -46,12 +46,19 @@ def _train_max(task: str) -> int | None:
         return None
 
 
+def percent(hit: int, total: int) -> str:
+    """hit/total as a whole percentage, except that only all is 100% and only none 0% (996 of
+    1,000 is 99.6%, not 100%)."""
+    p = 100 * hit / total
+    return f"{p:.0f}%" if hit in (0, total) or 0.5 <= p < 99.5 else f"{p:.1f}%"
+
+
 def paper_notation(train_max: int | None, by_size: dict[int, tuple[int, int]]) -> str:
-    passing = [(n, hit / total) for n, (hit, total) in sorted(by_size.items()) if total and hit / total >= 0.05]
+    passing = [(n, hit, total) for n, (hit, total) in sorted(by_size.items()) if total and hit / total >= 0.05]
     if not passing:
         return f"{train_max or '?'} -> none (<5%)"
-    m, p = passing[-1]
-    return f"{train_max or '?'} -> {m:,} ({100 * p:.0f}%)"
+    m, hit, total = passing[-1]
+    return f"{train_max or '?'} -> {m:,} ({percent(hit, total)})"
 
 
 def report(results: list[dict], out_dir: str | Path | None = None) -> str:
@@ -66,7 +73,7 @@ def report(results: list[dict], out_dir: str | Path | None = None) -> str:
                   "|---" * (len(sizes) + 4) + "|"]
         for lab in labels:
             by_size = {n: acc[(task, lab, n)] for n in sizes if (task, lab, n) in acc}
-            cells = [f"{100 * by_size[n][0] / by_size[n][1]:.0f}% ({by_size[n][1]})" if n in by_size else "" for n in sizes]
+            cells = [f"{percent(*by_size[n])} ({by_size[n][1]})" if n in by_size else "" for n in sizes]
             kind = kinds[(task, lab)]
             ours = paper_notation(train_max[(task, lab)], by_size)
             lines.append(f"| {lab} | {kind} | " + " | ".join(cells) + f" | {ours} | {PAPER.get(task, {}).get(kind, '')} |")

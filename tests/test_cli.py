@@ -71,6 +71,13 @@ def test_report_puts_a_sliding_window_run_beside_the_papers_mistral_row():
     assert "| runs/m1-window | transformer-window | 100% (1) | 0% (1) | 10 -> 10 (100%) | 10 -> 13 (25%) |" in table
 
 
+def test_report_never_rounds_a_miss_up_to_100_percent():
+    row = {"label": "runs/nocot", "policy": "mamba", "task": "addition-nocot", "train_max_size": 5, "exit": "finished", "size": 5}
+    table = report([{**row, "exact": i >= 4} for i in range(1000)])  # 996 of 1,000
+    assert "| 99.6% (1000) | 5 -> 5 (99.6%) |" in table
+    assert "| 100% (3) |" in report([{**row, "exact": True}] * 3)
+
+
 def test_solve_streams_each_tool_call_and_fixes_the_example_codebase(tmp_path, capsys):
     """The shipped code_debug Mamba (trained on 4..16 functions) fixes the example's 32-function
     codebase in the real sandbox (it does not fix every one: eval/README.md has the rates), and
