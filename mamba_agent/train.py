@@ -3,8 +3,9 @@
 Batches are generated on the fly from the task's training distribution; the batch of step s on
 rank r comes from a generator seeded by (seed, r, s), so a resumed run sees exactly the data it
 would have seen (with `length_buckets` G, the G batches of a block of steps are pooled, sorted by
-length and cut again, so each step pads to lengths like its own). Every `save_every` steps the run folder gets an atomic checkpoint plus
-`train_state.pt` (optimizer, step); `train` on the same folder resumes from there.
+length and cut again, so each step pads to lengths like its own). Every `save_every` steps the
+run folder gets an atomic checkpoint plus `train_state.pt` (optimizer, step); `train` on the same
+folder resumes from there.
 Several GPUs: `torchrun --nproc_per_node N -m mamba_agent.cli train ...` (DDP; rank 0 writes).
 """
 

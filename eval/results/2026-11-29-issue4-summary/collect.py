@@ -1,11 +1,11 @@
-"""Gathers issue 4's multiplication and logical-graph results into one file per task, for
+"""Gathers issue 4's multiplication, logical-graph and Hanoi results into one file, for
 `mamba-agent report`. Run from the repository root:
 
     python3 eval/results/2026-11-29-issue4-summary/collect.py
     mamba-agent report eval/results/2026-11-29-issue4-summary/results.jsonl --out-dir eval/results/2026-11-29-issue4-summary
 
 Labels are rewritten to name each model once (a model evaluated on the GPU and on the CPU carries
-two run paths otherwise); CPU evaluations this session are in cpu/. A row from an interrupted run
+two run paths otherwise); CPU evaluations are in cpu/. A row from an interrupted run
 beyond the samples asked for is left out (index >= SAMPLES[file]): the first N problems of a
 size, never the N that finished first (early failures finish first).
 """
@@ -38,7 +38,26 @@ SOURCES = {  # file -> label for every row in it
     R / "2026-11-29-campaign-f/eval/logical_graph-window.jsonl": "logical_graph-window (W=64)",
     HERE / "cpu/lg-window.jsonl": "logical_graph-window (W=64)",
     R / "2026-11-28-logical-graph-lookup-cpu/logical-graph-lookup-eval.jsonl": "lookup k=30, back-off",
+    # campaigns G and H (2026-11-29): the n x 2 RNNs trained further
+    R / "2026-11-29-campaign-h/eval/multiplication-2-gru-more2.jsonl": "multiplication-2-gru (E, G, H)",
+    R / "2026-11-29-campaign-h/eval/multiplication-2-lstm-more.jsonl": "multiplication-2-lstm (G, H)",
+    # Hanoi: Mamba (2026-11-28), the baselines (campaigns A, C, G, H, I and the CPU), lookup tables
+    R / "2026-11-28-hanoi-h200/hanoi-eval.jsonl": None,  # runs/hanoi-mamba-s0 (shipped), -s1
+    R / "2026-11-29-campaign-h/eval/hanoi-lstm-more.jsonl": "hanoi-lstm (G, H)",
+    R / "2026-11-29-campaign-i/eval/hanoi-lstm-more.jsonl": "hanoi-lstm (G, H)",
+    HERE / "cpu/hanoi-12-lstm.jsonl": "hanoi-lstm (G, H)",
+    R / "2026-11-29-campaign-h/eval/hanoi-gru-more.jsonl": "hanoi-gru (G, H)",
+    R / "2026-11-29-campaign-i/eval/hanoi-gru-more.jsonl": "hanoi-gru (G, H)",
+    HERE / "cpu/hanoi-12-gru.jsonl": "hanoi-gru (G, H)",
+    R / "2026-11-29-campaign-g/eval/hanoi-transformer-more.jsonl": "hanoi-transformer (C, G)",
+    HERE / "cpu/hanoi-transformer-small.jsonl": "hanoi-transformer (C, G)",
+    R / "2026-11-29-campaign-h/eval/hanoi-window-more.jsonl": "hanoi-window (W=64) (G, H)",
+    R / "2026-11-29-campaign-i/eval/hanoi-window-more.jsonl": "hanoi-window (W=64) (G, H)",
+    HERE / "cpu/hanoi-12-window.jsonl": "hanoi-window (W=64) (G, H)",
+    R / "2026-11-28-hanoi-lookup-cpu/hanoi-lookup-eval.jsonl": None,
 }
+RENAME = {"runs/hanoi-mamba-s0": "builtin:hanoi-mamba (seed 0)", "runs/hanoi-mamba-s1": "hanoi-mamba (seed 1)",
+          **{f"/tmp/hanoi-lookup/lookup-{k}": f"lookup {k}" for k in ("k5-strict", "k5-backoff", "k4-backoff")}}
 SAMPLES = {HERE / "cpu/m2-window-1000.jsonl": 20}  # an interrupted wider run left rows beyond these
 
 with open(HERE / "results.jsonl", "w") as out:
@@ -47,7 +66,7 @@ with open(HERE / "results.jsonl", "w") as out:
             row = json.loads(line)
             if row["index"] >= SAMPLES.get(path, 10**9):
                 continue
-            row["label"] = label or row["label"]
+            row["label"] = label or RENAME.get(row["label"], row["label"])
             if "window" in row["label"]:  # rows written before eval recorded `sliding_window`
                 row["sliding_window"] = 64
             out.write(json.dumps(row) + "\n")
