@@ -7,7 +7,9 @@
 Labels are rewritten to name each model once (a model evaluated on the GPU and on the CPU carries
 two run paths otherwise); CPU evaluations are in cpu/. A row from an interrupted run
 beyond the samples asked for is left out (index >= SAMPLES[file]): the first N problems of a
-size, never the N that finished first (early failures finish first).
+size, never the N that finished first (early failures finish first). A problem evaluated twice
+for one label (the same model on the GPU and the CPU: the problems are the same by index) is
+counted once, from the first file that has it.
 """
 
 import json
@@ -55,18 +57,26 @@ SOURCES = {  # file -> label for every row in it
     R / "2026-11-29-campaign-i/eval/hanoi-window-more.jsonl": "hanoi-window (W=64) (G, H)",
     HERE / "cpu/hanoi-12-window.jsonl": "hanoi-window (W=64) (G, H)",
     R / "2026-11-28-hanoi-lookup-cpu/hanoi-lookup-eval.jsonl": None,
+    # the no-CoT ablation of addition, trained further (campaigns G, H)
+    HERE / "cpu/nocot-more2-5.jsonl": "addition-nocot-mamba (A, B, C)",
+    R / "2026-11-29-campaign-g/eval/addition-nocot-mamba-more3.jsonl": "addition-nocot-mamba (A, B, C, G)",
+    R / "2026-11-29-campaign-h/eval/addition-nocot-mamba-more4.jsonl": "addition-nocot-mamba (A, B, C, G, H)",
+    HERE / "cpu/nocot-more4.jsonl": "addition-nocot-mamba (A, B, C, G, H)",
 }
 RENAME = {"runs/hanoi-mamba-s0": "builtin:hanoi-mamba (seed 0)", "runs/hanoi-mamba-s1": "hanoi-mamba (seed 1)",
           **{f"/tmp/hanoi-lookup/lookup-{k}": f"lookup {k}" for k in ("k5-strict", "k5-backoff", "k4-backoff")}}
 SAMPLES = {HERE / "cpu/m2-window-1000.jsonl": 20}  # an interrupted wider run left rows beyond these
 
+seen = set()  # (label, task, size, index): a problem evaluated twice (GPU and CPU, or a resumed run) counts once
 with open(HERE / "results.jsonl", "w") as out:
     for path, label in SOURCES.items():
         for line in open(path):
             row = json.loads(line)
-            if row["index"] >= SAMPLES.get(path, 10**9):
-                continue
             row["label"] = label or RENAME.get(row["label"], row["label"])
+            key = (row["label"], row["task"], row["size"], row["index"])
+            if row["index"] >= SAMPLES.get(path, 10**9) or key in seen:
+                continue
+            seen.add(key)
             if "window" in row["label"]:  # rows written before eval recorded `sliding_window`
                 row["sliding_window"] = 64
             out.write(json.dumps(row) + "\n")
