@@ -43,6 +43,7 @@ SOURCES = {  # file -> label for every row in it
     # campaigns G and H (2026-11-29): the n x 2 RNNs trained further
     R / "2026-11-29-campaign-h/eval/multiplication-2-gru-more2.jsonl": "multiplication-2-gru (E, G, H)",
     R / "2026-11-29-campaign-h/eval/multiplication-2-lstm-more.jsonl": "multiplication-2-lstm (G, H)",
+    HERE / "cpu/m2-lstm-1000.jsonl": "multiplication-2-lstm (G, H)",
     # Hanoi: Mamba (2026-11-28), the baselines (campaigns A, C, G, H, I and the CPU), lookup tables
     R / "2026-11-28-hanoi-h200/hanoi-eval.jsonl": None,  # runs/hanoi-mamba-s0 (shipped), -s1
     R / "2026-11-29-campaign-h/eval/hanoi-lstm-more.jsonl": "hanoi-lstm (G, H)",
