@@ -17,7 +17,7 @@ VARIANTS=${VARIANTS:-"addition-nocot addition-cot-notool addition-calculator"}
 python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/mamba_ssm-*.whl .whl/py/*.whl
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .
-BASELINE="$PWD/eval/results/2026-11-28-addition-h200/addition-eval.jsonl"
+BASELINE="$PWD/eval/results/2026-11-28-addition-h200/addition-eval.jsonl.gz"
 cd /tmp  # import the installed package, not the checkout
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
 for task in $VARIANTS; do
@@ -29,5 +29,5 @@ for task in $VARIANTS; do
   python3 -m mamba_agent.cli eval "runs/$task-mamba" --device cuda --sizes "${SIZES:-5,10,20,100,1000}" \
     --samples "${SAMPLES:-100}" --batch-size "${BATCH:-100}" --out "$OUT/ablations-eval.jsonl" 2>&1 | tail -4
 done
-cat "$BASELINE" "$OUT/ablations-eval.jsonl" > /tmp/ablations-all.jsonl
+{ gunzip -c "$BASELINE"; cat "$OUT/ablations-eval.jsonl"; } > /tmp/ablations-all.jsonl
 python3 -m mamba_agent.cli report /tmp/ablations-all.jsonl | tee "$OUT/report.md"

@@ -8,6 +8,7 @@ point can change the verdict). Each sample's result is appended to a JSONL file 
 finishes; a rerun skips what is already there.
 """
 
+import gzip
 import json
 import random
 import time
@@ -25,9 +26,10 @@ def eval_problem(task, size: int, index: int):
 
 
 def load_results(path: Path) -> list[dict]:
+    """The rows of a results file: JSONL, or JSONL compressed as .gz (how large finished ones are kept)."""
     if not path.exists():
         return []
-    with open(path) as f:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rt") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 

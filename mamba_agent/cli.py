@@ -218,6 +218,8 @@ def evaluate(args) -> int:
     from mamba_agent.eval.sweep import evaluate as run_eval
 
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.out.endswith(".gz"):
+        raise UsageError(f"--out {args.out}: results are appended to plain JSONL; gunzip it and give the .jsonl")
     results = []
     for ckpt in args.checkpoints:
         try:

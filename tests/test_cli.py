@@ -223,3 +223,15 @@ def test_length_buckets_regroup_the_same_trajectories_by_length():
     resumed = batches(4, start=3, workers=2)
     assert all(torch.equal(x, y) for a, b in zip(bucketed[3:], resumed) for x, y in zip(a, b))
     assert len(resumed) == 5
+
+
+def test_report_reads_gzipped_results_and_eval_refuses_to_append_to_them(tmp_path, capsys):
+    import gzip
+
+    row = {"label": "runs/x", "policy": "mamba", "task": "addition", "train_max_size": 5, "exit": "finished", "size": 5, "index": 0, "exact": True}
+    with gzip.open(tmp_path / "r.jsonl.gz", "wt") as f:
+        f.write(json.dumps(row) + "\n")
+    assert main(["report", str(tmp_path / "r.jsonl.gz")]) == 0
+    assert "| runs/x | mamba | 100% (1) |" in capsys.readouterr().out
+    assert main(["eval", "builtin:addition-mamba", "--sizes", "5", "--out", str(tmp_path / "r.jsonl.gz")]) == 2
+    assert "gunzip" in capsys.readouterr().err

@@ -2,7 +2,7 @@
 `mamba-agent report`. Run from the repository root:
 
     python3 eval/results/2026-11-29-issue4-summary/collect.py
-    mamba-agent report eval/results/2026-11-29-issue4-summary/results.jsonl --out-dir eval/results/2026-11-29-issue4-summary
+    mamba-agent report eval/results/2026-11-29-issue4-summary/results.jsonl.gz --out-dir eval/results/2026-11-29-issue4-summary
 
 Labels are rewritten to name each model once (a model evaluated on the GPU and on the CPU carries
 two run paths otherwise); CPU evaluations are in cpu/. A row from an interrupted run
@@ -12,37 +12,41 @@ for one label (the same model on the GPU and the CPU: the problems are the same 
 counted once, from the first file that has it.
 """
 
+import gzip
+import io
 import json
 from pathlib import Path
+
+from mamba_agent.eval.sweep import load_results
 
 HERE = Path(__file__).parent
 R = HERE.parent
 SOURCES = {  # file -> label for every row in it
-    R / "2026-11-29-campaign-a/eval/multiplication-1-mamba.jsonl": "builtin:multiplication-1-mamba",
-    R / "2026-11-29-campaign-c/eval/multiplication-2-mamba-more.jsonl": "builtin:multiplication-2-mamba",
-    HERE / "cpu/mult-mamba-cpu.jsonl": None,  # already builtin:...
-    R / "2026-11-29-multiplication-baselines-cpu/eval.jsonl": None,  # runs/multiplication-{1,2}-lstm
-    R / "2026-11-29-multiplication-lookup-cpu/eval.jsonl": "lookup k=12, back-off",
-    R / "2026-11-29-campaign-e/eval/multiplication-1-gru.jsonl": "multiplication-1-gru",
+    R / "2026-11-29-campaign-a/eval/multiplication-1-mamba.jsonl.gz": "builtin:multiplication-1-mamba",
+    R / "2026-11-29-campaign-c/eval/multiplication-2-mamba-more.jsonl.gz": "builtin:multiplication-2-mamba",
+    HERE / "cpu/mult-mamba-cpu.jsonl.gz": None,  # already builtin:...
+    R / "2026-11-29-multiplication-baselines-cpu/eval.jsonl.gz": None,  # runs/multiplication-{1,2}-lstm
+    R / "2026-11-29-multiplication-lookup-cpu/eval.jsonl.gz": "lookup k=12, back-off",
+    R / "2026-11-29-campaign-e/eval/multiplication-1-gru.jsonl.gz": "multiplication-1-gru",
     HERE / "cpu/m1-gru-1000.jsonl": "multiplication-1-gru",
-    R / "2026-11-29-campaign-e/eval/multiplication-2-gru.jsonl": "multiplication-2-gru",
-    R / "2026-11-29-campaign-e/eval/multiplication-1-transformer.jsonl": "multiplication-1-transformer",
-    R / "2026-11-29-campaign-e/eval/multiplication-2-transformer.jsonl": "multiplication-2-transformer",
-    R / "2026-11-29-campaign-f/eval/multiplication-1-window.jsonl": "multiplication-1-window (W=64)",
-    R / "2026-11-29-campaign-f/eval/multiplication-2-window.jsonl": "multiplication-2-window (W=64)",
+    R / "2026-11-29-campaign-e/eval/multiplication-2-gru.jsonl.gz": "multiplication-2-gru",
+    R / "2026-11-29-campaign-e/eval/multiplication-1-transformer.jsonl.gz": "multiplication-1-transformer",
+    R / "2026-11-29-campaign-e/eval/multiplication-2-transformer.jsonl.gz": "multiplication-2-transformer",
+    R / "2026-11-29-campaign-f/eval/multiplication-1-window.jsonl.gz": "multiplication-1-window (W=64)",
+    R / "2026-11-29-campaign-f/eval/multiplication-2-window.jsonl.gz": "multiplication-2-window (W=64)",
     HERE / "cpu/m2-window-1000.jsonl": "multiplication-2-window (W=64)",
-    R / "2026-11-29-campaign-e/eval/logical_graph-mamba-more2.jsonl": "builtin:logical_graph-mamba",
+    R / "2026-11-29-campaign-e/eval/logical_graph-mamba-more2.jsonl.gz": "builtin:logical_graph-mamba",
     R / "2026-11-29-campaign-f/eval/logical_graph-mamba-more2.jsonl": "builtin:logical_graph-mamba",
-    R / "2026-11-29-campaign-f/eval/logical_graph-gru-more2.jsonl": "logical_graph-gru",
+    R / "2026-11-29-campaign-f/eval/logical_graph-gru-more2.jsonl.gz": "logical_graph-gru",
     HERE / "cpu/lg-gru-1000.jsonl": "logical_graph-gru",
-    R / "2026-11-29-campaign-e/eval/logical_graph-lstm-more.jsonl": "logical_graph-lstm",
-    R / "2026-11-29-campaign-d/eval/logical_graph-transformer.jsonl": "logical_graph-transformer",
-    R / "2026-11-29-campaign-f/eval/logical_graph-window.jsonl": "logical_graph-window (W=64)",
+    R / "2026-11-29-campaign-e/eval/logical_graph-lstm-more.jsonl.gz": "logical_graph-lstm",
+    R / "2026-11-29-campaign-d/eval/logical_graph-transformer.jsonl.gz": "logical_graph-transformer",
+    R / "2026-11-29-campaign-f/eval/logical_graph-window.jsonl.gz": "logical_graph-window (W=64)",
     HERE / "cpu/lg-window.jsonl": "logical_graph-window (W=64)",
     R / "2026-11-28-logical-graph-lookup-cpu/logical-graph-lookup-eval.jsonl": "lookup k=30, back-off",
     # campaigns G and H (2026-11-29): the n x 2 RNNs trained further
-    R / "2026-11-29-campaign-h/eval/multiplication-2-gru-more2.jsonl": "multiplication-2-gru (E, G, H)",
-    R / "2026-11-29-campaign-h/eval/multiplication-2-lstm-more.jsonl": "multiplication-2-lstm (G, H)",
+    R / "2026-11-29-campaign-h/eval/multiplication-2-gru-more2.jsonl.gz": "multiplication-2-gru (E, G, H)",
+    R / "2026-11-29-campaign-h/eval/multiplication-2-lstm-more.jsonl.gz": "multiplication-2-lstm (G, H)",
     HERE / "cpu/m2-lstm-1000.jsonl": "multiplication-2-lstm (G, H)",
     # Hanoi: Mamba (2026-11-28), the baselines (campaigns A, C, G, H, I and the CPU), lookup tables
     R / "2026-11-28-hanoi-h200/hanoi-eval.jsonl": None,  # runs/hanoi-mamba-s0 (shipped), -s1
@@ -59,20 +63,22 @@ SOURCES = {  # file -> label for every row in it
     HERE / "cpu/hanoi-12-window.jsonl": "hanoi-window (W=64) (G, H)",
     R / "2026-11-28-hanoi-lookup-cpu/hanoi-lookup-eval.jsonl": None,
     # the no-CoT ablation of addition, trained further (campaigns G, H)
-    HERE / "cpu/nocot-more2-5.jsonl": "addition-nocot-mamba (A, B, C)",
-    R / "2026-11-29-campaign-g/eval/addition-nocot-mamba-more3.jsonl": "addition-nocot-mamba (A, B, C, G)",
-    R / "2026-11-29-campaign-h/eval/addition-nocot-mamba-more4.jsonl": "addition-nocot-mamba (A, B, C, G, H)",
-    HERE / "cpu/nocot-more4.jsonl": "addition-nocot-mamba (A, B, C, G, H)",
+    HERE / "cpu/nocot-more2-5.jsonl.gz": "addition-nocot-mamba (A, B, C)",
+    R / "2026-11-29-campaign-g/eval/addition-nocot-mamba-more3.jsonl.gz": "addition-nocot-mamba (A, B, C, G)",
+    R / "2026-11-29-campaign-h/eval/addition-nocot-mamba-more4.jsonl.gz": "addition-nocot-mamba (A, B, C, G, H)",
+    HERE / "cpu/nocot-more4.jsonl.gz": "addition-nocot-mamba (A, B, C, G, H)",
 }
 RENAME = {"runs/hanoi-mamba-s0": "builtin:hanoi-mamba (seed 0)", "runs/hanoi-mamba-s1": "hanoi-mamba (seed 1)",
           **{f"/tmp/hanoi-lookup/lookup-{k}": f"lookup {k}" for k in ("k5-strict", "k5-backoff", "k4-backoff")}}
 SAMPLES = {HERE / "cpu/m2-window-1000.jsonl": 20}  # an interrupted wider run left rows beyond these
 
+missing = [str(path) for path in SOURCES if not path.exists()]
+if missing:  # load_results reads a missing file as empty: a renamed source would drop its rows silently
+    raise SystemExit(f"missing: {', '.join(missing)}")
 seen = set()  # (label, task, size, index): a problem evaluated twice (GPU and CPU, or a resumed run) counts once
-with open(HERE / "results.jsonl", "w") as out:
+with io.TextIOWrapper(gzip.GzipFile(HERE / "results.jsonl.gz", "wb", mtime=0)) as out:  # mtime 0: the same bytes each run
     for path, label in SOURCES.items():
-        for line in open(path):
-            row = json.loads(line)
+        for row in load_results(path):
             row["label"] = label or RENAME.get(row["label"], row["label"])
             key = (row["label"], row["task"], row["size"], row["index"])
             if row["index"] >= SAMPLES.get(path, 10**9) or key in seen:
