@@ -21,11 +21,13 @@ Writes `bench.jsonl` (one record per measurement, appended as it finishes) and `
 
 import argparse
 import gc
+import itertools
 import json
 import platform
 import random
 import subprocess
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +35,11 @@ import torch
 
 from mamba_agent.checkpoint import load_checkpoint
 from mamba_agent.episode import FINISHED
+from mamba_agent.pointer_batch import PointerBatch
 from mamba_agent.policies import MambaConfig, TransformerConfig, build_policy
 from mamba_agent.runtime import run_episodes
 from mamba_agent.tasks import get_task
-from mamba_agent.vocab import VOCAB_SIZE
+from mamba_agent.vocab import BOS, VOCAB_SIZE, decode
 
 H200 = {"bandwidth": 4.8e12, "flops": 67e12, "name": "NVIDIA H200 (datasheet)"}
 MODELS = {
@@ -198,6 +201,124 @@ def bench_additions(device, batch, count, digits, emit):
     })
 
 
+def addition_problems(rng: np.random.Generator, count: int, digits: int) -> tuple[list, list]:
+    """`count` random `digits`-digit additions (first digits nonzero) as prompt and reference token
+    arrays, in NumPy: a Python loop over 16,000 x 1,000 digits would take longer than solving them."""
+    a, b = rng.integers(0, 10, (count, digits)), rng.integers(0, 10, (count, digits))
+    a[:, 0], b[:, 0] = rng.integers(1, 10, count), rng.integers(1, 10, count)
+    total, carry = np.empty((count, digits), np.int64), np.zeros(count, np.int64)
+    for i in range(digits - 1, -1, -1):  # column addition, right to left
+        carry, total[:, i] = np.divmod(a[:, i] + b[:, i] + carry, 10)
+    zero = ord("0")
+    prompts = np.concatenate([np.full((count, 1), BOS), a + zero, np.full((count, 1), ord("+")), b + zero,
+                              np.full((count, 1), ord("="))], axis=1)
+    references = [np.concatenate([[zero + 1], t + zero]) if c else t + zero for t, c in zip(total, carry)]
+    return list(prompts), references
+
+
+def bench_device_additions(policy, device, batch: int, digits: int, state_dtype: torch.dtype,
+                           precision: str, steps_per_graph: int, emit) -> None:
+    """1,000-digit additions solved per second with the tools on the GPU: `PointerBatch` (pointer
+    memory and episode rules as tensors, compiled by torch.compile) and the one-kernel Mamba step,
+    `steps_per_graph` steps of both captured in one CUDA graph. Compiling and capturing
+    (3 steps of the first problems) is not timed; the wave is, from loading its problems to the
+    verdicts."""
+    task = get_task("addition")
+    rng = np.random.default_rng(0)
+    prompts, refs = addition_problems(rng, batch, digits)
+    check = task.problem({"a": decode(prompts[0][1 : digits + 1]), "b": decode(prompts[0][digits + 2 : -1])})
+    assert decode(refs[0]) == check.reference, "addition_problems disagrees with the task"
+    max_tokens = task.max_tokens(check)
+    pb = PointerBatch(prompts, refs, n_pointers=3, max_tokens=max_tokens, device=device)
+    state = policy.init_state(batch, device)
+    state.conv, state.ssm = state.conv.to(state_dtype), state.ssm.to(state_dtype)
+    from mamba_agent.policies.mamba_step_kernel import StepKernel  # Triton
+
+    kernel = StepKernel(policy, precision=precision)
+    greedy = torch.zeros(batch, dtype=torch.int32, device=device)
+    advance = torch.compile(pb.advance, fullgraph=True)
+
+    def steps() -> None:
+        for _ in range(steps_per_graph):
+            advance(kernel.greedy(pb.tokens, state, greedy).long())
+
+    t0 = time.perf_counter()
+    run = steps  # on the CPU (a dry run in Triton's interpreter): no graph
+    if device.type == "cuda":
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):  # warm-up: Triton and inductor compile
+            steps()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            steps()
+        run = graph.replay
+    setup = time.perf_counter() - t0
+
+    def wave() -> tuple[float, int]:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start, replays = time.perf_counter(), 0
+        pb.load(prompts, refs)
+        state.conv.zero_(), state.ssm.zero_()
+        while not bool(pb.done.all()):  # one synchronisation per graph
+            run()
+            replays += 1
+        return time.perf_counter() - start, replays
+
+    prompts, refs = addition_problems(rng, batch, digits)  # new problems for the timed wave
+    seconds, replays = wave()
+    solved = int(pb.solved.sum())
+    tokens = int(pb.n_tokens.sum())
+    steps = replays * steps_per_graph
+    emit({
+        "kind": "device_additions", "digits": digits, "batch": batch, "episodes": batch, "correct": solved,
+        "finished": int(pb.finished.sum()), "seconds": seconds, "additions_per_s": solved / seconds,
+        "tokens_per_s": tokens / seconds, "steps": steps, "ms_per_step": 1e3 * seconds / steps,
+        "state_dtype": str(state_dtype).removeprefix("torch."), "precision": precision,
+        "steps_per_graph": steps_per_graph, "setup_s": setup,
+        "state_bytes_per_row": (state.conv[:, 0].nbytes + state.ssm[:, 0].nbytes),
+    })
+    del pb, state, run
+
+
+def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, precision: str, emit) -> None:
+    """The one-kernel step alone (greedy ids out, no tools) at each tile shape: rows per program,
+    channels per block, warps. 20 steps in a CUDA graph, median of 5 replays."""
+    from mamba_agent.policies.mamba_step_kernel import StepKernel  # Triton
+
+    state = policy.init_state(batch, device)
+    state.conv, state.ssm = state.conv.to(state_dtype), state.ssm.to(state_dtype)
+    tokens = torch.full((batch,), 48, dtype=torch.long, device=device)
+    greedy = torch.zeros(batch, dtype=torch.int32, device=device)
+    state_bytes = state.conv[:, 0].nbytes + state.ssm[:, 0].nbytes
+    for block_m, block_c, warps in itertools.product((16, 32, 64), (16, 32, 64), (4, 8)):
+        try:
+            kernel = StepKernel(policy, block_m=block_m, block_c=block_c, precision=precision, num_warps=warps)
+            kernel.greedy(tokens, state, greedy)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(20):
+                    kernel.greedy(tokens, state, greedy)
+            times = []
+            for _ in range(5):
+                torch.cuda.synchronize(device)
+                t = time.perf_counter()
+                graph.replay()
+                torch.cuda.synchronize(device)
+                times.append((time.perf_counter() - t) / 20)
+            sec = sorted(times)[2]
+        except Exception as e:  # a tile too large for the registers or shared memory
+            emit({"kind": "step_tiles", "batch": batch, "block_m": block_m, "block_c": block_c, "warps": warps,
+                  "error": repr(e)[:200]})
+            continue
+        emit({"kind": "step_tiles", "batch": batch, "block_m": block_m, "block_c": block_c, "warps": warps,
+              "state_dtype": str(state_dtype).removeprefix("torch."), "precision": precision,
+              "ms_per_step": 1e3 * sec, "state_bytes_per_row": state_bytes,
+              "fraction_of_limit": 2 * state_bytes * batch / H200["bandwidth"] / sec})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu")
@@ -208,6 +329,12 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated names from: " + "; ".join(MODELS))
     ap.add_argument("--additions", type=int, default=None, help="how many 1,000-digit additions to time (0: skip)")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device-additions", default="", help="CUDA: batch sizes (comma-separated) for 1,000-digit "
+                    "additions with the tools on the GPU and the one-kernel step")
+    ap.add_argument("--state-dtypes", default="float32,bfloat16", help="Mamba state dtypes for --device-additions")
+    ap.add_argument("--precision", default="tf32", help="the one-kernel step's matmuls: tf32 or ieee (fp32)")
+    ap.add_argument("--steps-per-graph", type=int, default=128)
+    ap.add_argument("--tile-sweep", type=int, default=0, help="CUDA: time the one-kernel step's tile shapes at this batch")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -230,7 +357,7 @@ def main() -> None:
             f.write(json.dumps(record) + "\n")
         print(json.dumps(record), flush=True)
 
-    for name in args.models.split(","):
+    for name in filter(None, args.models.split(",")):
         policy = MODELS[name]().to(device).eval()  # outside inference mode: its weights stay normal tensors
         with torch.inference_mode():
             bench_decode(name, policy, device, batches, args.context, hw, emit)
@@ -239,6 +366,18 @@ def main() -> None:
     additions = args.additions if args.additions is not None else (1024 if device.type == "cuda" else 0)
     if additions:
         bench_additions(device, min(additions, max(batches)), additions, 1000, emit)
+    shipped = MODELS["mamba-shipped"]().to(device).eval()
+    for dtype in args.state_dtypes.split(",") if args.tile_sweep else []:
+        with torch.inference_mode():
+            bench_step_tiles(shipped, device, args.tile_sweep, getattr(torch, dtype), args.precision, emit)
+    for batch in filter(None, args.device_additions.split(",")):
+        for dtype in args.state_dtypes.split(","):
+            try:
+                bench_device_additions(shipped, device, int(batch), 1000, getattr(torch, dtype), args.precision,
+                                       args.steps_per_graph, emit)
+            except Exception as e:  # record it and go on to the next configuration
+                traceback.print_exc()
+                emit({"kind": "device_additions_error", "batch": int(batch), "state_dtype": dtype, "error": repr(e)[:300]})
     (out / "bench.md").write_text(report(meta, records))
 
 
@@ -286,6 +425,25 @@ def report(meta: dict, records: list[dict]) -> str:
         for r in adds:
             lines.append(f"| {r['batch']} | {r['episodes']} | {r['correct']} | {r['seconds']:.1f} | "
                          f"{r['additions_per_s']:.2f} | {fmt(r['tokens_per_s'])} |")
+    tiles = [r for r in records if r["kind"] == "step_tiles" and "error" not in r]
+    if tiles:
+        lines += ["", "## The one-kernel step alone, by tile shape (shipped Mamba, greedy ids out, no tools)",
+                  "| batch | state | rows/program | channels/block | warps | ms/step | % of limit |", "|---|---|---|---|---|---|---|"]
+        for r in sorted(tiles, key=lambda r: (r["state_dtype"], r["ms_per_step"])):
+            lines.append(f"| {r['batch']:,} | {r['state_dtype']} | {r['block_m']} | {r['block_c']} | {r['warps']} | "
+                         f"{fmt(r['ms_per_step'])} | {100 * r['fraction_of_limit']:.1f}% |")
+    adds = [r for r in records if r["kind"] == "device_additions"]
+    if adds:
+        lines += ["", "## 1,000-digit additions, tools on the GPU (PointerBatch) and the one-kernel step (shipped Mamba)",
+                  f"Limit: the state read and written each step over {hw['bandwidth'] / 1e9:,.0f} GB/s.", "",
+                  "| batch | state | matmuls | steps/graph | correct | seconds | additions/s | tokens/s | ms/step | "
+                  "limit ms/step | % of limit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in adds:
+            limit = 2 * r["state_bytes_per_row"] * r["batch"] / hw["bandwidth"]
+            lines.append(f"| {r['batch']:,} | {r['state_dtype']} | {r['precision']} | {r['steps_per_graph']} | "
+                         f"{r['correct']:,} of {r['episodes']:,} | {r['seconds']:.1f} | {r['additions_per_s']:,.0f} | "
+                         f"{fmt(r['tokens_per_s'])} | {fmt(r['ms_per_step'])} | {fmt(1e3 * limit)} | "
+                         f"{100 * 1e3 * limit / r['ms_per_step']:.1f}% |")
     return "\n".join(lines) + "\n"
 
 

@@ -1,0 +1,168 @@
+"""Mamba's whole decode step, every layer and the greedy choice, in one Triton kernel.
+
+At large batch the step is bound by memory: each row's state (for the shipped model 4 layers x
+256 channels x (16 SSM + 4 conv) values) is read and written once a step and is what the
+hardware limit counts. The kernel-per-operation step (`mamba_cuda.FusedStep`, 6 kernels a layer)
+also writes and reads every intermediate (x, z, Δ, B, C, y, the residual) through memory and
+pays a launch each. Here one program takes BLOCK_M rows through all layers: the residual stream
+stays in registers, each layer streams its state once in channel blocks of BLOCK_C, and only
+the conv output u (BLOCK_M x d_inner, which the second pass over the channels needs after Δ, B
+and C are complete) goes through a scratch buffer that stays in cache. Weights are prepared once
+(transposed, the norm gains folded in) and read from L2 by every program.
+
+The state may be fp32 (the policy's) or bf16 (half the bytes; arithmetic stays fp32).
+`tests/test_step_kernel.py` runs the kernel in Triton's interpreter on the CPU against
+`policy.step`; the GPU benchmark (eval/bench.py) times it.
+"""
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _mamba_step(
+    tok_ptr, emb_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, w_xdt_ptr, w_xb_ptr, w_xc_ptr, w_dt_ptr, dt_b_ptr,
+    a_ptr, d_ptr, w_out_ptr, head_ptr, conv_ptr, ssm_ptr, u_ptr, logits_ptr, greedy_ptr,
+    B, V, eps,
+    L: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, DI: tl.constexpr, N: tl.constexpr, R: tl.constexpr,
+    W: tl.constexpr, VP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_V: tl.constexpr,
+    STORE_LOGITS: tl.constexpr, PRECISION: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < B
+    dcol = tl.arange(0, DP)
+    d_ok = dcol < D
+    n = tl.arange(0, N)
+    r = tl.arange(0, R)
+    tok = tl.load(tok_ptr + rows, mask=row_ok, other=0)
+    res = tl.load(emb_ptr + tok[:, None] * D + dcol[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+    for layer in range(L):
+        # RMSNorm (its gain is folded into w_in).
+        xn = res / tl.sqrt(tl.sum(res * res, axis=1) / D + eps)[:, None]
+        w_in = w_in_ptr + layer * D * 2 * DI
+        # Pass 1 over channel blocks: x = in_proj, the causal conv step, u = silu(conv), and the
+        # low-rank Δ, B and C, which need every channel's u.
+        dt_low = tl.zeros((BLOCK_M, R), tl.float32)
+        b = tl.zeros((BLOCK_M, N), tl.float32)
+        c = tl.zeros((BLOCK_M, N), tl.float32)
+        for c0 in range(0, DI, BLOCK_C):
+            ch = c0 + tl.arange(0, BLOCK_C)
+            x = tl.dot(xn, tl.load(w_in + dcol[:, None] * 2 * DI + ch[None, :], mask=d_ok[:, None], other=0.0),
+                       input_precision=PRECISION)  # (M, C)
+            window = conv_ptr + ((layer * B + rows[:, None]) * DI + ch[None, :]) * W  # (B, DI, W) layout
+            acc = tl.load(conv_b_ptr + layer * DI + ch)[None, :] + x * tl.load(conv_w_ptr + (layer * W + W - 1) * DI + ch)[None, :]
+            for k in tl.static_range(W - 1):  # shift the window left by one, append x
+                s = tl.load(window + k + 1, mask=row_ok[:, None], other=0.0).to(tl.float32)
+                tl.store(window + k, s.to(conv_ptr.dtype.element_ty), mask=row_ok[:, None])
+                acc += s * tl.load(conv_w_ptr + (layer * W + k) * DI + ch)[None, :]
+            tl.store(window + W - 1, x.to(conv_ptr.dtype.element_ty), mask=row_ok[:, None])
+            u = acc * tl.sigmoid(acc)
+            tl.store(u_ptr + rows[:, None] * DI + ch[None, :], u, mask=row_ok[:, None])
+            w_x = (layer * DI + ch[:, None])
+            dt_low += tl.dot(u, tl.load(w_xdt_ptr + w_x * R + r[None, :]), input_precision=PRECISION)
+            b += tl.dot(u, tl.load(w_xb_ptr + w_x * N + n[None, :]), input_precision=PRECISION)
+            c += tl.dot(u, tl.load(w_xc_ptr + w_x * N + n[None, :]), input_precision=PRECISION)
+        # Pass 2: Δ, the SSM update h = exp(Δ A) h + Δ B u, y = (C h + D u) silu(z), out_proj.
+        mixed = tl.zeros((BLOCK_M, DP), tl.float32)
+        for c0 in range(0, DI, BLOCK_C):
+            ch = c0 + tl.arange(0, BLOCK_C)
+            u = tl.load(u_ptr + rows[:, None] * DI + ch[None, :], mask=row_ok[:, None], other=0.0)
+            dt = tl.dot(dt_low, tl.load(w_dt_ptr + (layer * R + r[:, None]) * DI + ch[None, :]), input_precision=PRECISION)
+            dt += tl.load(dt_b_ptr + layer * DI + ch)[None, :]
+            dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus, as torch's
+            z = tl.dot(xn, tl.load(w_in + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok[:, None], other=0.0),
+                       input_precision=PRECISION)
+            h_ptrs = ssm_ptr + ((layer * B + rows[:, None, None]) * DI + ch[None, :, None]) * N + n[None, None, :]
+            h = tl.load(h_ptrs, mask=row_ok[:, None, None], other=0.0).to(tl.float32)  # (M, C, N)
+            a = tl.load(a_ptr + (layer * DI + ch[:, None]) * N + n[None, :])  # (C, N)
+            h = h * tl.exp(dt[:, :, None] * a[None, :, :]) + (dt * u)[:, :, None] * b[:, None, :]
+            tl.store(h_ptrs, h.to(ssm_ptr.dtype.element_ty), mask=row_ok[:, None, None])
+            y = tl.sum(h * c[:, None, :], axis=2) + tl.load(d_ptr + layer * DI + ch)[None, :] * u
+            y = y * z * tl.sigmoid(z)
+            mixed += tl.dot(y, tl.load(w_out_ptr + (layer * DI + ch[:, None]) * D + dcol[None, :], mask=d_ok[None, :], other=0.0),
+                            input_precision=PRECISION)
+        res += mixed
+    # Final RMSNorm (gain folded into head), logits, greedy: the first maximum, as torch.argmax.
+    xn = res / tl.sqrt(tl.sum(res * res, axis=1) / D + eps)[:, None]
+    best = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    best_id = tl.zeros((BLOCK_M,), tl.int32)
+    for v0 in range(0, VP, BLOCK_V):
+        v = v0 + tl.arange(0, BLOCK_V)
+        logits = tl.dot(xn, tl.load(head_ptr + dcol[:, None] * VP + v[None, :], mask=d_ok[:, None], other=0.0),
+                        input_precision=PRECISION)
+        logits = tl.where(v[None, :] < V, logits, float("-inf"))
+        if STORE_LOGITS:
+            tl.store(logits_ptr + rows[:, None] * V + v[None, :], logits, mask=row_ok[:, None] & (v[None, :] < V))
+        m = tl.max(logits, axis=1)
+        i = tl.argmax(logits, axis=1) + v0
+        better = m > best
+        best_id = tl.where(better, i, best_id)
+        best = tl.where(better, m, best)
+    tl.store(greedy_ptr + rows, best_id, mask=row_ok)
+
+
+class StepKernel:
+    """`step(token, state) -> logits` with `policy.step`'s signature, and `greedy(token, state,
+    out)`, which writes only the argmax ids. Weights are copied when this is made."""
+
+    def __init__(self, policy, block_m: int = 16, block_c: int = 32, precision: str = "ieee", num_warps: int = 4):
+        c, bb = policy.config, policy.backbone
+        self.config, self.block_m, self.block_c, self.num_warps = c, block_m, block_c, num_warps
+        self.precision = precision  # "ieee" (exact fp32) or "tf32" (tensor cores, ~1e-3 relative)
+        D, DI, N, R = c.d_model, c.d_inner, c.d_state, c.dt_rank
+        if DI % block_c or N < 16 or N & (N - 1):
+            raise ValueError("the kernel needs d_inner a multiple of block_c and d_state a power of 2, >= 16")
+        self.R = max(16, triton.next_power_of_2(R))  # Δ's rank, zero-padded to a tl.dot size
+        self.DP = triton.next_power_of_2(D)
+        self.block_v = 64
+        self.VP = triton.cdiv(c.vocab_size, self.block_v) * self.block_v
+
+        def stack(f):
+            return torch.stack([f(layer.mixer, layer.norm) for layer in bb.layers]).detach().float().contiguous()
+
+        def pad_rows(t: Tensor, rows: int) -> Tensor:
+            return torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
+
+        self.w_in = stack(lambda m, norm: (m.in_proj.weight * norm.weight).t())  # (L, D, 2 DI)
+        self.conv_w = stack(lambda m, _: m.conv1d.weight[:, 0].t())  # (L, W, DI)
+        self.conv_b = stack(lambda m, _: m.conv1d.bias)
+        self.w_xdt = stack(lambda m, _: pad_rows(m.x_proj.weight[:R], self.R).t())  # (L, DI, R)
+        self.w_xb = stack(lambda m, _: m.x_proj.weight[R : R + N].t())  # (L, DI, N)
+        self.w_xc = stack(lambda m, _: m.x_proj.weight[R + N :].t())
+        self.w_dt = stack(lambda m, _: pad_rows(m.dt_proj.weight.t(), self.R))  # (L, R, DI)
+        self.dt_b = stack(lambda m, _: m.dt_proj.bias)
+        self.A = stack(lambda m, _: -torch.exp(m.A_log.float()))  # (L, DI, N)
+        self.D = stack(lambda m, _: m.D)
+        self.w_out = stack(lambda m, _: m.out_proj.weight.t())  # (L, DI, D)
+        emb = bb.embedding.weight.detach().float()
+        self.embedding = emb.contiguous()
+        self.head = pad_rows(emb[: c.vocab_size] * bb.norm_f.weight.detach(), self.VP).t().contiguous()  # (D, VP)
+        self.eps = bb.norm_f.eps
+        self.u = None  # scratch (B, DI), made for the batch size in use
+
+    def _launch(self, token: Tensor, state, logits: Tensor | None, greedy: Tensor) -> None:
+        c, B = self.config, token.shape[0]
+        if self.u is None or self.u.shape[0] != B:
+            self.u = torch.empty(B, c.d_inner, device=token.device, dtype=torch.float32)
+        _mamba_step[(triton.cdiv(B, self.block_m),)](
+            token, self.embedding, self.w_in, self.conv_w, self.conv_b, self.w_xdt, self.w_xb, self.w_xc,
+            self.w_dt, self.dt_b, self.A, self.D, self.w_out, self.head, state.conv, state.ssm, self.u,
+            greedy if logits is None else logits, greedy, B, c.vocab_size, self.eps,
+            L=c.n_layer, D=c.d_model, DP=self.DP, DI=c.d_inner, N=c.d_state, R=self.R, W=c.d_conv, VP=self.VP,
+            BLOCK_M=self.block_m, BLOCK_C=self.block_c, BLOCK_V=self.block_v, STORE_LOGITS=logits is not None,
+            PRECISION=self.precision, num_warps=self.num_warps,
+        )
+
+    @torch.no_grad()
+    def __call__(self, token: Tensor, state) -> Tensor:
+        logits = torch.empty(token.shape[0], self.config.vocab_size, device=token.device, dtype=torch.float32)
+        self._launch(token, state, logits, torch.empty_like(token, dtype=torch.int32))
+        return logits
+
+    @torch.no_grad()
+    def greedy(self, token: Tensor, state, out: Tensor) -> Tensor:
+        """out (B,) int32: the argmax ids after `token`; nothing else is written but the state."""
+        self._launch(token, state, None, out)
+        return out

@@ -1,0 +1,102 @@
+"""PointerBatch (tools and episode rules as tensors) against Episode + PointerMemory, token by token."""
+
+import random
+from collections import deque
+
+import pytest
+import torch
+
+from mamba_agent.checkpoint import load_checkpoint
+from mamba_agent.episode import FINISHED, Episode, Limits
+from mamba_agent.pointer_batch import PointerBatch, decode
+from mamba_agent.tasks import get_task
+from mamba_agent.tools.pointer import PointerMemory
+from mamba_agent.vocab import ANS, BOS, EOS, SPECIAL, encode, pointer_command
+
+task = get_task("addition")
+
+
+def random_tokens(rng: random.Random, n: int) -> list[int]:
+    """Model tokens that exercise every rule: commands of P1..P4 (P4 malformed for addition),
+    digits, [ANS] (a second one is malformed), other specials (malformed), rarely [EOS]."""
+    commands = [pointer_command(p, op) for p in (1, 2, 3, 4) for op in ("read", "left", "right")]
+    digits = encode("0123456789+=")
+    others = [SPECIAL[s] for s in ("[PAD]", "[BOS]", "[EDGE]", "[ERR]", "[FIND]", "[END]")]
+    weights = [(commands, 50), (digits, 35), ([ANS], 3), (others, 12 if rng.random() < 0.5 else 1), ([EOS], 0.15)]
+    pools, w = zip(*weights)
+    return [rng.choice(rng.choices(pools, w)[0]) for _ in range(n)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_same_tokens_and_verdicts_as_episode(seed):
+    rng = random.Random(seed)
+    B, steps, max_tokens = 16, 400, 300
+    problems = [task.random_problem(rng, rng.randint(1, 6)) for _ in range(B)]
+    prompts = [p.prompt for p in problems]
+    refs = [encode(p.reference) for p in problems]
+    limits = Limits(max_format_errors=rng.choice([3, 20]))
+    batch = PointerBatch(prompts, refs, n_pointers=3, max_tokens=max_tokens,
+                         max_format_errors=limits.max_format_errors)
+    episodes = [Episode(p, [PointerMemory(p[1:], 3)], max_tokens, limits=limits, keep=True) for p in prompts]
+    queues = [deque(p[1:]) for p in prompts]  # tokens to force next: the prompt, then observations
+    streams = [random_tokens(rng, steps) for _ in range(B)]
+    for step in range(steps):
+        sampled = torch.tensor([s[step] for s in streams])
+        fed = batch.advance(sampled).tolist()
+        for r, ep in enumerate(episodes):
+            if ep.done:
+                continue
+            if queues[r]:
+                expected = queues[r].popleft()
+            else:
+                expected = int(sampled[r])
+                queues[r].extend(ep.act(expected))
+            assert fed[r] == expected, (r, step)
+            assert bool(batch.done[r]) == ep.done, (r, step, ep.exit)
+            assert int(batch.n_tokens[r]) == ep.n_tokens
+    assert any(ep.done for ep in episodes) and not all(ep.exit == FINISHED for ep in episodes)
+    for r, ep in enumerate(episodes):
+        assert bool(batch.finished[r]) == (ep.exit == FINISHED)
+        assert int(batch.out_len[r]) == len(ep.output)
+        tape = episodes[r].tools[0].tape
+        assert batch.tape[r, : len(tape)].tolist() == tape
+        assert bool(batch.solved[r]) == (ep.exit == FINISHED and ep.output == refs[r])
+
+
+def test_shipped_model_solves_through_the_batch():
+    """The shipped addition Mamba, stepping through PointerBatch on the CPU, solves what the
+    oracle solves in exactly the oracle's number of tokens."""
+    policy, _ = load_checkpoint("builtin:addition-mamba")
+    rng = random.Random(1)
+    problems = [task.random_problem(rng, n) for n in (1, 2, 3, 5, 8, 13, 21, 30)]
+    batch = PointerBatch([p.prompt for p in problems], [encode(p.reference) for p in problems],
+                         n_pointers=3, max_tokens=max(task.max_tokens(p) for p in problems))
+    decoder = policy.decoder(len(problems))
+    steps = decode(batch, lambda tokens: decoder.step(tokens.tolist()).argmax(-1))
+    assert batch.solved.all()
+    lengths = [len(task.oracle(p).tokens) for p in problems]
+    assert batch.n_tokens.tolist() == lengths
+    assert steps == max(lengths) - 1  # the last token, [EOS], is never read
+
+    # The same batch and state, loaded with new problems (as the GPU benchmark reuses them).
+    problems = [task.random_problem(rng, n) for n in (30, 21, 13, 8, 5, 3, 2, 1)]
+    batch.load([p.prompt for p in problems], [encode(p.reference) for p in problems])
+    decoder.state.conv.zero_(), decoder.state.ssm.zero_()
+    decode(batch, lambda tokens: decoder.step(tokens.tolist()).argmax(-1))
+    assert batch.solved.all()
+    assert batch.n_tokens.tolist() == [len(task.oracle(p).tokens) for p in problems]
+
+
+def test_a_wrong_output_is_not_solved():
+    p = task.problem({"a": "12", "b": "34"})  # 46
+    batch = PointerBatch([p.prompt], [encode("47")], n_pointers=3, max_tokens=200)
+    it = iter(task.oracle(p).model_tokens())
+    decode(batch, lambda tokens: torch.tensor([next(it, EOS)]))
+    assert batch.finished.all() and not batch.solved.any()
+
+
+def test_prompts_must_start_with_bos():
+    with pytest.raises(ValueError, match="BOS"):
+        PointerBatch([[ANS]], [[]], n_pointers=3, max_tokens=10)
+    with pytest.raises(ValueError, match="n_pointers"):
+        PointerBatch([[BOS]], [[]], n_pointers=5, max_tokens=10)

@@ -1,0 +1,71 @@
+"""The one-kernel Mamba step (Triton) against policy.step. Without a GPU it runs in Triton's
+interpreter on the CPU (TRITON_INTERPRET=1), which executes the same kernel code."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # read when a kernel is defined: before the import below
+triton = pytest.importorskip("triton")
+
+from mamba_agent.checkpoint import load_checkpoint  # noqa: E402
+from mamba_agent.policies import MambaConfig, build_policy  # noqa: E402
+from mamba_agent.policies.mamba_step_kernel import StepKernel  # noqa: E402
+from mamba_agent.vocab import VOCAB_SIZE  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def random_policy(seed: int, **sizes):
+    torch.manual_seed(seed)
+    policy = build_policy(MambaConfig(vocab_size=VOCAB_SIZE, **sizes))
+    with torch.no_grad():  # a trained model's Δ, D and conv are far from their initial values
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return policy.to(DEVICE)
+
+
+@pytest.mark.parametrize("policy_of", [
+    lambda: load_checkpoint("builtin:addition-mamba", device=DEVICE)[0],
+    lambda: random_policy(0, d_model=48, n_layer=2, d_state=16, dt_rank=5),  # d_model not a power of 2
+])
+def test_same_logits_and_state_as_step(policy_of):
+    policy = policy_of()
+    B, steps = 19, 6  # a partial block of rows
+    kernel = StepKernel(policy)
+    ref, state = policy.init_state(B), policy.init_state(B)
+    g = torch.Generator().manual_seed(0)
+    greedy = torch.empty(B, dtype=torch.int32, device=DEVICE)
+    for t in range(steps):
+        tokens = torch.randint(0, VOCAB_SIZE, (B,), generator=g).to(DEVICE)
+        expected = policy.step(tokens, ref)
+        logits = kernel(tokens.clone(), state) if t % 2 else None
+        if logits is None:
+            kernel.greedy(tokens, state, greedy)
+            assert torch.equal(greedy.long(), expected.argmax(-1))
+        else:
+            torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(state.ssm, ref.ssm, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(state.conv, ref.conv, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16_state_stays_close():
+    policy = load_checkpoint("builtin:addition-mamba", device=DEVICE)[0]
+    B = 16
+    kernel = StepKernel(policy)
+    ref = policy.init_state(B)
+    state = policy.init_state(B)
+    state.ssm, state.conv = state.ssm.bfloat16(), state.conv.bfloat16()
+    tokens = torch.randint(0, VOCAB_SIZE, (B,), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    for _ in range(4):
+        expected = policy.step(tokens, ref)
+        logits = kernel(tokens, state)
+        torch.testing.assert_close(logits, expected, rtol=0.05, atol=0.05)
+    assert state.ssm.dtype == torch.bfloat16
+
+
+def test_rejects_sizes_it_cannot_tile():
+    with pytest.raises(ValueError, match="d_inner"):
+        StepKernel(build_policy(MambaConfig(vocab_size=VOCAB_SIZE, d_model=20, d_state=8)))
