@@ -74,7 +74,9 @@ class PointerBatch:
             raise ValueError(f"a prompt is longer than max_tokens ({self.max_tokens})")
         if max(len(r) for r in references) >= self.reference.shape[1]:
             raise ValueError(f"references are at most {self.reference.shape[1] - 1} tokens in this batch")
-        self.tape.copy_(torch.from_numpy(_padded([p[1:] for p in prompts], self.tape.shape[1], 0)))
+        width = max(len(p) for p in prompts) - 1  # only the prompts cross from the host; the rest is zeroed here
+        self.tape[:, :width].copy_(torch.from_numpy(_padded([p[1:] for p in prompts], width, 0)))
+        self.tape[:, width:].zero_()
         self.reference.copy_(torch.from_numpy(_padded(references, self.reference.shape[1], -1)))  # -1: past the end
         self.prompt_len.copy_(torch.tensor([len(p) for p in prompts]))
         self.reference_len.copy_(torch.tensor([len(r) for r in references]))

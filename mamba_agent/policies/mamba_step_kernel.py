@@ -22,6 +22,12 @@ from torch import Tensor
 
 
 @triton.jit
+def _mm(a, b, PRECISION: tl.constexpr):
+    """a @ b with a cast to b's dtype (the weights': fp32, or bf16 for half the bytes)."""
+    return tl.dot(a.to(b.dtype), b, input_precision=PRECISION)
+
+
+@triton.jit
 def _mamba_step(
     tok_ptr, emb_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, w_xdt_ptr, w_xb_ptr, w_xc_ptr, w_dt_ptr, dt_b_ptr,
     a_ptr, d_ptr, w_out_ptr, head_ptr, conv_ptr, ssm_ptr, u_ptr, logits_ptr, greedy_ptr,
@@ -49,8 +55,8 @@ def _mamba_step(
         c = tl.zeros((BLOCK_M, N), tl.float32)
         for c0 in range(0, DI, BLOCK_C):
             ch = c0 + tl.arange(0, BLOCK_C)
-            x = tl.dot(xn, tl.load(w_in + dcol[:, None] * 2 * DI + ch[None, :], mask=d_ok[:, None], other=0.0),
-                       input_precision=PRECISION)  # (M, C)
+            x = _mm(xn, tl.load(w_in + dcol[:, None] * 2 * DI + ch[None, :], mask=d_ok[:, None], other=0.0),
+                       PRECISION)  # (M, C)
             window = conv_ptr + ((layer * B + rows[:, None]) * DI + ch[None, :]) * W  # (B, DI, W) layout
             acc = tl.load(conv_b_ptr + layer * DI + ch)[None, :] + x * tl.load(conv_w_ptr + (layer * W + W - 1) * DI + ch)[None, :]
             for k in tl.static_range(W - 1):  # shift the window left by one, append x
@@ -61,19 +67,19 @@ def _mamba_step(
             u = acc * tl.sigmoid(acc)
             tl.store(u_ptr + rows[:, None] * DI + ch[None, :], u, mask=row_ok[:, None])
             w_x = (layer * DI + ch[:, None])
-            dt_low += tl.dot(u, tl.load(w_xdt_ptr + w_x * R + r[None, :]), input_precision=PRECISION)
-            b += tl.dot(u, tl.load(w_xb_ptr + w_x * N + n[None, :]), input_precision=PRECISION)
-            c += tl.dot(u, tl.load(w_xc_ptr + w_x * N + n[None, :]), input_precision=PRECISION)
+            dt_low += _mm(u, tl.load(w_xdt_ptr + w_x * R + r[None, :]), PRECISION)
+            b += _mm(u, tl.load(w_xb_ptr + w_x * N + n[None, :]), PRECISION)
+            c += _mm(u, tl.load(w_xc_ptr + w_x * N + n[None, :]), PRECISION)
         # Pass 2: Δ, the SSM update h = exp(Δ A) h + Δ B u, y = (C h + D u) silu(z), out_proj.
         mixed = tl.zeros((BLOCK_M, DP), tl.float32)
         for c0 in range(0, DI, BLOCK_C):
             ch = c0 + tl.arange(0, BLOCK_C)
             u = tl.load(u_ptr + rows[:, None] * DI + ch[None, :], mask=row_ok[:, None], other=0.0)
-            dt = tl.dot(dt_low, tl.load(w_dt_ptr + (layer * R + r[:, None]) * DI + ch[None, :]), input_precision=PRECISION)
+            dt = _mm(dt_low, tl.load(w_dt_ptr + (layer * R + r[:, None]) * DI + ch[None, :]), PRECISION)
             dt += tl.load(dt_b_ptr + layer * DI + ch)[None, :]
             dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus, as torch's
-            z = tl.dot(xn, tl.load(w_in + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok[:, None], other=0.0),
-                       input_precision=PRECISION)
+            z = _mm(xn, tl.load(w_in + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok[:, None], other=0.0),
+                       PRECISION)
             h_ptrs = ssm_ptr + ((layer * B + rows[:, None, None]) * DI + ch[None, :, None]) * N + n[None, None, :]
             h = tl.load(h_ptrs, mask=row_ok[:, None, None], other=0.0).to(tl.float32)  # (M, C, N)
             a = tl.load(a_ptr + (layer * DI + ch[:, None]) * N + n[None, :])  # (C, N)
@@ -81,8 +87,8 @@ def _mamba_step(
             tl.store(h_ptrs, h.to(ssm_ptr.dtype.element_ty), mask=row_ok[:, None, None])
             y = tl.sum(h * c[:, None, :], axis=2) + tl.load(d_ptr + layer * DI + ch)[None, :] * u
             y = y * z * tl.sigmoid(z)
-            mixed += tl.dot(y, tl.load(w_out_ptr + (layer * DI + ch[:, None]) * D + dcol[None, :], mask=d_ok[None, :], other=0.0),
-                            input_precision=PRECISION)
+            mixed += _mm(y, tl.load(w_out_ptr + (layer * DI + ch[:, None]) * D + dcol[None, :], mask=d_ok[None, :], other=0.0),
+                            PRECISION)
         res += mixed
     # Final RMSNorm (gain folded into head), logits, greedy: the first maximum, as torch.argmax.
     xn = res / tl.sqrt(tl.sum(res * res, axis=1) / D + eps)[:, None]
@@ -90,8 +96,8 @@ def _mamba_step(
     best_id = tl.zeros((BLOCK_M,), tl.int32)
     for v0 in range(0, VP, BLOCK_V):
         v = v0 + tl.arange(0, BLOCK_V)
-        logits = tl.dot(xn, tl.load(head_ptr + dcol[:, None] * VP + v[None, :], mask=d_ok[:, None], other=0.0),
-                        input_precision=PRECISION)
+        logits = _mm(xn, tl.load(head_ptr + dcol[:, None] * VP + v[None, :], mask=d_ok[:, None], other=0.0),
+                        PRECISION)
         logits = tl.where(v[None, :] < V, logits, float("-inf"))
         if STORE_LOGITS:
             tl.store(logits_ptr + rows[:, None] * V + v[None, :], logits, mask=row_ok[:, None] & (v[None, :] < V))
@@ -107,10 +113,16 @@ class StepKernel:
     """`step(token, state) -> logits` with `policy.step`'s signature, and `greedy(token, state,
     out)`, which writes only the argmax ids. Weights are copied when this is made."""
 
-    def __init__(self, policy, block_m: int = 16, block_c: int = 32, precision: str = "ieee", num_warps: int = 4):
+    def __init__(self, policy, block_m: int = 16, block_c: int = 16, precision: str = "ieee", num_warps: int = 4,
+                 num_stages: int = 1, weight_dtype: str = "float32"):
+        """Tiles: `block_m` rows a program, `block_c` channels a block; `num_stages` > 1 lets Triton
+        prefetch loop tiles into shared memory, which costs occupancy here. `precision`: of fp32
+        matmuls, "ieee" (exact) or "tf32" (tensor cores, ~1e-3 relative); `weight_dtype`
+        "bfloat16" runs the matmuls in bf16 (the SSM arithmetic stays fp32)."""
         c, bb = policy.config, policy.backbone
-        self.config, self.block_m, self.block_c, self.num_warps = c, block_m, block_c, num_warps
-        self.precision = precision  # "ieee" (exact fp32) or "tf32" (tensor cores, ~1e-3 relative)
+        weight_dtype = getattr(torch, weight_dtype)
+        self.config, self.block_m, self.block_c = c, block_m, block_c
+        self.num_warps, self.num_stages, self.precision = num_warps, num_stages, precision
         D, DI, N, R = c.d_model, c.d_inner, c.d_state, c.dt_rank
         if DI % block_c or N < 16 or N & (N - 1):
             raise ValueError("the kernel needs d_inner a multiple of block_c and d_state a power of 2, >= 16")
@@ -119,26 +131,26 @@ class StepKernel:
         self.block_v = 64
         self.VP = triton.cdiv(c.vocab_size, self.block_v) * self.block_v
 
-        def stack(f):
-            return torch.stack([f(layer.mixer, layer.norm) for layer in bb.layers]).detach().float().contiguous()
+        def stack(f, dtype=torch.float32):
+            return torch.stack([f(layer.mixer, layer.norm) for layer in bb.layers]).detach().to(dtype).contiguous()
 
         def pad_rows(t: Tensor, rows: int) -> Tensor:
             return torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
 
-        self.w_in = stack(lambda m, norm: (m.in_proj.weight * norm.weight).t())  # (L, D, 2 DI)
+        self.w_in = stack(lambda m, norm: (m.in_proj.weight * norm.weight).t(), weight_dtype)  # (L, D, 2 DI)
         self.conv_w = stack(lambda m, _: m.conv1d.weight[:, 0].t())  # (L, W, DI)
         self.conv_b = stack(lambda m, _: m.conv1d.bias)
-        self.w_xdt = stack(lambda m, _: pad_rows(m.x_proj.weight[:R], self.R).t())  # (L, DI, R)
-        self.w_xb = stack(lambda m, _: m.x_proj.weight[R : R + N].t())  # (L, DI, N)
-        self.w_xc = stack(lambda m, _: m.x_proj.weight[R + N :].t())
-        self.w_dt = stack(lambda m, _: pad_rows(m.dt_proj.weight.t(), self.R))  # (L, R, DI)
+        self.w_xdt = stack(lambda m, _: pad_rows(m.x_proj.weight[:R], self.R).t(), weight_dtype)  # (L, DI, R)
+        self.w_xb = stack(lambda m, _: m.x_proj.weight[R : R + N].t(), weight_dtype)  # (L, DI, N)
+        self.w_xc = stack(lambda m, _: m.x_proj.weight[R + N :].t(), weight_dtype)
+        self.w_dt = stack(lambda m, _: pad_rows(m.dt_proj.weight.t(), self.R), weight_dtype)  # (L, R, DI)
         self.dt_b = stack(lambda m, _: m.dt_proj.bias)
         self.A = stack(lambda m, _: -torch.exp(m.A_log.float()))  # (L, DI, N)
         self.D = stack(lambda m, _: m.D)
-        self.w_out = stack(lambda m, _: m.out_proj.weight.t())  # (L, DI, D)
+        self.w_out = stack(lambda m, _: m.out_proj.weight.t(), weight_dtype)  # (L, DI, D)
         emb = bb.embedding.weight.detach().float()
         self.embedding = emb.contiguous()
-        self.head = pad_rows(emb[: c.vocab_size] * bb.norm_f.weight.detach(), self.VP).t().contiguous()  # (D, VP)
+        self.head = pad_rows(emb[: c.vocab_size] * bb.norm_f.weight.detach(), self.VP).t().to(weight_dtype).contiguous()  # (D, VP)
         self.eps = bb.norm_f.eps
         self.u = None  # scratch (B, DI), made for the batch size in use
 
@@ -152,7 +164,7 @@ class StepKernel:
             greedy if logits is None else logits, greedy, B, c.vocab_size, self.eps,
             L=c.n_layer, D=c.d_model, DP=self.DP, DI=c.d_inner, N=c.d_state, R=self.R, W=c.d_conv, VP=self.VP,
             BLOCK_M=self.block_m, BLOCK_C=self.block_c, BLOCK_V=self.block_v, STORE_LOGITS=logits is not None,
-            PRECISION=self.precision, num_warps=self.num_warps,
+            PRECISION=self.precision, num_warps=self.num_warps, num_stages=self.num_stages,
         )
 
     @torch.no_grad()
