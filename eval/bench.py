@@ -286,9 +286,18 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
     del pb, state, run
 
 
-def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, precision: str, emit) -> None:
+# Rows a program, channels a block, warps, pipeline stages, weight dtype. On the H200 (2026-11-29)
+# a wider grid (block_m 16/32/64, block_c 16/32/64, 2/4/8 warps, fp32 weights; see
+# eval/results/2026-11-29-throughput-h200) put the fast shapes here; block_c 64 and block_m 64 with
+# 3 stages do not fit in shared memory.
+TILE_GRID = ((16,), (16, 32), (2, 4), (1, 2, 3), ("bfloat16",))
+
+
+def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, precision: str, emit,
+                     grid=None) -> dict | None:
     """The one-kernel step alone (greedy ids out, no tools) at each tile shape: rows per program,
-    channels per block, warps. 20 steps in a CUDA graph, median of 5 replays."""
+    channels per block, warps, pipeline stages, weight dtype (`grid`: a list of StepKernel options;
+    default TILE_GRID). 20 steps in a CUDA graph, median of 5 replays. Returns the fastest."""
     from mamba_agent.policies.mamba_step_kernel import StepKernel  # Triton
 
     state = policy.init_state(batch, device)
@@ -297,8 +306,8 @@ def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, preci
     greedy = torch.zeros(batch, dtype=torch.int32, device=device)
     state_bytes = state.conv[:, 0].nbytes + state.ssm[:, 0].nbytes
     best = None
-    for block_m, block_c, warps, wdtype in itertools.product((16, 32), (16, 32), (2, 4), ("float32", "bfloat16")):
-        tiles = dict(block_m=block_m, block_c=block_c, num_warps=warps, num_stages=1, weight_dtype=wdtype)
+    keys = ("block_m", "block_c", "num_warps", "num_stages", "weight_dtype")
+    for tiles in grid or [dict(zip(keys, t)) for t in itertools.product(*TILE_GRID)]:
         try:
             kernel = StepKernel(policy, precision=precision, **tiles)
             kernel.greedy(tokens, state, greedy)
@@ -378,6 +387,8 @@ def main() -> None:
     for dtype in args.state_dtypes.split(",") if args.tile_sweep else []:
         with torch.inference_mode():
             best_tiles[dtype] = bench_step_tiles(shipped, device, args.tile_sweep, getattr(torch, dtype), args.precision, emit)
+            for batch in (1, 64, 1024):  # the fastest tiles at the runtime's batch sizes
+                bench_step_tiles(shipped, device, batch, getattr(torch, dtype), args.precision, emit, [best_tiles[dtype]])
     for batch in filter(None, args.device_additions.split(",")):
         for dtype in args.state_dtypes.split(","):
             try:
