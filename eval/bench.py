@@ -217,12 +217,14 @@ def addition_problems(rng: np.random.Generator, count: int, digits: int) -> tupl
 
 
 def bench_device_additions(policy, device, batch: int, digits: int, state_dtype: torch.dtype,
-                           precision: str, steps_per_graph: int, emit, tiles: dict | None = None) -> None:
+                           precision: str, steps_per_graph: int, emit, tiles: dict | None = None,
+                           step_kind: str = "kernel") -> None:
     """1,000-digit additions solved per second with the tools on the GPU: `PointerBatch` (pointer
-    memory and episode rules as tensors) and the one-kernel Mamba step (`tiles`: StepKernel's options),
-    `steps_per_graph` steps of both captured in one CUDA graph. Compiling and capturing
-    (3 steps of the first problems) is not timed; the wave is, from loading its problems to the
-    verdicts."""
+    memory and episode rules as tensors) and the Mamba step, `steps_per_graph` steps of both
+    captured in one CUDA graph. `step_kind`: "kernel", the one-kernel step (`tiles`: StepKernel's
+    options), or "fused", the runtime's FusedStep (6 kernels a layer, mamba-ssm's state update;
+    fp32 state) and an argmax. Compiling and capturing (one graph's steps on the first problems)
+    is not timed; the wave is, from loading its problems to the verdicts."""
     task = get_task("addition")
     rng = np.random.default_rng(0)
     prompts, refs = addition_problems(rng, batch, digits)
@@ -232,10 +234,22 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
     pb = PointerBatch(prompts, refs, n_pointers=3, max_tokens=max_tokens, device=device)
     state = policy.init_state(batch, device)
     state.conv, state.ssm = state.conv.to(state_dtype), state.ssm.to(state_dtype)
-    from mamba_agent.policies.mamba_step_kernel import StepKernel  # Triton
+    if step_kind == "kernel":
+        from mamba_agent.policies.mamba_step_kernel import StepKernel  # Triton
 
-    kernel = StepKernel(policy, precision=precision, **(tiles or {}))
-    greedy = torch.zeros(batch, dtype=torch.int32, device=device)
+        tiles = tiles or {"weight_dtype": "bfloat16"}  # without a sweep: the defaults, bf16 matmuls (the fastest)
+        kernel, greedy = StepKernel(policy, precision=precision, **tiles), torch.zeros(batch, dtype=torch.int32, device=device)
+
+        def model(tokens):
+            return kernel.greedy(tokens, state, greedy).long()
+    else:
+        from mamba_agent.policies.mamba import _kernels
+        from mamba_agent.policies.mamba_cuda import FusedStep  # Triton, mamba-ssm
+
+        fused = FusedStep(policy, _kernels().selective_state_update)
+
+        def model(tokens):
+            return fused(tokens, state).argmax(-1)
     # Eager: ~45 small kernels, each touching B elements. torch.compile fused them, but
     # functionalised the tape's in-place writes into a copy of the whole tape a step (2.5 ms at
     # batch 4,096 on the H200, 2026-11-29).
@@ -243,7 +257,7 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
 
     def steps() -> None:
         for _ in range(steps_per_graph):
-            advance(kernel.greedy(pb.tokens, state, greedy).long())
+            advance(model(pb.tokens))
 
     t0 = time.perf_counter()
     run = steps  # on the CPU (a dry run in Triton's interpreter): no graph
@@ -279,8 +293,8 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
         "kind": "device_additions", "digits": digits, "batch": batch, "episodes": batch, "correct": solved,
         "finished": int(pb.finished.sum()), "seconds": seconds, "additions_per_s": solved / seconds,
         "tokens_per_s": tokens / seconds, "steps": steps, "ms_per_step": 1e3 * seconds / steps,
-        "state_dtype": str(state_dtype).removeprefix("torch."), "precision": precision,
-        "steps_per_graph": steps_per_graph, "setup_s": setup, "tiles": tiles or {},
+        "state_dtype": str(state_dtype).removeprefix("torch."), "precision": precision, "step": step_kind,
+        "steps_per_graph": steps_per_graph, "setup_s": setup, "tiles": (tiles or {}) if step_kind == "kernel" else "FusedStep",
         "state_bytes_per_row": (state.conv[:, 0].nbytes + state.ssm[:, 0].nbytes),
     })
     del pb, state, run
@@ -345,9 +359,10 @@ def main() -> None:
     ap.add_argument("--models", default=",".join(MODELS), help="comma-separated names from: " + "; ".join(MODELS))
     ap.add_argument("--additions", type=int, default=None, help="how many 1,000-digit additions to time (0: skip)")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device-additions", default="", help="CUDA: batch sizes (comma-separated) for 1,000-digit "
-                    "additions with the tools on the GPU and the one-kernel step")
-    ap.add_argument("--state-dtypes", default="float32,bfloat16", help="Mamba state dtypes for --device-additions")
+    ap.add_argument("--device-additions", default="", help="CUDA: 1,000-digit additions with the tools on the GPU, "
+                    "one wave per BATCH[:STEP[:STATE_DTYPE]] (comma-separated); STEP kernel (the one-kernel step, "
+                    "default) or fused (FusedStep, fp32 state); STATE_DTYPE bfloat16 (kernel's default) or float32")
+    ap.add_argument("--state-dtypes", default="float32,bfloat16", help="Mamba state dtypes for --tile-sweep")
     ap.add_argument("--precision", default="tf32", help="the one-kernel step's matmuls: tf32 or ieee (fp32)")
     ap.add_argument("--steps-per-graph", type=int, default=128)
     ap.add_argument("--tile-sweep", type=int, default=0, help="CUDA: time the one-kernel step's tile shapes at this batch")
@@ -389,14 +404,20 @@ def main() -> None:
             best_tiles[dtype] = bench_step_tiles(shipped, device, args.tile_sweep, getattr(torch, dtype), args.precision, emit)
             for batch in (1, 64, 1024):  # the fastest tiles at the runtime's batch sizes
                 bench_step_tiles(shipped, device, batch, getattr(torch, dtype), args.precision, emit, [best_tiles[dtype]])
-    for batch in filter(None, args.device_additions.split(",")):
-        for dtype in args.state_dtypes.split(","):
-            try:
-                bench_device_additions(shipped, device, int(batch), 1000, getattr(torch, dtype), args.precision,
-                                       args.steps_per_graph, emit, best_tiles.get(dtype))
-            except Exception as e:  # record it and go on to the next configuration
-                traceback.print_exc()
-                emit({"kind": "device_additions_error", "batch": int(batch), "state_dtype": dtype, "error": repr(e)[:300]})
+    for spec in filter(None, args.device_additions.split(",")):
+        batch, step_kind, *dtype = spec.split(":") + ([] if ":" in spec else ["kernel"])
+        dtype = dtype[0] if dtype else "float32" if step_kind == "fused" else "bfloat16"
+        if step_kind == "fused" and dtype != "float32":
+            raise SystemExit(f"--device-additions {spec}: FusedStep's state is the policy's, float32")
+        try:
+            bench_device_additions(shipped, device, int(batch), 1000, getattr(torch, dtype), args.precision,
+                                   args.steps_per_graph, emit, best_tiles.get(dtype), step_kind)
+        except Exception as e:  # record it and go on to the next configuration
+            traceback.print_exc()
+            emit({"kind": "device_additions_error", "batch": int(batch), "state_dtype": dtype, "step": step_kind,
+                  "error": repr(e)[:300]})
+        gc.collect()
+        torch.cuda.empty_cache()
     (out / "bench.md").write_text(report(meta, records))
 
 
@@ -456,11 +477,11 @@ def report(meta: dict, records: list[dict]) -> str:
     if adds:
         lines += ["", "## 1,000-digit additions, tools on the GPU (PointerBatch) and the one-kernel step (shipped Mamba)",
                   f"Limit: the state read and written each step over {hw['bandwidth'] / 1e9:,.0f} GB/s.", "",
-                  "| batch | state | matmuls | steps/graph | correct | seconds | additions/s | tokens/s | ms/step | "
-                  "limit ms/step | % of limit |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| batch | step | state | matmuls | steps/graph | correct | seconds | additions/s | tokens/s | ms/step | "
+                  "limit ms/step | % of limit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in adds:
             limit = 2 * r["state_bytes_per_row"] * r["batch"] / hw["bandwidth"]
-            lines.append(f"| {r['batch']:,} | {r['state_dtype']} | {r['precision']} | {r['steps_per_graph']} | "
+            lines.append(f"| {r['batch']:,} | {r.get('step', 'kernel')} | {r['state_dtype']} | {r['precision']} | {r['steps_per_graph']} | "
                          f"{r['correct']:,} of {r['episodes']:,} | {r['seconds']:.1f} | {r['additions_per_s']:,.0f} | "
                          f"{fmt(r['tokens_per_s'])} | {fmt(r['ms_per_step'])} | {fmt(1e3 * limit)} | "
                          f"{100 * 1e3 * limit / r['ms_per_step']:.1f}% |")

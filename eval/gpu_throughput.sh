@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Issue 5's throughput work in one call of the device tool (H200): the one-kernel step's tests
-# (compiled, against policy.step), its tile shapes, and 1,000-digit additions with the tools on
-# the GPU (PointerBatch) at each batch in $BATCHES and each state dtype.
+# Issue 5's throughput work in one call of the device tool (H200): the tests of the one-kernel
+# step and of PointerBatch (compiled), the step's tile shapes at $TILE_BATCH rows (0: skip), and
+# 1,000-digit additions with the tools on the GPU, one wave per entry of $ADDITIONS
+# (BATCH[:STEP[:STATE_DTYPE]], see `python -m mamba_agent.eval.bench --help`).
 #   device run: command="bash eval/gpu_throughput.sh", carry=[".whl/mamba_ssm-2.3.2.post1-cp312-cp312-linux_x86_64.whl", ".whl/py"]
 # Under $OUT: machine.txt, gpu_tests.log, throughput-h200/ (bench.jsonl, bench.md).
 set -euo pipefail
@@ -11,6 +12,6 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .
 cd /tmp  # import the installed package, not the checkout
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
-python3 -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_step_kernel.py" 2>&1 | tail -15 | tee "$OUT/gpu_tests.log"
+python3 -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_step_kernel.py" "$OLDPWD/tests/test_pointer_batch.py" 2>&1 | tail -15 | tee "$OUT/gpu_tests.log"
 python3 -m mamba_agent.eval.bench --device cuda --out "$OUT/throughput-h200" --models "" --additions 0 \
-  --tile-sweep "${TILE_BATCH:-16384}" --device-additions "${BATCHES:-4096,16384}" ${BENCH_ARGS:-} 2>&1 | tail -60
+  --tile-sweep "${TILE_BATCH:-16384}" --device-additions "${ADDITIONS:-16384:fused,16384:kernel,32768:fused,32768:kernel}" ${BENCH_ARGS:-} 2>&1 | tail -60

@@ -30,11 +30,15 @@ class PointerBatch:
     tokens are ignored) until every row is done."""
 
     def __init__(self, prompts: list[list[int]], references: list[list[int]], n_pointers: int,
-                 max_tokens: int, max_format_errors: int = 20, device: torch.device | str = "cpu"):
-        """`prompts`: [BOS] + the initial tape, per row; `references`: the expected output tokens."""
+                 max_tokens: int, max_format_errors: int = 20, device: torch.device | str = "cpu",
+                 kernel: bool | None = None):
+        """`prompts`: [BOS] + the initial tape, per row; `references`: the expected output tokens.
+        `kernel`: advance with the one-launch Triton kernel (pointer_batch_kernel.py) instead of
+        PyTorch operations; default: on CUDA."""
         if not 1 <= n_pointers <= N_POINTERS:
             raise ValueError(f"n_pointers must be 1..{N_POINTERS}, got {n_pointers}")
         B, dev, i64 = len(prompts), torch.device(device), torch.int64
+        self.kernel = dev.type == "cuda" if kernel is None else kernel
         self.B, self.max_tokens, self.max_format_errors = B, max_tokens, max_format_errors
         # token id -> pointer index (n_pointers: not a pointer command of this task), and move.
         self.pointer_of = torch.full((VOCAB_SIZE,), n_pointers, dtype=i64, device=dev)
@@ -97,6 +101,11 @@ class PointerBatch:
     def advance(self, sampled: Tensor) -> Tensor:
         """sampled (B,): the model's token after reading `self.tokens`. Sets and returns the next
         tokens to read."""
+        if self.kernel:
+            from mamba_agent.pointer_batch_kernel import advance  # Triton
+
+            advance(self, sampled.long().contiguous())
+            return self.tokens
         rows, live, sink = self.rows, ~self.done, self.sink
         # The next token is forced by the prompt, then by a pending observation, else the model's.
         in_prompt = self.fed < self.prompt_len

@@ -1,5 +1,7 @@
-"""PointerBatch (tools and episode rules as tensors) against Episode + PointerMemory, token by token."""
+"""PointerBatch (tools and episode rules as tensors) against Episode + PointerMemory, token by token:
+its PyTorch operations, and its Triton kernel (in Triton's interpreter without a GPU)."""
 
+import os
 import random
 from collections import deque
 
@@ -14,6 +16,14 @@ from mamba_agent.tools.pointer import PointerMemory
 from mamba_agent.vocab import ANS, BOS, EOS, SPECIAL, encode, pointer_command
 
 task = get_task("addition")
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"  # read when the kernel is defined, at its first use
+try:
+    import triton  # noqa: F401
+
+    KERNEL = [False, True]
+except ImportError:
+    KERNEL = [False, pytest.param(True, marks=pytest.mark.skip(reason="triton is not installed"))]
 
 
 def random_tokens(rng: random.Random, n: int) -> list[int]:
@@ -27,21 +37,23 @@ def random_tokens(rng: random.Random, n: int) -> list[int]:
     return [rng.choice(rng.choices(pools, w)[0]) for _ in range(n)]
 
 
+@pytest.mark.parametrize("kernel", KERNEL)
 @pytest.mark.parametrize("seed", range(6))
-def test_same_tokens_and_verdicts_as_episode(seed):
+def test_same_tokens_and_verdicts_as_episode(seed, kernel):
     rng = random.Random(seed)
     B, steps, max_tokens = 16, 400, 300
     problems = [task.random_problem(rng, rng.randint(1, 6)) for _ in range(B)]
     prompts = [p.prompt for p in problems]
     refs = [encode(p.reference) for p in problems]
     limits = Limits(max_format_errors=rng.choice([3, 20]))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     batch = PointerBatch(prompts, refs, n_pointers=3, max_tokens=max_tokens,
-                         max_format_errors=limits.max_format_errors)
+                         max_format_errors=limits.max_format_errors, device=device, kernel=kernel)
     episodes = [Episode(p, [PointerMemory(p[1:], 3)], max_tokens, limits=limits, keep=True) for p in prompts]
     queues = [deque(p[1:]) for p in prompts]  # tokens to force next: the prompt, then observations
     streams = [random_tokens(rng, steps) for _ in range(B)]
     for step in range(steps):
-        sampled = torch.tensor([s[step] for s in streams])
+        sampled = torch.tensor([s[step] for s in streams], device=device)
         fed = batch.advance(sampled).tolist()
         for r, ep in enumerate(episodes):
             if ep.done:
