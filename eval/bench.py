@@ -475,13 +475,18 @@ def report(meta: dict, records: list[dict]) -> str:
                          f"{r['num_warps']} | {r['num_stages']} | {fmt(r['ms_per_step'])} | {100 * r['fraction_of_limit']:.1f}% |")
     adds = [r for r in records if r["kind"] == "device_additions"]
     if adds:
-        lines += ["", "## 1,000-digit additions, tools on the GPU (PointerBatch) and the one-kernel step (shipped Mamba)",
+        lines += ["", "## 1,000-digit additions, tools on the GPU (PointerBatch), shipped Mamba; step: the one-kernel "
+                  "step (kernel) or the runtime's FusedStep (fused)",
                   f"Limit: the state read and written each step over {hw['bandwidth'] / 1e9:,.0f} GB/s.", "",
                   "| batch | step | state | matmuls | steps/graph | correct | seconds | additions/s | tokens/s | ms/step | "
                   "limit ms/step | % of limit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in adds:
             limit = 2 * r["state_bytes_per_row"] * r["batch"] / hw["bandwidth"]
-            lines.append(f"| {r['batch']:,} | {r.get('step', 'kernel')} | {r['state_dtype']} | {r['precision']} | {r['steps_per_graph']} | "
+            step = r.get("step", "kernel")
+            tiles = r.get("tiles") or {}
+            matmuls = ("fp32 (cuBLAS)" if step == "fused" else
+                       "bf16" if isinstance(tiles, dict) and tiles.get("weight_dtype") == "bfloat16" else r["precision"])
+            lines.append(f"| {r['batch']:,} | {step} | {r['state_dtype']} | {matmuls} | {r['steps_per_graph']} | "
                          f"{r['correct']:,} of {r['episodes']:,} | {r['seconds']:.1f} | {r['additions_per_s']:,.0f} | "
                          f"{fmt(r['tokens_per_s'])} | {fmt(r['ms_per_step'])} | {fmt(1e3 * limit)} | "
                          f"{100 * 1e3 * limit / r['ms_per_step']:.1f}% |")

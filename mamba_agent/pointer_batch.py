@@ -6,7 +6,9 @@ a step: at batch 1,024 that is 1 ms a step, more than the GPU's step, and it cap
 multiplication, Hanoi) everything a step needs fits in a few tensors: the tapes, the pointer
 positions, the observation each row must read next. `PointerBatch.advance` is one step of
 `Episode.act` + `PointerMemory` for every row at once, in fixed-shape tensor operations with no
-host synchronisation, so that a CUDA graph can capture many steps of model and tools together.
+host synchronisation, so that a CUDA graph can capture many steps of model and tools together;
+on CUDA the same step runs as one Triton kernel (pointer_batch_kernel.py; ~45 launches become
+one, ~0.18 -> ~0.03 ms a step at 16,384 rows on the H200).
 
 The rules are Episode's (tests/test_pointer_batch.py drives both with the same random tokens and
 compares every token): a byte or the first [ANS] is written to the tape (output after [ANS]), a

@@ -15,7 +15,8 @@ The state may be fp32 (the policy's) or bf16 (half the bytes; arithmetic stays f
 `policy.step` (and compiled on a GPU); eval/bench.py times it.
 
 What it measured (H200, 2026-11-29): 1.25 ms a step at 16,384 rows with a bf16 state, 22% of
-the bandwidth limit, and 0.29 ms at batch 1, where `mamba_cuda.FusedStep` takes 0.080 ms. Both
+the bandwidth limit (FusedStep, fp32 state: ~1.9 ms), and 0.29 ms at batch 1, where
+`mamba_cuda.FusedStep` takes 0.080 ms. Both
 say the same thing: a program walks its rows through 4 layers x 2 passes x 16 channel blocks in
 sequence, so a step costs at least that chain's latency, and a large batch is fast only as far
 as the GPU holds its programs at once (bf16 instead of fp32 state saved only 10%). So the
