@@ -250,21 +250,20 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
 
         def model(tokens):
             return fused(tokens, state).argmax(-1)
-    # Eager: ~45 small kernels, each touching B elements. torch.compile fused them, but
-    # functionalised the tape's in-place writes into a copy of the whole tape a step (2.5 ms at
-    # batch 4,096 on the H200, 2026-11-29).
-    advance = pb.advance
+    # pb.advance is one Triton kernel on CUDA. (torch.compile of its PyTorch version, tried first,
+    # functionalised the tape's in-place writes into a copy of the whole tape a step: 2.5 ms at
+    # batch 4,096 on the H200, 2026-11-29.)
 
     def steps() -> None:
         for _ in range(steps_per_graph):
-            advance(model(pb.tokens))
+            pb.advance(model(pb.tokens))
 
     t0 = time.perf_counter()
     run = steps  # on the CPU (a dry run in Triton's interpreter): no graph
     if device.type == "cuda":
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up: Triton and inductor compile
+        with torch.cuda.stream(side):  # warm-up: Triton compiles
             steps()
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
@@ -297,7 +296,6 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
         "steps_per_graph": steps_per_graph, "setup_s": setup, "tiles": (tiles or {}) if step_kind == "kernel" else "FusedStep",
         "state_bytes_per_row": (state.conv[:, 0].nbytes + state.ssm[:, 0].nbytes),
     })
-    del pb, state, run
 
 
 # Rows a program, channels a block, warps, pipeline stages, weight dtype. On the H200 (2026-11-29)
@@ -397,7 +395,7 @@ def main() -> None:
     additions = args.additions if args.additions is not None else (1024 if device.type == "cuda" else 0)
     if additions:
         bench_additions(device, min(additions, max(batches)), additions, 1000, emit)
-    shipped = MODELS["mamba-shipped"]().to(device).eval()
+    shipped = MODELS["mamba-shipped"]().to(device).eval() if args.tile_sweep or args.device_additions else None
     best_tiles = {}  # state dtype -> the fastest tiles of the sweep
     for dtype in args.state_dtypes.split(",") if args.tile_sweep else []:
         with torch.inference_mode():

@@ -137,7 +137,8 @@ class StepKernel:
         self.num_warps, self.num_stages, self.precision = num_warps, num_stages, precision
         D, DI, N, R = c.d_model, c.d_inner, c.d_state, c.dt_rank
         if DI % block_c or N < 16 or N & (N - 1):
-            raise ValueError("the kernel needs d_inner a multiple of block_c and d_state a power of 2, >= 16")
+            raise ValueError(f"the kernel needs d_inner ({DI}) a multiple of block_c ({block_c}) and d_state "
+                             f"({N}) a power of 2, at least 16")
         self.R = max(16, triton.next_power_of_2(R))  # Δ's rank, zero-padded to a tl.dot size
         self.DP = triton.next_power_of_2(D)
         self.block_v = 64
@@ -158,7 +159,7 @@ class StepKernel:
         self.w_dt = stack(lambda m, _: pad_rows(m.dt_proj.weight.t(), self.R), weight_dtype)  # (L, R, DI)
         self.dt_b = stack(lambda m, _: m.dt_proj.bias)
         self.A = stack(lambda m, _: -torch.exp(m.A_log.float()))  # (L, DI, N)
-        self.D = stack(lambda m, _: m.D)
+        self.skip = stack(lambda m, _: m.D)  # D, the skip term (L, DI)
         self.w_out = stack(lambda m, _: m.out_proj.weight.t(), weight_dtype)  # (L, DI, D)
         emb = bb.embedding.weight.detach().float()
         self.embedding = emb.contiguous()
@@ -168,11 +169,14 @@ class StepKernel:
 
     def _launch(self, token: Tensor, state, logits: Tensor | None, greedy: Tensor) -> None:
         c, B = self.config, token.shape[0]
+        if state.ssm.numel() >= 2**31 or state.conv.numel() >= 2**31:  # offsets are int32 in the kernel
+            raise ValueError(f"a state of {state.ssm.numel():,} values is too large for this kernel's int32 offsets: "
+                             "use fewer rows")
         if self.u is None or self.u.shape[0] != B:
             self.u = torch.empty(B, c.d_inner, device=token.device, dtype=torch.float32)
         _mamba_step[(triton.cdiv(B, self.block_m),)](
             token, self.embedding, self.w_in, self.conv_w, self.conv_b, self.w_xdt, self.w_xb, self.w_xc,
-            self.w_dt, self.dt_b, self.A, self.D, self.w_out, self.head, state.conv, state.ssm, self.u,
+            self.w_dt, self.dt_b, self.A, self.skip, self.w_out, self.head, state.conv, state.ssm, self.u,
             greedy if logits is None else logits, greedy, B, c.vocab_size, self.eps,
             L=c.n_layer, D=c.d_model, DP=self.DP, DI=c.d_inner, N=c.d_state, R=self.R, W=c.d_conv, VP=self.VP,
             BLOCK_M=self.block_m, BLOCK_C=self.block_c, BLOCK_V=self.block_v, STORE_LOGITS=logits is not None,
