@@ -222,8 +222,8 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
     """1,000-digit additions solved per second with the tools on the GPU: `PointerBatch` (pointer
     memory and episode rules as tensors) and the Mamba step, `steps_per_graph` steps of both
     captured in one CUDA graph. `step_kind`: "kernel", the one-kernel step (`tiles`: StepKernel's
-    options), or "fused", the runtime's FusedStep (6 kernels a layer, mamba-ssm's state update;
-    fp32 state) and an argmax. Compiling and capturing (one graph's steps on the first problems)
+    options), "split", SplitStepKernel (kernels over row and channel blocks), or "fused", the
+    runtime's FusedStep (6 kernels a layer, mamba-ssm's state update; fp32 state) and an argmax. Compiling and capturing (one graph's steps on the first problems)
     is not timed; the wave is, from loading its problems to the verdicts."""
     task = get_task("addition")
     rng = np.random.default_rng(0)
@@ -234,11 +234,13 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
     pb = PointerBatch(prompts, refs, n_pointers=3, max_tokens=max_tokens, device=device)
     state = policy.init_state(batch, device)
     state.conv, state.ssm = state.conv.to(state_dtype), state.ssm.to(state_dtype)
-    if step_kind == "kernel":
-        from mamba_agent.policies.mamba_step_kernel import StepKernel  # Triton
+    if step_kind in ("kernel", "split"):
+        from mamba_agent.policies.mamba_split_kernel import SplitStepKernel  # Triton
+        from mamba_agent.policies.mamba_step_kernel import StepKernel
 
-        tiles = tiles or {"weight_dtype": "bfloat16"}  # without a sweep: the defaults, bf16 matmuls (the fastest)
-        kernel, greedy = StepKernel(policy, precision=precision, **tiles), torch.zeros(batch, dtype=torch.int32, device=device)
+        make = StepKernel if step_kind == "kernel" else SplitStepKernel
+        tiles = (tiles if step_kind == "kernel" else None) or {"weight_dtype": "bfloat16"}  # bf16 matmuls: the fastest
+        kernel, greedy = make(policy, precision=precision, **tiles), torch.zeros(batch, dtype=torch.int32, device=device)
 
         def model(tokens):
             return kernel.greedy(tokens, state, greedy).long()
@@ -293,7 +295,7 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
         "finished": int(pb.finished.sum()), "seconds": seconds, "additions_per_s": solved / seconds,
         "tokens_per_s": tokens / seconds, "steps": steps, "ms_per_step": 1e3 * seconds / steps,
         "state_dtype": str(state_dtype).removeprefix("torch."), "precision": precision, "step": step_kind,
-        "steps_per_graph": steps_per_graph, "setup_s": setup, "tiles": (tiles or {}) if step_kind == "kernel" else "FusedStep",
+        "steps_per_graph": steps_per_graph, "setup_s": setup, "tiles": tiles if step_kind != "fused" else "FusedStep",
         "state_bytes_per_row": (state.conv[:, 0].nbytes + state.ssm[:, 0].nbytes),
     })
 
@@ -359,7 +361,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device-additions", default="", help="CUDA: 1,000-digit additions with the tools on the GPU, "
                     "one wave per BATCH[:STEP[:STATE_DTYPE]] (comma-separated); STEP kernel (the one-kernel step, "
-                    "default) or fused (FusedStep, fp32 state); STATE_DTYPE bfloat16 (kernel's default) or float32")
+                    "default), split (SplitStepKernel) or fused (FusedStep, fp32 state); STATE_DTYPE bfloat16 (kernel's default) or float32")
     ap.add_argument("--state-dtypes", default="float32,bfloat16", help="Mamba state dtypes for --tile-sweep")
     ap.add_argument("--precision", default="tf32", help="the one-kernel step's matmuls: tf32 or ieee (fp32)")
     ap.add_argument("--steps-per-graph", type=int, default=128)
