@@ -11,9 +11,20 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 from mamba_agent.checkpoint import load_checkpoint  # noqa: E402
+from mamba_agent.policies import MambaConfig, build_policy  # noqa: E402
 from mamba_agent.policies.mamba_split_kernel import SplitStepKernel  # noqa: E402
 from mamba_agent.vocab import VOCAB_SIZE  # noqa: E402
-from tests.test_step_kernel import DEVICE, random_policy  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def random_policy(seed: int, **sizes):
+    torch.manual_seed(seed)
+    policy = build_policy(MambaConfig(vocab_size=VOCAB_SIZE, **sizes))
+    with torch.no_grad():  # a trained model's Δ, D and conv are far from their initial values
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return policy.to(DEVICE)
 
 
 @pytest.mark.parametrize("policy_of", [
