@@ -239,7 +239,7 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
         from mamba_agent.policies.mamba_step_kernel import StepKernel
 
         make = StepKernel if step_kind == "kernel" else SplitStepKernel
-        tiles = (tiles if step_kind == "kernel" else None) or {"weight_dtype": "bfloat16"}  # bf16 matmuls: the fastest
+        tiles = tiles or {"weight_dtype": "bfloat16"}  # without a sweep: the defaults, bf16 matmuls (the fastest)
         kernel, greedy = make(policy, precision=precision, **tiles), torch.zeros(batch, dtype=torch.int32, device=device)
 
         def model(tokens):
@@ -307,12 +307,22 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
 TILE_GRID = ((16,), (16, 32), (2, 4), (1, 2, 3), ("bfloat16",))
 
 
+SPLIT_TILE_GRID = ((16, 32), (16, 32, 64), (2, 4, 8), ("bfloat16",))  # rows, channels, warps, weights
+
+
 def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, precision: str, emit,
-                     grid=None) -> dict | None:
+                     grid=None, split: bool = False) -> dict | None:
     """The one-kernel step alone (greedy ids out, no tools) at each tile shape: rows per program,
     channels per block, warps, pipeline stages, weight dtype (`grid`: a list of StepKernel options;
-    default TILE_GRID). 20 steps in a CUDA graph, median of 5 replays. Returns the fastest."""
-    from mamba_agent.policies.mamba_step_kernel import StepKernel  # Triton
+    default TILE_GRID); `split`: SplitStepKernel instead, over SPLIT_TILE_GRID. 20 steps in a CUDA
+    graph, median of 5 replays. Returns the fastest."""
+    from mamba_agent.policies.mamba_split_kernel import SplitStepKernel  # Triton
+    from mamba_agent.policies.mamba_step_kernel import StepKernel
+
+    make = SplitStepKernel if split else StepKernel
+    if split:
+        keys = ("block_m", "block_c", "num_warps", "weight_dtype")
+        grid = grid or [dict(zip(keys, t)) for t in itertools.product(*SPLIT_TILE_GRID)]
 
     state = policy.init_state(batch, device)
     state.conv, state.ssm = state.conv.to(state_dtype), state.ssm.to(state_dtype)
@@ -323,7 +333,7 @@ def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, preci
     keys = ("block_m", "block_c", "num_warps", "num_stages", "weight_dtype")
     for tiles in grid or [dict(zip(keys, t)) for t in itertools.product(*TILE_GRID)]:
         try:
-            kernel = StepKernel(policy, precision=precision, **tiles)
+            kernel = make(policy, precision=precision, **tiles)
             kernel.greedy(tokens, state, greedy)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
@@ -338,9 +348,9 @@ def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, preci
                 times.append((time.perf_counter() - t) / 20)
             sec = sorted(times)[2]
         except Exception as e:  # a tile too large for the registers or shared memory
-            emit({"kind": "step_tiles", "batch": batch, **tiles, "error": repr(e)[:200]})
+            emit({"kind": "step_tiles", "batch": batch, **tiles, "split": split, "error": repr(e)[:200]})
             continue
-        emit({"kind": "step_tiles", "batch": batch, **tiles,
+        emit({"kind": "step_tiles", "batch": batch, **tiles, "split": split,
               "state_dtype": str(state_dtype).removeprefix("torch."), "precision": precision,
               "ms_per_step": 1e3 * sec, "state_bytes_per_row": state_bytes,
               "fraction_of_limit": 2 * state_bytes * batch / H200["bandwidth"] / sec})
@@ -366,6 +376,8 @@ def main() -> None:
     ap.add_argument("--precision", default="tf32", help="the one-kernel step's matmuls: tf32 or ieee (fp32)")
     ap.add_argument("--steps-per-graph", type=int, default=128)
     ap.add_argument("--tile-sweep", type=int, default=0, help="CUDA: time the one-kernel step's tile shapes at this batch")
+    ap.add_argument("--split-sweep", type=int, default=0, help="CUDA: time SplitStepKernel's tile shapes at this "
+                    "batch (bf16 state); the fastest is used for `split` additions")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -397,21 +409,28 @@ def main() -> None:
     additions = args.additions if args.additions is not None else (1024 if device.type == "cuda" else 0)
     if additions:
         bench_additions(device, min(additions, max(batches)), additions, 1000, emit)
-    shipped = MODELS["mamba-shipped"]().to(device).eval() if args.tile_sweep or args.device_additions else None
+    shipped = (MODELS["mamba-shipped"]().to(device).eval()
+               if args.tile_sweep or args.split_sweep or args.device_additions else None)
     best_tiles = {}  # state dtype -> the fastest tiles of the sweep
     for dtype in args.state_dtypes.split(",") if args.tile_sweep else []:
         with torch.inference_mode():
             best_tiles[dtype] = bench_step_tiles(shipped, device, args.tile_sweep, getattr(torch, dtype), args.precision, emit)
             for batch in (1, 64, 1024):  # the fastest tiles at the runtime's batch sizes
                 bench_step_tiles(shipped, device, batch, getattr(torch, dtype), args.precision, emit, [best_tiles[dtype]])
+    split_tiles = None
+    if args.split_sweep:
+        with torch.inference_mode():
+            split_tiles = bench_step_tiles(shipped, device, args.split_sweep, torch.bfloat16, args.precision, emit,
+                                           split=True)
     for spec in filter(None, args.device_additions.split(",")):
         batch, step_kind, *dtype = spec.split(":") + ([] if ":" in spec else ["kernel"])
         dtype = dtype[0] if dtype else "float32" if step_kind == "fused" else "bfloat16"
         if step_kind == "fused" and dtype != "float32":
             raise SystemExit(f"--device-additions {spec}: FusedStep's state is the policy's, float32")
         try:
+            tiles = split_tiles if step_kind == "split" else best_tiles.get(dtype)
             bench_device_additions(shipped, device, int(batch), 1000, getattr(torch, dtype), args.precision,
-                                   args.steps_per_graph, emit, best_tiles.get(dtype), step_kind)
+                                   args.steps_per_graph, emit, tiles, step_kind)
         except Exception as e:  # record it and go on to the next configuration
             traceback.print_exc()
             emit({"kind": "device_additions_error", "batch": int(batch), "state_dtype": dtype, "step": step_kind,
@@ -470,9 +489,10 @@ def report(meta: dict, records: list[dict]) -> str:
         lines += ["", "## The one-kernel step alone, by tile shape (shipped Mamba, greedy ids out, no tools)",
                   "| batch | state | weights | rows/program | channels/block | warps | stages | ms/step | % of limit |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted(tiles, key=lambda r: (r["state_dtype"], r["ms_per_step"]))[:12]:
+        for r in sorted(tiles, key=lambda r: (r.get("split", False), r["state_dtype"], r["ms_per_step"]))[:24]:
+            stages = "split" if r.get("split") else r["num_stages"]
             lines.append(f"| {r['batch']:,} | {r['state_dtype']} | {r['weight_dtype']} | {r['block_m']} | {r['block_c']} | "
-                         f"{r['num_warps']} | {r['num_stages']} | {fmt(r['ms_per_step'])} | {100 * r['fraction_of_limit']:.1f}% |")
+                         f"{r['num_warps']} | {stages} | {fmt(r['ms_per_step'])} | {100 * r['fraction_of_limit']:.1f}% |")
     adds = [r for r in records if r["kind"] == "device_additions"]
     if adds:
         lines += ["", "## 1,000-digit additions, tools on the GPU (PointerBatch), shipped Mamba; step: the one-kernel "

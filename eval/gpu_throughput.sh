@@ -16,4 +16,4 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/mac
 (python3 -m pytest -q -p no:cacheprovider --import-mode=importlib "$OLDPWD/tests/test_step_kernel.py" \
   "$OLDPWD/tests/test_pointer_batch.py" "$OLDPWD/tests/test_split_kernel.py" || true) 2>&1 | tail -15 | tee "$OUT/gpu_tests.log"
 python3 -m mamba_agent.eval.bench --device cuda --out "$OUT/throughput-h200" --models "" --additions 0 \
-  --tile-sweep "${TILE_BATCH:-16384}" --device-additions "${ADDITIONS:-32768:split,32768:kernel}" ${BENCH_ARGS:-} 2>&1 | tail -60
+  --tile-sweep "${TILE_BATCH:-16384}" --split-sweep "${SPLIT_BATCH:-32768}" --device-additions "${ADDITIONS:-32768:split,32768:kernel}" ${BENCH_ARGS:-} 2>&1 | tail -60
