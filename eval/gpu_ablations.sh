@@ -14,12 +14,8 @@
 set -euo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 VARIANTS=${VARIANTS:-"addition-nocot addition-cot-notool addition-calculator"}
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/mamba_ssm-*.whl .whl/py/*.whl
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .
 BASELINE="$PWD/eval/results/2026-11-28-addition-h200/addition-eval.jsonl.gz"
-cd /tmp  # import the installed package, not the checkout
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
+. eval/gpu_setup.sh  # wheels and package into /tmp/site, cd /tmp, $OUT/machine.txt
 for task in $VARIANTS; do
   { time python3 -m mamba_agent.cli train --task "$task" --policy mamba --steps "${STEPS:-2000}" --batch-size 128 \
       --device cuda --data-workers 12 --out "runs/$task-mamba" 2>&1 | tail -1; } 2>&1 | tee -a "$OUT/train.log"

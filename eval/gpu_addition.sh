@@ -7,11 +7,7 @@
 set -euo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 STEPS=${STEPS:-2000}
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/mamba_ssm-*.whl .whl/py/*.whl
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .
-cd /tmp  # import the installed package, not the checkout
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
+. eval/gpu_setup.sh  # wheels and package into /tmp/site, cd /tmp, $OUT/machine.txt
 python3 -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_policies_gpu.py" 2>&1 | tail -5 | tee "$OUT/gpu_tests.log"
 for policy in mamba transformer; do
   python3 -m mamba_agent.cli train --policy "$policy" --steps "$STEPS" --device cuda --out "runs/addition-$policy" 2>&1 | tail -2

@@ -18,11 +18,7 @@ OUT=${OUT:-/tmp/gpu-out}
 POLICY=${POLICY:?set POLICY=mamba or POLICY=transformer}
 STEPS=${STEPS:-2000} BATCH=${BATCH:-32} WORKERS=${WORKERS:-12} BUDGET_S=${BUDGET_S:-330}
 LOG="$OUT/train-$POLICY.log"
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/mamba_ssm-*.whl .whl/py/*.whl
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .
-cd /tmp  # import the installed package, not the checkout
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
+. eval/gpu_setup.sh  # wheels and package into /tmp/site, cd /tmp, $OUT/machine.txt
 echo "bubblewrap: $(command -v bwrap || echo 'absent (not needed for training)')" | tee "$LOG"
 
 # The data: trajectories per second on one core here, and their length in tokens.

@@ -7,11 +7,7 @@
 # Under $OUT: checkpoints.tgz, train.log, hanoi-eval.jsonl, report.md, machine.txt.
 set -euo pipefail
 OUT=${OUT:-/tmp/gpu-out}
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/mamba_ssm-*.whl .whl/py/*.whl 2>/dev/null
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site . 2>/dev/null
-cd /tmp  # import the installed package, not the checkout
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
+. eval/gpu_setup.sh  # wheels and package into /tmp/site, cd /tmp, $OUT/machine.txt
 for seed in ${SEEDS:-0}; do
   { time python3 -m mamba_agent.cli train --task hanoi --policy mamba --steps "${STEPS:-600}" --batch-size "${BATCH:-16}" \
       --seed "$seed" --device cuda --data-workers 12 --out "runs/hanoi-mamba-s$seed" 2>&1 | tail -1; } 2>&1 | tee -a "$OUT/train.log"

@@ -7,11 +7,7 @@
 # Under $OUT: machine.txt, gpu_tests.log, throughput-h200/ (bench.jsonl, bench.md).
 set -euo pipefail
 OUT=${OUT:-/tmp/gpu-out}
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/mamba_ssm-*.whl .whl/py/*.whl
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .
-cd /tmp  # import the installed package, not the checkout
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
+. eval/gpu_setup.sh  # wheels and package into /tmp/site, cd /tmp, $OUT/machine.txt
 # importlib mode: import the installed package (with its tools/), not the checkout
 (python3 -m pytest -q -p no:cacheprovider --import-mode=importlib "$OLDPWD/tests/test_step_kernel.py" \
   "$OLDPWD/tests/test_pointer_batch.py" "$OLDPWD/tests/test_split_kernel.py" || true) 2>&1 | tail -15 | tee "$OUT/gpu_tests.log"

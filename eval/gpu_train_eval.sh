@@ -6,11 +6,7 @@
 # $OUT/eval.jsonl (one line per problem), training output in $OUT/train.log.
 set -euo pipefail
 OUT=${OUT:-/tmp/gpu-out}
-python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/mamba_ssm-*.whl .whl/py/*.whl
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .
-cd /tmp  # import the installed package, not the checkout
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/machine.txt"
+. eval/gpu_setup.sh  # wheels and package into /tmp/site, cd /tmp, $OUT/machine.txt
 for job in $JOBS; do
   IFS=: read -r task policy sizes <<<"$job"
   python3 -m mamba_agent.cli train --task "$task" --policy "$policy" --steps "${STEPS:-2000}" --device cuda --data-workers 12 \

@@ -40,7 +40,11 @@ class PointerBatch:
         if not 1 <= n_pointers <= N_POINTERS:
             raise ValueError(f"n_pointers must be 1..{N_POINTERS}, got {n_pointers}")
         B, dev, i64 = len(prompts), torch.device(device), torch.int64
-        self.kernel = dev.type == "cuda" if kernel is None else kernel
+        self._kernel_advance = None  # the Triton step, imported once (Triton is not a CPU dependency)
+        if dev.type == "cuda" if kernel is None else kernel:
+            from mamba_agent.pointer_batch_kernel import advance
+
+            self._kernel_advance = advance
         self.B, self.max_tokens, self.max_format_errors = B, max_tokens, max_format_errors
         # token id -> pointer index (n_pointers: not a pointer command of this task), and move.
         self.pointer_of = torch.full((VOCAB_SIZE,), n_pointers, dtype=i64, device=dev)
@@ -103,10 +107,8 @@ class PointerBatch:
     def advance(self, sampled: Tensor) -> Tensor:
         """sampled (B,): the model's token after reading `self.tokens`. Sets and returns the next
         tokens to read."""
-        if self.kernel:
-            from mamba_agent.pointer_batch_kernel import advance  # Triton
-
-            advance(self, sampled.long().contiguous())
+        if self._kernel_advance is not None:
+            self._kernel_advance(self, sampled.long().contiguous())
             return self.tokens
         rows, live, sink = self.rows, ~self.done, self.sink
         # The next token is forced by the prompt, then by a pending observation, else the model's.
