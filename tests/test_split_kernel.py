@@ -1,5 +1,5 @@
-"""The split Mamba step (Triton, kernels over row and channel blocks) against policy.step; in
-Triton's interpreter without a GPU. Not yet timed on a GPU (branch split-step-kernel)."""
+"""The split Mamba step (Triton: two kernels a layer, the matmuls over row blocks and the SSM over
+(row, channel block)) against policy.step; in Triton's interpreter without a GPU."""
 
 import os
 
@@ -27,14 +27,14 @@ def random_policy(seed: int, **sizes):
     return policy.to(DEVICE)
 
 
-@pytest.mark.parametrize("policy_of", [
-    lambda: load_checkpoint("builtin:addition-mamba", device=DEVICE)[0],
-    lambda: random_policy(0, d_model=48, n_layer=2, d_state=16, dt_rank=5),
+@pytest.mark.parametrize("policy_of, tiles", [
+    (lambda: load_checkpoint("builtin:addition-mamba", device=DEVICE)[0], {}),
+    (lambda: random_policy(0, d_model=48, n_layer=2, d_state=16, dt_rank=5), dict(block_c=16, ssm_block_c=32)),
 ])
-def test_same_logits_and_state_as_step(policy_of):
+def test_same_logits_and_state_as_step(policy_of, tiles):
     policy = policy_of()
     B, steps = 19, 5
-    kernel = SplitStepKernel(policy)
+    kernel = SplitStepKernel(policy, **tiles)
     ref, state = policy.init_state(B), policy.init_state(B)
     g = torch.Generator().manual_seed(0)
     greedy = torch.empty(B, dtype=torch.int32, device=DEVICE)

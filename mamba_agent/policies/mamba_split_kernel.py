@@ -1,19 +1,24 @@
-"""Mamba's decode step in kernels over (row block, channel block): a shorter chain than StepKernel.
+"""Mamba's decode step as two Triton kernels a layer, each shaped for what it moves.
 
-StepKernel (mamba_step_kernel.py) gives each program 16 rows and walks them through every layer
-and channel block in sequence; on the H200 that chain's latency, not memory bandwidth, set its
-speed (22% of the bandwidth limit at 32,768 rows). Here every layer is two kernels whose programs
-each take one block of rows and one block of channels, so a program's chain is one block long:
-  1. `_mix_in`: RMSNorm of the residual, x and z = in_proj, the causal conv step, u = silu(conv);
-     u and z to scratch; this block's share of x_proj (Δ's low rank, B, C) added atomically.
-  2. `_ssm_out`: Δ = softplus(dt_proj), the SSM update h = exp(Δ A) h + Δ B u, y = (C h + D u)
-     silu(z), and this block's share of out_proj added atomically into `mixed`.
-then `_residual` adds `mixed` to the residual (and clears the sums for the next layer), and
-`_head` takes the final norm, the logits and the greedy pick. 3 L + 2 launches a step.
+StepKernel (mamba_step_kernel.py) takes 16 rows through the whole step in one program. Compiled
+for the H200 it needs 255 registers a thread and spills (the residual, its norm, the out_proj
+sum and a 16 x 16 x 16 block of the SSM state are live at once), so an SM holds only 8 warps and
+the step is latency-bound (22% of the bandwidth limit at 32,768 rows). Here the work is split
+where its shape changes:
+  1. `_mix_in`, over blocks of rows (the matmuls, on tensor cores): the residual plus the last
+     layer's out_proj of y, RMSNorm, in_proj, the causal conv step, u = silu(conv x), the gate
+     silu(z), and x_proj's Δ (low rank), B and C in one product. u, the gate and Δ|B|C go to
+     scratch (u and the gate in the state's dtype).
+  2. `_ssm`, over (one row, a block of channels): Δ = softplus(dt_proj), h = exp(Δ A) h + Δ B u,
+     y = (C h + D u) gate. This streams the SSM state, 4/5 of the bytes; its programs hold a
+     channels x d_state tile and little else, so the SM is full of them.
+`_head` adds the last out_proj and takes the final norm, the logits and the greedy pick.
+2 L + 1 launches a step, no atomics: the sums stay inside a program, so results do not depend
+on scheduling.
 
-NOT YET TIMED ON A GPU (branch split-step-kernel, 2026-11-29): tests/test_split_kernel.py checks
-it against policy.step in Triton's interpreter. The atomics make the sums' order, and so the last
-bits of the result, vary from run to run.
+A first version (2026-11-29, eval/results/2026-11-29-throughput-h200/6-split-atomics) split
+every layer over (row block, channel block) with atomic partial sums; at 32,768 rows its best
+tiles took 3.72 ms a step against StepKernel's 2.52 (its SSM kernel spilled as well).
 """
 
 import torch
@@ -30,153 +35,144 @@ def _mm(a, b, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _embed(tok_ptr, emb_ptr, res_ptr, dbc_ptr, mixed_ptr, B, D: tl.constexpr, DP: tl.constexpr,
-           S: tl.constexpr, BLOCK_M: tl.constexpr):
-    """res = embedding(tok); the atomic sums cleared."""
+def _residual_in(tok_ptr, emb_ptr, res_ptr, y_ptr, w_out_ptr, rows, row_ok, dcol, d_ok, D: tl.constexpr,
+                 DI: tl.constexpr, FIRST: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
+    """The residual entering a layer: the embedding (first layer) or res + out_proj(y)."""
+    m = row_ok[:, None] & d_ok[None, :]
+    if FIRST:
+        tok = tl.load(tok_ptr + rows, mask=row_ok, other=0)
+        res = tl.load(emb_ptr + tok[:, None] * D + dcol[None, :], mask=m, other=0.0)
+    else:
+        res = tl.load(res_ptr + rows[:, None] * D + dcol[None, :], mask=m, other=0.0)
+        for c0 in range(0, DI, BLOCK_C):
+            ch = c0 + tl.arange(0, BLOCK_C)
+            y = tl.load(y_ptr + rows[:, None] * DI + ch[None, :], mask=row_ok[:, None], other=0.0)
+            res += _mm(y, tl.load(w_out_ptr + ch[:, None] * D + dcol[None, :], mask=d_ok[None, :], other=0.0), PRECISION)
+    return res
+
+
+@triton.jit
+def _mix_in(tok_ptr, emb_ptr, res_ptr, y_ptr, w_out_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr,
+            w_x_ptr, dbc_ptr, B, eps, D: tl.constexpr, DP: tl.constexpr, DI: tl.constexpr, S: tl.constexpr,
+            W: tl.constexpr, FIRST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+            PRECISION: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < B
-    d = tl.arange(0, DP)
-    m = row_ok[:, None] & (d[None, :] < D)
-    tok = tl.load(tok_ptr + rows, mask=row_ok, other=0)
-    tl.store(res_ptr + rows[:, None] * D + d[None, :], tl.load(emb_ptr + tok[:, None] * D + d[None, :], mask=m, other=0.0), mask=m)
-    tl.store(mixed_ptr + rows[:, None] * D + d[None, :], tl.zeros((BLOCK_M, DP), tl.float32), mask=m)
+    dcol = tl.arange(0, DP)
+    d_ok = dcol < D
+    res = _residual_in(tok_ptr, emb_ptr, res_ptr, y_ptr, w_out_ptr, rows, row_ok, dcol, d_ok, D, DI, FIRST, BLOCK_C,
+                       PRECISION)
+    tl.store(res_ptr + rows[:, None] * D + dcol[None, :], res, mask=row_ok[:, None] & d_ok[None, :])
+    xn = res / tl.sqrt(tl.sum(res * res, axis=1) / D + eps)[:, None]  # RMSNorm; its gain is folded into w_in
     s = tl.arange(0, S)
-    tl.store(dbc_ptr + rows[:, None] * S + s[None, :], tl.zeros((BLOCK_M, S), tl.float32), mask=row_ok[:, None])
+    dbc = tl.zeros((BLOCK_M, S), tl.float32)  # x_proj: [Δ low rank | B | C | zero padding]
+    for c0 in range(0, DI, BLOCK_C):
+        ch = c0 + tl.arange(0, BLOCK_C)
+        x = _mm(xn, tl.load(w_in_ptr + dcol[:, None] * 2 * DI + ch[None, :], mask=d_ok[:, None], other=0.0), PRECISION)
+        z = _mm(xn, tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok[:, None], other=0.0),
+                PRECISION)
+        window = conv_ptr + (rows[:, None] * DI + ch[None, :]) * W  # this layer's (B, DI, W)
+        acc = tl.load(conv_b_ptr + ch)[None, :] + x * tl.load(conv_w_ptr + (W - 1) * DI + ch)[None, :]
+        for k in tl.static_range(W - 1):  # shift the window left by one, append x
+            prev = tl.load(window + k + 1, mask=row_ok[:, None], other=0.0)
+            tl.store(window + k, prev, mask=row_ok[:, None])
+            acc += prev.to(tl.float32) * tl.load(conv_w_ptr + k * DI + ch)[None, :]
+        tl.store(window + W - 1, x.to(conv_ptr.dtype.element_ty), mask=row_ok[:, None])
+        u = acc * tl.sigmoid(acc)
+        at = rows[:, None] * DI + ch[None, :]
+        tl.store(u_ptr + at, u.to(u_ptr.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(gate_ptr + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=row_ok[:, None])
+        dbc += _mm(u, tl.load(w_x_ptr + ch[:, None] * S + s[None, :]), PRECISION)
+    tl.store(dbc_ptr + rows[:, None] * S + s[None, :], dbc, mask=row_ok[:, None])
 
 
 @triton.jit
-def _mix_in(res_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, z_ptr, w_xdt_ptr, w_xb_ptr, w_xc_ptr,
-            dbc_ptr, B, eps, D: tl.constexpr, DP: tl.constexpr, DI: tl.constexpr, N: tl.constexpr, R: tl.constexpr,
-            S: tl.constexpr, W: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < B
+def _ssm(dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a_ptr, skip_ptr, ssm_ptr, y_ptr, DI: tl.constexpr,
+         N: tl.constexpr, R: tl.constexpr, S: tl.constexpr, BLOCK_C: tl.constexpr):
+    row = tl.program_id(0)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    d = tl.arange(0, DP)
-    d_ok = d < D
-    res = tl.load(res_ptr + rows[:, None] * D + d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    xn = res / tl.sqrt(tl.sum(res * res, axis=1) / D + eps)[:, None]  # RMSNorm; gain folded into w_in
-    x = _mm(xn, tl.load(w_in_ptr + d[:, None] * 2 * DI + ch[None, :], mask=d_ok[:, None], other=0.0), PRECISION)
-    z = _mm(xn, tl.load(w_in_ptr + d[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok[:, None], other=0.0), PRECISION)
-    window = conv_ptr + (rows[:, None] * DI + ch[None, :]) * W  # this layer's (B, DI, W)
-    acc = tl.load(conv_b_ptr + ch)[None, :] + x * tl.load(conv_w_ptr + (W - 1) * DI + ch)[None, :]
-    for k in tl.static_range(W - 1):  # shift the window left by one, append x
-        s = tl.load(window + k + 1, mask=row_ok[:, None], other=0.0).to(tl.float32)
-        tl.store(window + k, s.to(conv_ptr.dtype.element_ty), mask=row_ok[:, None])
-        acc += s * tl.load(conv_w_ptr + k * DI + ch)[None, :]
-    tl.store(window + W - 1, x.to(conv_ptr.dtype.element_ty), mask=row_ok[:, None])
-    u = acc * tl.sigmoid(acc)
-    tl.store(u_ptr + rows[:, None] * DI + ch[None, :], u, mask=row_ok[:, None])
-    tl.store(z_ptr + rows[:, None] * DI + ch[None, :], z, mask=row_ok[:, None])
-    r = tl.arange(0, R)
     n = tl.arange(0, N)
-    dbc = dbc_ptr + rows[:, None] * S
-    tl.atomic_add(dbc + r[None, :], _mm(u, tl.load(w_xdt_ptr + ch[:, None] * R + r[None, :]), PRECISION), mask=row_ok[:, None])
-    tl.atomic_add(dbc + R + n[None, :], _mm(u, tl.load(w_xb_ptr + ch[:, None] * N + n[None, :]), PRECISION), mask=row_ok[:, None])
-    tl.atomic_add(dbc + R + N + n[None, :], _mm(u, tl.load(w_xc_ptr + ch[:, None] * N + n[None, :]), PRECISION), mask=row_ok[:, None])
-
-
-@triton.jit
-def _ssm_out(u_ptr, z_ptr, dbc_ptr, w_dt_ptr, dt_b_ptr, a_ptr, d_ptr, ssm_ptr, w_out_ptr, mixed_ptr,
-             B, D: tl.constexpr, DP: tl.constexpr, DI: tl.constexpr, N: tl.constexpr, R: tl.constexpr,
-             S: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < B
-    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    r = tl.arange(0, R)
-    n = tl.arange(0, N)
-    dbc = dbc_ptr + rows[:, None] * S
-    dt_low = tl.load(dbc + r[None, :], mask=row_ok[:, None], other=0.0)
-    b = tl.load(dbc + R + n[None, :], mask=row_ok[:, None], other=0.0)
-    c = tl.load(dbc + R + N + n[None, :], mask=row_ok[:, None], other=0.0)
-    u = tl.load(u_ptr + rows[:, None] * DI + ch[None, :], mask=row_ok[:, None], other=0.0)
-    z = tl.load(z_ptr + rows[:, None] * DI + ch[None, :], mask=row_ok[:, None], other=0.0)
-    dt = _mm(dt_low, tl.load(w_dt_ptr + r[:, None] * DI + ch[None, :]), PRECISION) + tl.load(dt_b_ptr + ch)[None, :]
+    dbc = dbc_ptr + row * S
+    dt = tl.load(dt_b_ptr + ch)
+    for k in tl.static_range(R):  # dt_proj of Δ's low rank, a column at a time (fewer registers than a tile)
+        dt += tl.load(dbc + k) * tl.load(w_dt_ptr + k * DI + ch).to(tl.float32)
     dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus, as torch's
-    h_ptrs = ssm_ptr + (rows[:, None, None] * DI + ch[None, :, None]) * N + n[None, None, :]
-    h = tl.load(h_ptrs, mask=row_ok[:, None, None], other=0.0).to(tl.float32)
-    a = tl.load(a_ptr + ch[:, None] * N + n[None, :])
-    h = h * tl.exp(dt[:, :, None] * a[None, :, :]) + (dt * u)[:, :, None] * b[:, None, :]
-    tl.store(h_ptrs, h.to(ssm_ptr.dtype.element_ty), mask=row_ok[:, None, None])
-    y = tl.sum(h * c[:, None, :], axis=2) + tl.load(d_ptr + ch)[None, :] * u
-    y = y * z * tl.sigmoid(z)
-    d = tl.arange(0, DP)
-    d_ok = d < D
-    out = _mm(y, tl.load(w_out_ptr + ch[:, None] * D + d[None, :], mask=d_ok[None, :], other=0.0), PRECISION)
-    tl.atomic_add(mixed_ptr + rows[:, None] * D + d[None, :], out, mask=row_ok[:, None] & d_ok[None, :])
+    b = tl.load(dbc + R + n)
+    c = tl.load(dbc + R + N + n)
+    u = tl.load(u_ptr + row * DI + ch).to(tl.float32)
+    h_ptrs = ssm_ptr + (row * DI + ch[:, None]) * N + n[None, :]
+    h = tl.load(h_ptrs).to(tl.float32)  # (C, N)
+    h = h * tl.exp(dt[:, None] * tl.load(a_ptr + ch[:, None] * N + n[None, :])) + (dt * u)[:, None] * b[None, :]
+    tl.store(h_ptrs, h.to(ssm_ptr.dtype.element_ty))
+    y = (tl.sum(h * c[None, :], axis=1) + tl.load(skip_ptr + ch) * u) * tl.load(gate_ptr + row * DI + ch).to(tl.float32)
+    tl.store(y_ptr + row * DI + ch, y.to(y_ptr.dtype.element_ty))
 
 
 @triton.jit
-def _residual(res_ptr, mixed_ptr, dbc_ptr, B, D: tl.constexpr, DP: tl.constexpr, S: tl.constexpr, BLOCK_M: tl.constexpr):
-    """res += mixed; mixed and the x_proj sums cleared for the next layer."""
+def _head(res_ptr, y_ptr, w_out_ptr, head_ptr, logits_ptr, greedy_ptr, B, V, eps, D: tl.constexpr,
+          DP: tl.constexpr, DI: tl.constexpr, VP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+          BLOCK_V: tl.constexpr, STORE_LOGITS: tl.constexpr, PRECISION: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < B
-    d = tl.arange(0, DP)
-    m = row_ok[:, None] & (d[None, :] < D)
-    ptrs = rows[:, None] * D + d[None, :]
-    tl.store(res_ptr + ptrs, tl.load(res_ptr + ptrs, mask=m, other=0.0) + tl.load(mixed_ptr + ptrs, mask=m, other=0.0), mask=m)
-    tl.store(mixed_ptr + ptrs, tl.zeros((BLOCK_M, DP), tl.float32), mask=m)
-    s = tl.arange(0, S)
-    tl.store(dbc_ptr + rows[:, None] * S + s[None, :], tl.zeros((BLOCK_M, S), tl.float32), mask=row_ok[:, None])
-
-
-@triton.jit
-def _head(res_ptr, head_ptr, logits_ptr, greedy_ptr, B, V, eps, D: tl.constexpr, DP: tl.constexpr,
-          VP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, STORE_LOGITS: tl.constexpr,
-          PRECISION: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < B
-    d = tl.arange(0, DP)
-    d_ok = d < D
-    res = tl.load(res_ptr + rows[:, None] * D + d[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    xn = res / tl.sqrt(tl.sum(res * res, axis=1) / D + eps)[:, None]
+    dcol = tl.arange(0, DP)
+    d_ok = dcol < D
+    res = _residual_in(res_ptr, res_ptr, res_ptr, y_ptr, w_out_ptr, rows, row_ok, dcol, d_ok, D, DI, False, BLOCK_C,
+                       PRECISION)
+    xn = res / tl.sqrt(tl.sum(res * res, axis=1) / D + eps)[:, None]  # final norm; gain folded into head
     best = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     best_id = tl.zeros((BLOCK_M,), tl.int32)
     for v0 in range(0, VP, BLOCK_V):
         v = v0 + tl.arange(0, BLOCK_V)
-        logits = _mm(xn, tl.load(head_ptr + d[:, None] * VP + v[None, :], mask=d_ok[:, None], other=0.0), PRECISION)
+        logits = _mm(xn, tl.load(head_ptr + dcol[:, None] * VP + v[None, :], mask=d_ok[:, None], other=0.0), PRECISION)
         logits = tl.where(v[None, :] < V, logits, float("-inf"))
         if STORE_LOGITS:
             tl.store(logits_ptr + rows[:, None] * V + v[None, :], logits, mask=row_ok[:, None] & (v[None, :] < V))
         m = tl.max(logits, axis=1)
         i = tl.argmax(logits, axis=1) + v0
-        better = m > best
+        better = m > best  # the first maximum, as torch.argmax
         best_id = tl.where(better, i, best_id)
         best = tl.where(better, m, best)
     tl.store(greedy_ptr + rows, best_id, mask=row_ok)
 
 
 class SplitStepKernel(StepKernel):
-    """StepKernel's interface and prepared weights, the step in 3 L + 2 kernels."""
+    """StepKernel's interface and prepared weights; the step in 2 L + 1 kernels. Tiles:
+    `block_m` rows and `block_c` channels a block in `_mix_in` and `_head` (`num_warps` warps),
+    `ssm_block_c` channels a program in `_ssm` (`ssm_warps`)."""
 
-    def __init__(self, policy, block_m: int = 16, block_c: int = 32, precision: str = "ieee", num_warps: int = 4,
-                 weight_dtype: str = "float32"):
+    def __init__(self, policy, block_m: int = 16, block_c: int = 32, num_warps: int = 4, ssm_block_c: int = 64,
+                 ssm_warps: int = 2, precision: str = "ieee", weight_dtype: str = "float32"):
         super().__init__(policy, block_m=block_m, block_c=block_c, precision=precision, num_warps=num_warps,
                          num_stages=1, weight_dtype=weight_dtype)
-        self.buffers = None
+        if self.config.d_inner % ssm_block_c:
+            raise ValueError(f"ssm_block_c ({ssm_block_c}) must divide d_inner ({self.config.d_inner})")
+        self.ssm_block_c, self.ssm_warps = ssm_block_c, ssm_warps
+        # x_proj as one matrix (L, DI, S): [Δ low rank (R) | B (N) | C (N) | zeros], S a power of 2.
+        self.S = triton.next_power_of_2(self.R + 2 * self.config.d_state)
+        w_x = torch.cat([self.w_xdt, self.w_xb, self.w_xc], dim=2)
+        self.w_x = torch.cat([w_x, w_x.new_zeros(*w_x.shape[:2], self.S - w_x.shape[2])], dim=2).contiguous()
+        self.scratch = None  # res, Δ|B|C, u, gate, y: made for the batch size and state dtype in use
 
     def _launch(self, token: Tensor, state, logits: Tensor | None, greedy: Tensor) -> None:
         c, B = self.config, token.shape[0]
         if state.ssm.numel() >= 2**31 or state.conv.numel() >= 2**31:  # offsets are int32 in the kernels
             raise ValueError(f"a state of {state.ssm.numel():,} values is too large for int32 offsets: use fewer rows")
-        D, DI, N, R = c.d_model, c.d_inner, c.d_state, self.R
-        S = triton.next_power_of_2(R + 2 * N)  # row stride of the x_proj sums [Δ low rank | B | C | unused]
-        if self.buffers is None or self.buffers[0].shape[0] != B:
-            f32 = dict(device=token.device, dtype=torch.float32)
-            self.buffers = (torch.empty(B, D, **f32), torch.empty(B, D, **f32), torch.empty(B, S, **f32),
-                            torch.empty(B, DI, **f32), torch.empty(B, DI, **f32))
-        res, mixed, dbc, u, z = self.buffers
-        rows, chans = triton.cdiv(B, self.block_m), DI // self.block_c
-        common = dict(BLOCK_M=self.block_m, num_warps=self.num_warps)
-        _embed[(rows,)](token, self.embedding, res, dbc, mixed, B, D=D, DP=self.DP, S=S, **common)
+        D, DI, N = c.d_model, c.d_inner, c.d_state
+        if self.scratch is None or self.scratch[2].shape[0] != B or self.scratch[2].dtype != state.ssm.dtype:
+            f32, st = dict(device=token.device, dtype=torch.float32), dict(device=token.device, dtype=state.ssm.dtype)
+            self.scratch = (torch.empty(B, D, **f32), torch.empty(B, self.S, **f32),
+                            *(torch.empty(B, DI, **st) for _ in range(3)))
+        res, dbc, u, gate, y = self.scratch
+        rows = triton.cdiv(B, self.block_m)
+        tiles = dict(BLOCK_M=self.block_m, BLOCK_C=self.block_c, PRECISION=self.precision, num_warps=self.num_warps)
         for i in range(c.n_layer):
-            _mix_in[(rows, chans)](
-                res, self.w_in[i], self.conv_w[i], self.conv_b[i], state.conv[i], u, z, self.w_xdt[i], self.w_xb[i],
-                self.w_xc[i], dbc, B, self.eps, D=D, DP=self.DP, DI=DI, N=N, R=R, S=S, W=c.d_conv,
-                BLOCK_C=self.block_c, PRECISION=self.precision, **common)
-            _ssm_out[(rows, chans)](
-                u, z, dbc, self.w_dt[i], self.dt_b[i], self.A[i], self.skip[i], state.ssm[i], self.w_out[i], mixed,
-                B, D=D, DP=self.DP, DI=DI, N=N, R=R, S=S, BLOCK_C=self.block_c, PRECISION=self.precision, **common)
-            _residual[(rows,)](res, mixed, dbc, B, D=D, DP=self.DP, S=S, **common)
-        _head[(rows,)](res, self.head, greedy if logits is None else logits, greedy, B, c.vocab_size, self.eps,
-                       D=D, DP=self.DP, VP=self.VP, BLOCK_V=self.block_v, STORE_LOGITS=logits is not None,
-                       PRECISION=self.precision, **common)
+            _mix_in[(rows,)](
+                token, self.embedding, res, y, self.w_out[i - 1], self.w_in[i], self.conv_w[i], self.conv_b[i],
+                state.conv[i], u, gate, self.w_x[i], dbc, B, self.eps, D=D, DP=self.DP, DI=DI, S=self.S, W=c.d_conv,
+                FIRST=i == 0, **tiles)
+            _ssm[(B, DI // self.ssm_block_c)](
+                dbc, u, gate, self.w_dt[i], self.dt_b[i], self.A[i], self.skip[i], state.ssm[i], y, DI=DI, N=N, R=self.R,
+                S=self.S, BLOCK_C=self.ssm_block_c, num_warps=self.ssm_warps)
+        _head[(rows,)](res, y, self.w_out[-1], self.head, greedy if logits is None else logits, greedy, B,
+                       c.vocab_size, self.eps, D=D, DP=self.DP, DI=DI, VP=self.VP, BLOCK_V=self.block_v,
+                       STORE_LOGITS=logits is not None, **tiles)
