@@ -307,12 +307,13 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
 TILE_GRID = ((16,), (16, 32), (2, 4), (1, 2, 3), ("bfloat16",))
 
 
-# SplitStepKernel: its matmul kernels' tiles (rows, channels, warps) with the SSM kernel's at
-# (64 channels, 2 warps), then the SSM kernel's (channels, warps) with the matmuls' at (16, 32, 4).
+# SplitStepKernel: its matmul kernels' tiles (rows, _in_conv's channels, warps) with the SSM
+# kernel's at its defaults, then the SSM kernel's (channels, warps) with the matmuls' at theirs.
 # The ranges are those that compile without spilling for the H200 (registers counted offline).
 SPLIT_TILE_GRID = (
-    [dict(block_m=m, block_c=c, num_warps=w) for m in (16, 32) for c in (16, 32) for w in (4, 8)]
-    + [dict(ssm_block_c=c, ssm_warps=w) for c in (32, 64, 128, 256) for w in (1, 2, 4, 8)])
+    [dict(block_m=m, block_c=c, num_warps=w) for m, c, w in
+     ((16, 32, 4), (32, 32, 4), (64, 32, 4), (64, 32, 8), (64, 64, 8), (128, 32, 8))]
+    + [dict(ssm_block_c=c, ssm_warps=w) for c, w in ((64, 1), (128, 1), (128, 2), (256, 4))])
 
 
 TILE_NAMES = ("block_m", "block_c", "num_warps", "num_stages", "ssm_block_c", "ssm_warps")  # as the kernels name them
@@ -357,8 +358,8 @@ def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, preci
         except Exception as e:  # a tile too large for the registers or shared memory
             emit({"kind": "step_tiles", "batch": batch, **tiles, "split": split, "error": repr(e)[:200]})
             continue
-        tiles = {k: getattr(kernel, k) for k in TILE_NAMES if hasattr(kernel, k)} | {"weight_dtype": tiles.get("weight_dtype", "float32")}
-        emit({"kind": "step_tiles", "batch": batch, **tiles, "split": split,
+        used = {k: getattr(kernel, k) for k in TILE_NAMES if hasattr(kernel, k)}  # the defaults too
+        emit({"kind": "step_tiles", "batch": batch, **used, **tiles, "split": split,
               "state_dtype": str(state_dtype).removeprefix("torch."), "precision": precision,
               "ms_per_step": 1e3 * sec, "state_bytes_per_row": state_bytes,
               "fraction_of_limit": 2 * state_bytes * batch / H200["bandwidth"] / sec})
@@ -372,7 +373,8 @@ def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, preci
             best[2].greedy(tokens, state, greedy)
         torch.cuda.synchronize(device)
     per_kernel = {e.key: e.device_time_total / 20 / 1e3 for e in prof.key_averages()}  # ms a step
-    emit({"kind": "step_kernels", "batch": batch, **best[1], "split": split, "ms_per_step_by_kernel": per_kernel})
+    used = {k: getattr(best[2], k) for k in TILE_NAMES if hasattr(best[2], k)}
+    emit({"kind": "step_kernels", "batch": batch, **used, **best[1], "split": split, "ms_per_step_by_kernel": per_kernel})
     return best[1]
 
 

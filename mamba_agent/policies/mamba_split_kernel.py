@@ -21,6 +21,8 @@ every layer over (row block, channel block) with atomic partial sums; at 32,768 
 tiles took 3.72 ms a step against StepKernel's 2.52 (its SSM kernel spilled as well).
 """
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -35,54 +37,71 @@ def _mm(a, b, PRECISION: tl.constexpr):
 
 
 @triton.jit
-def _residual_in(tok_ptr, emb_ptr, res_ptr, y_ptr, w_out_ptr, rows, row_ok, dcol, d_ok, D: tl.constexpr,
-                 DI: tl.constexpr, FIRST: tl.constexpr, BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
-    """The residual entering a layer: the embedding (first layer) or res + out_proj(y)."""
+def _out_norm(y_ptr, w_out_ptr, tok_ptr, emb_ptr, res_ptr, xn_ptr, B, eps, D: tl.constexpr, DP: tl.constexpr,
+              DI: tl.constexpr, FIRST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+              PRECISION: tl.constexpr):
+    """The residual entering a layer (the embedding, or res + out_proj(y) of the layer before) and
+    its RMSNorm xn, in the weights' dtype (what the matmuls read); the gain is folded into them."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < B
+    dcol = tl.arange(0, DP)
+    d_ok = dcol < D
     m = row_ok[:, None] & d_ok[None, :]
     if FIRST:
         tok = tl.load(tok_ptr + rows, mask=row_ok, other=0)
         res = tl.load(emb_ptr + tok[:, None] * D + dcol[None, :], mask=m, other=0.0)
     else:
         res = tl.load(res_ptr + rows[:, None] * D + dcol[None, :], mask=m, other=0.0)
-        for c0 in range(0, DI, BLOCK_C):
-            ch = c0 + tl.arange(0, BLOCK_C)
-            y = tl.load(y_ptr + rows[:, None] * DI + ch[None, :], mask=row_ok[:, None], other=0.0)
-            res += _mm(y, tl.load(w_out_ptr + ch[:, None] * D + dcol[None, :], mask=d_ok[None, :], other=0.0), PRECISION)
-    return res
+        for k0 in range(0, DI, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            y = tl.load(y_ptr + rows[:, None] * DI + k[None, :], mask=row_ok[:, None], other=0.0)
+            res += _mm(y, tl.load(w_out_ptr + k[:, None] * D + dcol[None, :], mask=d_ok[None, :], other=0.0), PRECISION)
+    tl.store(res_ptr + rows[:, None] * D + dcol[None, :], res, mask=m)
+    xn = res / tl.sqrt(tl.sum(res * res, axis=1) / D + eps)[:, None]
+    tl.store(xn_ptr + rows[:, None] * DP + dcol[None, :], xn.to(xn_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
-def _mix_in(tok_ptr, emb_ptr, res_ptr, y_ptr, w_out_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr,
-            w_x_ptr, dbc_ptr, B, eps, D: tl.constexpr, DP: tl.constexpr, DI: tl.constexpr, S: tl.constexpr,
-            W: tl.constexpr, FIRST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-            PRECISION: tl.constexpr):
+def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr, B, D: tl.constexpr,
+             DP: tl.constexpr, DI: tl.constexpr, W: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+             PRECISION: tl.constexpr):
+    """x and z = in_proj(xn) for a block of rows and channels, then the causal conv step,
+    u = silu(conv x) and the gate silu(z)."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < B
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     dcol = tl.arange(0, DP)
-    d_ok = dcol < D
-    res = _residual_in(tok_ptr, emb_ptr, res_ptr, y_ptr, w_out_ptr, rows, row_ok, dcol, d_ok, D, DI, FIRST, BLOCK_C,
-                       PRECISION)
-    tl.store(res_ptr + rows[:, None] * D + dcol[None, :], res, mask=row_ok[:, None] & d_ok[None, :])
-    xn = res / tl.sqrt(tl.sum(res * res, axis=1) / D + eps)[:, None]  # RMSNorm; its gain is folded into w_in
+    d_ok = (dcol < D)[:, None]
+    xn = tl.load(xn_ptr + rows[:, None] * DP + dcol[None, :], mask=row_ok[:, None], other=0.0)
+    x = tl.dot(xn, tl.load(w_in_ptr + dcol[:, None] * 2 * DI + ch[None, :], mask=d_ok, other=0.0),
+               input_precision=PRECISION)
+    window = conv_ptr + (rows[:, None] * DI + ch[None, :]) * W  # this layer's (B, DI, W)
+    acc = tl.load(conv_b_ptr + ch)[None, :] + x * tl.load(conv_w_ptr + (W - 1) * DI + ch)[None, :]
+    for k in tl.static_range(W - 1):  # shift the window left by one, append x
+        prev = tl.load(window + k + 1, mask=row_ok[:, None], other=0.0)
+        tl.store(window + k, prev, mask=row_ok[:, None])
+        acc += prev.to(tl.float32) * tl.load(conv_w_ptr + k * DI + ch)[None, :]
+    tl.store(window + W - 1, x.to(conv_ptr.dtype.element_ty), mask=row_ok[:, None])
+    at = rows[:, None] * DI + ch[None, :]
+    tl.store(u_ptr + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=row_ok[:, None])
+    # z after x is done with: fewer registers live at once
+    z = tl.dot(xn, tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok, other=0.0),
+               input_precision=PRECISION)
+    tl.store(gate_ptr + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _x_proj(u_ptr, w_x_ptr, dbc_ptr, B, DI: tl.constexpr, S: tl.constexpr, BLOCK_M: tl.constexpr,
+            BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """x_proj(u) in one product: [Δ low rank | B | C | zero padding] (fp32)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < B
     s = tl.arange(0, S)
-    dbc = tl.zeros((BLOCK_M, S), tl.float32)  # x_proj: [Δ low rank | B | C | zero padding]
-    for c0 in range(0, DI, BLOCK_C):
-        ch = c0 + tl.arange(0, BLOCK_C)
-        x = _mm(xn, tl.load(w_in_ptr + dcol[:, None] * 2 * DI + ch[None, :], mask=d_ok[:, None], other=0.0), PRECISION)
-        z = _mm(xn, tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok[:, None], other=0.0),
-                PRECISION)
-        window = conv_ptr + (rows[:, None] * DI + ch[None, :]) * W  # this layer's (B, DI, W)
-        acc = tl.load(conv_b_ptr + ch)[None, :] + x * tl.load(conv_w_ptr + (W - 1) * DI + ch)[None, :]
-        for k in tl.static_range(W - 1):  # shift the window left by one, append x
-            prev = tl.load(window + k + 1, mask=row_ok[:, None], other=0.0)
-            tl.store(window + k, prev, mask=row_ok[:, None])
-            acc += prev.to(tl.float32) * tl.load(conv_w_ptr + k * DI + ch)[None, :]
-        tl.store(window + W - 1, x.to(conv_ptr.dtype.element_ty), mask=row_ok[:, None])
-        u = acc * tl.sigmoid(acc)
-        at = rows[:, None] * DI + ch[None, :]
-        tl.store(u_ptr + at, u.to(u_ptr.dtype.element_ty), mask=row_ok[:, None])
-        tl.store(gate_ptr + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=row_ok[:, None])
-        dbc += _mm(u, tl.load(w_x_ptr + ch[:, None] * S + s[None, :]), PRECISION)
+    dbc = tl.zeros((BLOCK_M, S), tl.float32)
+    for k0 in range(0, DI, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        u = tl.load(u_ptr + rows[:, None] * DI + k[None, :], mask=row_ok[:, None], other=0.0)
+        dbc += _mm(u, tl.load(w_x_ptr + k[:, None] * S + s[None, :]), PRECISION)
     tl.store(dbc_ptr + rows[:, None] * S + s[None, :], dbc, mask=row_ok[:, None])
 
 
@@ -109,21 +128,19 @@ def _ssm(dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a_ptr, skip_ptr, ssm_ptr,
 
 
 @triton.jit
-def _head(res_ptr, y_ptr, w_out_ptr, head_ptr, logits_ptr, greedy_ptr, B, V, eps, D: tl.constexpr,
-          DP: tl.constexpr, DI: tl.constexpr, VP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-          BLOCK_V: tl.constexpr, STORE_LOGITS: tl.constexpr, PRECISION: tl.constexpr):
+def _head(xn_ptr, head_ptr, logits_ptr, greedy_ptr, B, V, D: tl.constexpr, DP: tl.constexpr, VP: tl.constexpr,
+          BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, STORE_LOGITS: tl.constexpr, PRECISION: tl.constexpr):
+    """Logits of the final norm's xn (its gain folded into head) and the greedy pick."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < B
     dcol = tl.arange(0, DP)
-    d_ok = dcol < D
-    res = _residual_in(res_ptr, res_ptr, res_ptr, y_ptr, w_out_ptr, rows, row_ok, dcol, d_ok, D, DI, False, BLOCK_C,
-                       PRECISION)
-    xn = res / tl.sqrt(tl.sum(res * res, axis=1) / D + eps)[:, None]  # final norm; gain folded into head
+    xn = tl.load(xn_ptr + rows[:, None] * DP + dcol[None, :], mask=row_ok[:, None], other=0.0)
     best = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     best_id = tl.zeros((BLOCK_M,), tl.int32)
     for v0 in range(0, VP, BLOCK_V):
         v = v0 + tl.arange(0, BLOCK_V)
-        logits = _mm(xn, tl.load(head_ptr + dcol[:, None] * VP + v[None, :], mask=d_ok[:, None], other=0.0), PRECISION)
+        w = tl.load(head_ptr + dcol[:, None] * VP + v[None, :], mask=(dcol < D)[:, None], other=0.0)
+        logits = tl.dot(xn, w, input_precision=PRECISION)
         logits = tl.where(v[None, :] < V, logits, float("-inf"))
         if STORE_LOGITS:
             tl.store(logits_ptr + rows[:, None] * V + v[None, :], logits, mask=row_ok[:, None] & (v[None, :] < V))
@@ -136,43 +153,48 @@ def _head(res_ptr, y_ptr, w_out_ptr, head_ptr, logits_ptr, greedy_ptr, B, V, eps
 
 
 class SplitStepKernel(StepKernel):
-    """StepKernel's interface and prepared weights; the step in 2 L + 1 kernels. Tiles:
-    `block_m` rows and `block_c` channels a block in `_mix_in` and `_head` (`num_warps` warps),
-    `ssm_block_c` channels a program in `_ssm` (`ssm_warps`)."""
+    """StepKernel's interface and prepared weights; the step in 4 L + 2 kernels. Tiles: `block_m`
+    rows a program in the matmul kernels (`num_warps` warps), `block_c` channels a program in
+    `_in_conv`, `ssm_block_c` channels a program in `_ssm` (`ssm_warps` warps)."""
 
-    def __init__(self, policy, block_m: int = 16, block_c: int = 32, num_warps: int = 4, ssm_block_c: int = 64,
+    def __init__(self, policy, block_m: int = 64, block_c: int = 32, num_warps: int = 8, ssm_block_c: int = 256,
                  ssm_warps: int = 2, precision: str = "ieee", weight_dtype: str = "float32"):
         super().__init__(policy, block_m=block_m, block_c=block_c, precision=precision, num_warps=num_warps,
                          num_stages=1, weight_dtype=weight_dtype)
         if self.config.d_inner % ssm_block_c:
             raise ValueError(f"ssm_block_c ({ssm_block_c}) must divide d_inner ({self.config.d_inner})")
         self.ssm_block_c, self.ssm_warps = ssm_block_c, ssm_warps
+        self.block_k = math.gcd(self.config.d_inner, 64)  # the reduction over channels, in chunks that divide it
+        if self.block_k < 16:
+            raise ValueError(f"d_inner ({self.config.d_inner}) must be a multiple of 16 for this kernel")
         # x_proj as one matrix (L, DI, S): [Δ low rank (R) | B (N) | C (N) | zeros], S a power of 2.
         self.S = triton.next_power_of_2(self.R + 2 * self.config.d_state)
         w_x = torch.cat([self.w_xdt, self.w_xb, self.w_xc], dim=2)
         self.w_x = torch.cat([w_x, w_x.new_zeros(*w_x.shape[:2], self.S - w_x.shape[2])], dim=2).contiguous()
-        self.scratch = None  # res, Δ|B|C, u, gate, y: made for the batch size and state dtype in use
+        self.scratch = None  # made for the batch size and state dtype in use
 
     def _launch(self, token: Tensor, state, logits: Tensor | None, greedy: Tensor) -> None:
         c, B = self.config, token.shape[0]
         if state.ssm.numel() >= 2**31 or state.conv.numel() >= 2**31:  # offsets are int32 in the kernels
             raise ValueError(f"a state of {state.ssm.numel():,} values is too large for int32 offsets: use fewer rows")
-        D, DI, N = c.d_model, c.d_inner, c.d_state
-        if self.scratch is None or self.scratch[2].shape[0] != B or self.scratch[2].dtype != state.ssm.dtype:
-            f32, st = dict(device=token.device, dtype=torch.float32), dict(device=token.device, dtype=state.ssm.dtype)
-            self.scratch = (torch.empty(B, D, **f32), torch.empty(B, self.S, **f32),
-                            *(torch.empty(B, DI, **st) for _ in range(3)))
-        res, dbc, u, gate, y = self.scratch
+        D, DI, N, DP, S = c.d_model, c.d_inner, c.d_state, self.DP, self.S
+        if self.scratch is None or self.scratch[0].shape[0] != B or self.scratch[3].dtype != state.ssm.dtype:
+            dev, st = token.device, state.ssm.dtype
+            self.scratch = (torch.empty(B, D, device=dev), torch.empty(B, DP, device=dev, dtype=self.w_in.dtype),
+                            torch.empty(B, S, device=dev), *(torch.empty(B, DI, device=dev, dtype=st) for _ in range(3)))
+        res, xn, dbc, u, gate, y = self.scratch  # xn in the weights' dtype, u, gate and y in the state's
         rows = triton.cdiv(B, self.block_m)
-        tiles = dict(BLOCK_M=self.block_m, BLOCK_C=self.block_c, PRECISION=self.precision, num_warps=self.num_warps)
-        for i in range(c.n_layer):
-            _mix_in[(rows,)](
-                token, self.embedding, res, y, self.w_out[i - 1], self.w_in[i], self.conv_w[i], self.conv_b[i],
-                state.conv[i], u, gate, self.w_x[i], dbc, B, self.eps, D=D, DP=self.DP, DI=DI, S=self.S, W=c.d_conv,
-                FIRST=i == 0, **tiles)
+        mm = dict(BLOCK_M=self.block_m, PRECISION=self.precision, num_warps=self.num_warps)
+        for i in range(c.n_layer + 1):
+            _out_norm[(rows,)](y, self.w_out[i - 1], token, self.embedding, res, xn, B, self.eps, D=D, DP=DP, DI=DI,
+                               FIRST=i == 0, BLOCK_K=self.block_k, **mm)
+            if i == c.n_layer:
+                break
+            _in_conv[(rows, DI // self.block_c)](xn, self.w_in[i], self.conv_w[i], self.conv_b[i], state.conv[i], u,
+                                                 gate, B, D=D, DP=DP, DI=DI, W=c.d_conv, BLOCK_C=self.block_c, **mm)
+            _x_proj[(rows,)](u, self.w_x[i], dbc, B, DI=DI, S=S, BLOCK_K=self.block_k, **mm)
             _ssm[(B, DI // self.ssm_block_c)](
                 dbc, u, gate, self.w_dt[i], self.dt_b[i], self.A[i], self.skip[i], state.ssm[i], y, DI=DI, N=N, R=self.R,
-                S=self.S, BLOCK_C=self.ssm_block_c, num_warps=self.ssm_warps)
-        _head[(rows,)](res, y, self.w_out[-1], self.head, greedy if logits is None else logits, greedy, B,
-                       c.vocab_size, self.eps, D=D, DP=self.DP, DI=DI, VP=self.VP, BLOCK_V=self.block_v,
-                       STORE_LOGITS=logits is not None, **tiles)
+                S=S, BLOCK_C=self.ssm_block_c, num_warps=self.ssm_warps)
+        _head[(rows,)](xn, self.head, greedy if logits is None else logits, greedy, B, c.vocab_size, D=D, DP=DP,
+                       VP=self.VP, BLOCK_V=self.block_v, STORE_LOGITS=logits is not None, **mm)
