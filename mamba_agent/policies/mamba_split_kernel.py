@@ -75,13 +75,17 @@ def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr
     xn = tl.load(xn_ptr + rows[:, None] * DP + dcol[None, :], mask=row_ok[:, None], other=0.0)
     x = tl.dot(xn, tl.load(w_in_ptr + dcol[:, None] * 2 * DI + ch[None, :], mask=d_ok, other=0.0),
                input_precision=PRECISION)
-    window = conv_ptr + (rows[:, None] * DI + ch[None, :]) * W  # this layer's (B, DI, W)
-    acc = tl.load(conv_b_ptr + ch)[None, :] + x * tl.load(conv_w_ptr + (W - 1) * DI + ch)[None, :]
-    for k in tl.static_range(W - 1):  # shift the window left by one, append x
-        prev = tl.load(window + k + 1, mask=row_ok[:, None], other=0.0)
-        tl.store(window + k, prev, mask=row_ok[:, None])
-        acc += prev.to(tl.float32) * tl.load(conv_w_ptr + k * DI + ch)[None, :]
-    tl.store(window + W - 1, x.to(conv_ptr.dtype.element_ty), mask=row_ok[:, None])
+    # The conv window, this layer's (B, DI, W): a row's channels c0.. are BLOCK_C x W contiguous
+    # values, taken as one flat tile so a warp's loads and stores are contiguous.
+    j = tl.arange(0, BLOCK_C * W)
+    window = conv_ptr + (rows[:, None] * DI + tl.program_id(1) * BLOCK_C) * W + j[None, :]  # (M, C W)
+    last = (j % W == W - 1)[None, :]
+    older = tl.load(window + 1, mask=row_ok[:, None] & ~last, other=0.0).to(tl.float32)  # shifted left by one
+    x_at_last = tl.reshape(tl.broadcast_to(x[:, :, None], (BLOCK_M, BLOCK_C, W)), (BLOCK_M, BLOCK_C * W))
+    tl.store(window, tl.where(last, x_at_last, older).to(conv_ptr.dtype.element_ty), mask=row_ok[:, None])
+    cw = tl.load(conv_w_ptr + tl.program_id(1) * BLOCK_C * W + j)  # (DI, W) weights, in the window's order
+    acc = tl.sum(tl.reshape(older * cw[None, :], (BLOCK_M, BLOCK_C, W)), axis=2)
+    acc += tl.load(conv_b_ptr + ch)[None, :] + x * tl.load(conv_w_ptr + ch * W + W - 1)[None, :]
     at = rows[:, None] * DI + ch[None, :]
     tl.store(u_ptr + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=row_ok[:, None])
     # z after x is done with: fewer registers live at once
@@ -161,9 +165,12 @@ class SplitStepKernel(StepKernel):
                  ssm_warps: int = 2, precision: str = "ieee", weight_dtype: str = "float32"):
         super().__init__(policy, block_m=block_m, block_c=block_c, precision=precision, num_warps=num_warps,
                          num_stages=1, weight_dtype=weight_dtype)
+        if self.config.d_conv & (self.config.d_conv - 1):
+            raise ValueError(f"d_conv ({self.config.d_conv}) must be a power of 2 for this kernel")
         if self.config.d_inner % ssm_block_c:
             raise ValueError(f"ssm_block_c ({ssm_block_c}) must divide d_inner ({self.config.d_inner})")
         self.ssm_block_c, self.ssm_warps = ssm_block_c, ssm_warps
+        self.conv_w = self.conv_w.transpose(1, 2).contiguous()  # (L, DI, W), the conv state's order
         self.block_k = math.gcd(self.config.d_inner, 64)  # the reduction over channels, in chunks that divide it
         if self.block_k < 16:
             raise ValueError(f"d_inner ({self.config.d_inner}) must be a multiple of 16 for this kernel")
