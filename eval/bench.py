@@ -313,11 +313,10 @@ TILE_GRID = ((16,), (16, 32), (2, 4), (1, 2, 3), ("bfloat16",))
 SPLIT_TILE_GRID = (
     [dict(block_m=m, block_c=c, num_warps=w) for m, c, w in
      ((16, 32, 4), (32, 32, 4), (64, 32, 8), (64, 64, 8), (128, 32, 8))]
-    + [dict(ssm_block_c=c, ssm_warps=w, ssm_rows=r) for c, w, r in
-       ((256, 2, 1), (32, 1, 8), (64, 2, 4), (64, 2, 16), (32, 1, 16), (128, 4, 8))])
+    + [dict(ssm_block_c=c, ssm_warps=w) for c, w in ((128, 1), (128, 2), (256, 4))])
 
 
-TILE_NAMES = ("block_m", "block_c", "num_warps", "num_stages", "ssm_block_c", "ssm_warps", "ssm_rows")  # as the kernels name them
+TILE_NAMES = ("block_m", "block_c", "num_warps", "num_stages", "ssm_block_c", "ssm_warps")  # as the kernels name them
 
 
 def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, precision: str, emit,
@@ -512,8 +511,7 @@ def report(meta: dict, records: list[dict]) -> str:
         for r in sorted(tiles, key=lambda r: (r.get("split", False), r["state_dtype"], r["ms_per_step"]))[:24]:
             stages = r.get("num_stages", "")
             if r.get("split"):  # SplitStepKernel; the 2026-11-29 atomic version had no SSM kernel of its own
-                stages = (f"split; SSM {r['ssm_block_c']} ch x {r.get('ssm_rows', 1)} rows, {r['ssm_warps']} warps"
-                          if "ssm_block_c" in r else "split")
+                stages = f"split; SSM {r['ssm_block_c']} ch, {r['ssm_warps']} warps" if "ssm_block_c" in r else "split"
             lines.append(f"| {r['batch']:,} | {r['state_dtype']} | {r['weight_dtype']} | {r['block_m']} | {r['block_c']} | "
                          f"{r['num_warps']} | {stages} | {fmt(r['ms_per_step'])} | {100 * r['fraction_of_limit']:.1f}% |")
     for r in (r for r in records if r["kind"] == "step_kernels"):

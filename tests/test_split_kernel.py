@@ -29,7 +29,7 @@ def random_policy(seed: int, **sizes):
 
 @pytest.mark.parametrize("policy_of, tiles", [
     (lambda: load_checkpoint("builtin:addition-mamba", device=DEVICE)[0], {}),
-    (lambda: random_policy(0, d_model=48, n_layer=2, d_state=16, dt_rank=5), dict(block_c=16, ssm_block_c=32, ssm_rows=4)),
+    (lambda: random_policy(0, d_model=48, n_layer=2, d_state=16, dt_rank=5), dict(block_c=16, ssm_block_c=32)),
 ])
 def test_same_logits_and_state_as_step(policy_of, tiles):
     policy = policy_of()

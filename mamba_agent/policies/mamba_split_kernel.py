@@ -110,35 +110,25 @@ def _x_proj(u_ptr, w_x_ptr, dbc_ptr, B, DI: tl.constexpr, S: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _ssm(dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a_ptr, skip_ptr, ssm_ptr, y_ptr, B, DI: tl.constexpr,
-         N: tl.constexpr, R: tl.constexpr, RANK: tl.constexpr, S: tl.constexpr, BLOCK_C: tl.constexpr,
-         ROWS: tl.constexpr):
-    """ROWS rows a program, one after another, so the layer's A (fp32, twice the bytes of the bf16
-    state it multiplies) and dt_proj are read from L2 once for all of them. RANK: Δ's rank to a
-    power of 2 (R, the stride, is padded further for tl.dot elsewhere; the padding is zeros)."""
+def _ssm(dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a_ptr, skip_ptr, ssm_ptr, y_ptr, DI: tl.constexpr,
+         N: tl.constexpr, R: tl.constexpr, S: tl.constexpr, BLOCK_C: tl.constexpr):
+    row = tl.program_id(0)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     n = tl.arange(0, N)
-    r = tl.arange(0, RANK)
-    a = tl.load(a_ptr + ch[:, None] * N + n[None, :])  # (C, N)
-    w_dt = tl.load(w_dt_ptr + r[:, None] * DI + ch[None, :]).to(tl.float32)  # (R, C)
-    dt_b = tl.load(dt_b_ptr + ch)
-    skip = tl.load(skip_ptr + ch)
-    for i in range(ROWS):
-        row = tl.program_id(0) * ROWS + i
-        ok = row < B
-        dbc = dbc_ptr + row * S
-        h_ptrs = ssm_ptr + (row * DI + ch[:, None]) * N + n[None, :]
-        h = tl.load(h_ptrs, mask=ok, other=0.0).to(tl.float32)  # (C, N)
-        dt = tl.sum(tl.load(dbc + r, mask=ok, other=0.0)[:, None] * w_dt, axis=0) + dt_b  # dt_proj
-        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus, as torch's
-        b = tl.load(dbc + R + n, mask=ok, other=0.0)
-        c = tl.load(dbc + R + N + n, mask=ok, other=0.0)
-        u = tl.load(u_ptr + row * DI + ch, mask=ok, other=0.0).to(tl.float32)
-        h = h * tl.exp(dt[:, None] * a) + (dt * u)[:, None] * b[None, :]
-        tl.store(h_ptrs, h.to(ssm_ptr.dtype.element_ty), mask=ok)
-        gate = tl.load(gate_ptr + row * DI + ch, mask=ok, other=0.0).to(tl.float32)
-        y = (tl.sum(h * c[None, :], axis=1) + skip * u) * gate
-        tl.store(y_ptr + row * DI + ch, y.to(y_ptr.dtype.element_ty), mask=ok)
+    dbc = dbc_ptr + row * S
+    dt = tl.load(dt_b_ptr + ch)
+    for k in tl.static_range(R):  # dt_proj of Δ's low rank, a column at a time (fewer registers than a tile)
+        dt += tl.load(dbc + k) * tl.load(w_dt_ptr + k * DI + ch).to(tl.float32)
+    dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus, as torch's
+    b = tl.load(dbc + R + n)
+    c = tl.load(dbc + R + N + n)
+    u = tl.load(u_ptr + row * DI + ch).to(tl.float32)
+    h_ptrs = ssm_ptr + (row * DI + ch[:, None]) * N + n[None, :]
+    h = tl.load(h_ptrs).to(tl.float32)  # (C, N)
+    h = h * tl.exp(dt[:, None] * tl.load(a_ptr + ch[:, None] * N + n[None, :])) + (dt * u)[:, None] * b[None, :]
+    tl.store(h_ptrs, h.to(ssm_ptr.dtype.element_ty))
+    y = (tl.sum(h * c[None, :], axis=1) + tl.load(skip_ptr + ch) * u) * tl.load(gate_ptr + row * DI + ch).to(tl.float32)
+    tl.store(y_ptr + row * DI + ch, y.to(y_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -169,17 +159,17 @@ def _head(xn_ptr, head_ptr, logits_ptr, greedy_ptr, B, V, D: tl.constexpr, DP: t
 class SplitStepKernel(StepKernel):
     """StepKernel's interface and prepared weights; the step in 4 L + 2 kernels. Tiles: `block_m`
     rows a program in the matmul kernels (`num_warps` warps), `block_c` channels a program in
-    `_in_conv`, `ssm_block_c` channels and `ssm_rows` rows a program in `_ssm` (`ssm_warps` warps)."""
+    `_in_conv`, `ssm_block_c` channels a program in `_ssm` (`ssm_warps` warps)."""
 
-    def __init__(self, policy, block_m: int = 64, block_c: int = 32, num_warps: int = 8, ssm_block_c: int = 64,
-                 ssm_warps: int = 2, ssm_rows: int = 8, precision: str = "ieee", weight_dtype: str = "float32"):
+    def __init__(self, policy, block_m: int = 64, block_c: int = 32, num_warps: int = 8, ssm_block_c: int = 256,
+                 ssm_warps: int = 2, precision: str = "ieee", weight_dtype: str = "float32"):
         super().__init__(policy, block_m=block_m, block_c=block_c, precision=precision, num_warps=num_warps,
                          num_stages=1, weight_dtype=weight_dtype)
         if self.config.d_conv & (self.config.d_conv - 1):
             raise ValueError(f"d_conv ({self.config.d_conv}) must be a power of 2 for this kernel")
         if self.config.d_inner % ssm_block_c:
             raise ValueError(f"ssm_block_c ({ssm_block_c}) must divide d_inner ({self.config.d_inner})")
-        self.ssm_block_c, self.ssm_warps, self.ssm_rows = ssm_block_c, ssm_warps, ssm_rows
+        self.ssm_block_c, self.ssm_warps = ssm_block_c, ssm_warps
         self.conv_w = self.conv_w.transpose(1, 2).contiguous()  # (L, DI, W), the conv state's order
         self.block_k = math.gcd(self.config.d_inner, 64)  # the reduction over channels, in chunks that divide it
         if self.block_k < 16:
@@ -210,9 +200,8 @@ class SplitStepKernel(StepKernel):
             _in_conv[(rows, DI // self.block_c)](xn, self.w_in[i], self.conv_w[i], self.conv_b[i], state.conv[i], u,
                                                  gate, B, D=D, DP=DP, DI=DI, W=c.d_conv, BLOCK_C=self.block_c, **mm)
             _x_proj[(rows,)](u, self.w_x[i], dbc, B, DI=DI, S=S, BLOCK_K=self.block_k, **mm)
-            _ssm[(triton.cdiv(B, self.ssm_rows), DI // self.ssm_block_c)](
-                dbc, u, gate, self.w_dt[i], self.dt_b[i], self.A[i], self.skip[i], state.ssm[i], y, B, DI=DI, N=N,
-                R=self.R, RANK=triton.next_power_of_2(c.dt_rank), S=S, BLOCK_C=self.ssm_block_c, ROWS=self.ssm_rows,
-                num_warps=self.ssm_warps)
+            _ssm[(B, DI // self.ssm_block_c)](
+                dbc, u, gate, self.w_dt[i], self.dt_b[i], self.A[i], self.skip[i], state.ssm[i], y, DI=DI, N=N, R=self.R,
+                S=S, BLOCK_C=self.ssm_block_c, num_warps=self.ssm_warps)
         _head[(rows,)](xn, self.head, greedy if logits is None else logits, greedy, B, c.vocab_size, D=D, DP=DP,
                        VP=self.VP, BLOCK_V=self.block_v, STORE_LOGITS=logits is not None, **mm)
