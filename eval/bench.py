@@ -222,8 +222,8 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
     """1,000-digit additions solved per second with the tools on the GPU: `PointerBatch` (pointer
     memory and episode rules as tensors) and the Mamba step, `steps_per_graph` steps of both
     captured in one CUDA graph. `step_kind`: "kernel", the one-kernel step (`tiles`: StepKernel's
-    options), or "fused", the runtime's FusedStep (6 kernels a layer, mamba-ssm's state update;
-    fp32 state) and an argmax. Compiling and capturing (one graph's steps on the first problems)
+    options), "split", SplitStepKernel (kernels over row and channel blocks), or "fused", the
+    runtime's FusedStep (6 kernels a layer, mamba-ssm's state update; fp32 state) and an argmax. Compiling and capturing (one graph's steps on the first problems)
     is not timed; the wave is, from loading its problems to the verdicts."""
     task = get_task("addition")
     rng = np.random.default_rng(0)
@@ -234,11 +234,13 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
     pb = PointerBatch(prompts, refs, n_pointers=3, max_tokens=max_tokens, device=device)
     state = policy.init_state(batch, device)
     state.conv, state.ssm = state.conv.to(state_dtype), state.ssm.to(state_dtype)
-    if step_kind == "kernel":
-        from mamba_agent.policies.mamba_step_kernel import StepKernel  # Triton
+    if step_kind in ("kernel", "split"):
+        from mamba_agent.policies.mamba_split_kernel import SplitStepKernel  # Triton
+        from mamba_agent.policies.mamba_step_kernel import StepKernel
 
+        make = StepKernel if step_kind == "kernel" else SplitStepKernel
         tiles = tiles or {"weight_dtype": "bfloat16"}  # without a sweep: the defaults, bf16 matmuls (the fastest)
-        kernel, greedy = StepKernel(policy, precision=precision, **tiles), torch.zeros(batch, dtype=torch.int32, device=device)
+        kernel, greedy = make(policy, precision=precision, **tiles), torch.zeros(batch, dtype=torch.int32, device=device)
 
         def model(tokens):
             return kernel.greedy(tokens, state, greedy).long()
@@ -293,7 +295,7 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
         "finished": int(pb.finished.sum()), "seconds": seconds, "additions_per_s": solved / seconds,
         "tokens_per_s": tokens / seconds, "steps": steps, "ms_per_step": 1e3 * seconds / steps,
         "state_dtype": str(state_dtype).removeprefix("torch."), "precision": precision, "step": step_kind,
-        "steps_per_graph": steps_per_graph, "setup_s": setup, "tiles": (tiles or {}) if step_kind == "kernel" else "FusedStep",
+        "steps_per_graph": steps_per_graph, "setup_s": setup, "tiles": tiles if step_kind != "fused" else "FusedStep",
         "state_bytes_per_row": (state.conv[:, 0].nbytes + state.ssm[:, 0].nbytes),
     })
 
@@ -305,12 +307,30 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
 TILE_GRID = ((16,), (16, 32), (2, 4), (1, 2, 3), ("bfloat16",))
 
 
+# SplitStepKernel: its matmul kernels' tiles (rows, _in_conv's channels, warps) with the SSM
+# kernel's at its defaults, then the SSM kernel's (channels, warps) with the matmuls' at theirs.
+# The ranges are those that compile without spilling for the H200 (registers counted offline).
+SPLIT_TILE_GRID = (
+    [dict(block_m=m, block_c=c, num_warps=w) for m, c, w in
+     ((16, 32, 4), (32, 32, 4), (64, 32, 8), (64, 64, 8), (128, 32, 8))]
+    + [dict(ssm_block_c=c, ssm_warps=w) for c, w in ((128, 1), (128, 2), (256, 4))])
+
+
+TILE_NAMES = ("block_m", "block_c", "num_warps", "num_stages", "ssm_block_c", "ssm_warps")  # as the kernels name them
+
+
 def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, precision: str, emit,
-                     grid=None) -> dict | None:
+                     grid=None, split: bool = False) -> dict | None:
     """The one-kernel step alone (greedy ids out, no tools) at each tile shape: rows per program,
     channels per block, warps, pipeline stages, weight dtype (`grid`: a list of StepKernel options;
-    default TILE_GRID). 20 steps in a CUDA graph, median of 5 replays. Returns the fastest."""
-    from mamba_agent.policies.mamba_step_kernel import StepKernel  # Triton
+    default TILE_GRID); `split`: SplitStepKernel instead, over SPLIT_TILE_GRID. 20 steps in a CUDA
+    graph, median of 5 replays. Returns the fastest."""
+    from mamba_agent.policies.mamba_split_kernel import SplitStepKernel  # Triton
+    from mamba_agent.policies.mamba_step_kernel import StepKernel
+
+    make = SplitStepKernel if split else StepKernel
+    if split:
+        grid = grid or [{**tiles, "weight_dtype": "bfloat16"} for tiles in SPLIT_TILE_GRID]
 
     state = policy.init_state(batch, device)
     state.conv, state.ssm = state.conv.to(state_dtype), state.ssm.to(state_dtype)
@@ -321,7 +341,7 @@ def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, preci
     keys = ("block_m", "block_c", "num_warps", "num_stages", "weight_dtype")
     for tiles in grid or [dict(zip(keys, t)) for t in itertools.product(*TILE_GRID)]:
         try:
-            kernel = StepKernel(policy, precision=precision, **tiles)
+            kernel = make(policy, precision=precision, **tiles)
             kernel.greedy(tokens, state, greedy)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
@@ -336,15 +356,26 @@ def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, preci
                 times.append((time.perf_counter() - t) / 20)
             sec = sorted(times)[2]
         except Exception as e:  # a tile too large for the registers or shared memory
-            emit({"kind": "step_tiles", "batch": batch, **tiles, "error": repr(e)[:200]})
+            emit({"kind": "step_tiles", "batch": batch, **tiles, "split": split, "error": repr(e)[:200]})
             continue
-        emit({"kind": "step_tiles", "batch": batch, **tiles,
+        used = {k: getattr(kernel, k) for k in TILE_NAMES if hasattr(kernel, k)}  # the defaults too
+        emit({"kind": "step_tiles", "batch": batch, **used, **tiles, "split": split,
               "state_dtype": str(state_dtype).removeprefix("torch."), "precision": precision,
               "ms_per_step": 1e3 * sec, "state_bytes_per_row": state_bytes,
               "fraction_of_limit": 2 * state_bytes * batch / H200["bandwidth"] / sec})
         if best is None or sec < best[0]:
-            best = (sec, tiles)
-    return best[1] if best else None
+            best = (sec, tiles, kernel)
+    if best is None:
+        return None
+    # Where the fastest step's time goes, kernel by kernel (CUPTI's timings, 20 steps outside a graph).
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(20):
+            best[2].greedy(tokens, state, greedy)
+        torch.cuda.synchronize(device)
+    per_kernel = {e.key: e.device_time_total / 20 / 1e3 for e in prof.key_averages()}  # ms a step
+    used = {k: getattr(best[2], k) for k in TILE_NAMES if hasattr(best[2], k)}
+    emit({"kind": "step_kernels", "batch": batch, **used, **best[1], "split": split, "ms_per_step_by_kernel": per_kernel})
+    return best[1]
 
 
 def main() -> None:
@@ -359,11 +390,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device-additions", default="", help="CUDA: 1,000-digit additions with the tools on the GPU, "
                     "one wave per BATCH[:STEP[:STATE_DTYPE]] (comma-separated); STEP kernel (the one-kernel step, "
-                    "default) or fused (FusedStep, fp32 state); STATE_DTYPE bfloat16 (kernel's default) or float32")
+                    "default), split (SplitStepKernel) or fused (FusedStep, fp32 state); STATE_DTYPE bfloat16 (kernel's default) or float32")
     ap.add_argument("--state-dtypes", default="float32,bfloat16", help="Mamba state dtypes for --tile-sweep")
     ap.add_argument("--precision", default="tf32", help="the one-kernel step's matmuls: tf32 or ieee (fp32)")
     ap.add_argument("--steps-per-graph", type=int, default=128)
     ap.add_argument("--tile-sweep", type=int, default=0, help="CUDA: time the one-kernel step's tile shapes at this batch")
+    ap.add_argument("--split-sweep", type=int, default=0, help="CUDA: time SplitStepKernel's tile shapes at this "
+                    "batch (bf16 state); the fastest is used for `split` additions")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -395,21 +428,28 @@ def main() -> None:
     additions = args.additions if args.additions is not None else (1024 if device.type == "cuda" else 0)
     if additions:
         bench_additions(device, min(additions, max(batches)), additions, 1000, emit)
-    shipped = MODELS["mamba-shipped"]().to(device).eval() if args.tile_sweep or args.device_additions else None
+    shipped = (MODELS["mamba-shipped"]().to(device).eval()
+               if args.tile_sweep or args.split_sweep or args.device_additions else None)
     best_tiles = {}  # state dtype -> the fastest tiles of the sweep
     for dtype in args.state_dtypes.split(",") if args.tile_sweep else []:
         with torch.inference_mode():
             best_tiles[dtype] = bench_step_tiles(shipped, device, args.tile_sweep, getattr(torch, dtype), args.precision, emit)
             for batch in (1, 64, 1024):  # the fastest tiles at the runtime's batch sizes
                 bench_step_tiles(shipped, device, batch, getattr(torch, dtype), args.precision, emit, [best_tiles[dtype]])
+    split_tiles = None
+    if args.split_sweep:
+        with torch.inference_mode():
+            split_tiles = bench_step_tiles(shipped, device, args.split_sweep, torch.bfloat16, args.precision, emit,
+                                           split=True)
     for spec in filter(None, args.device_additions.split(",")):
         batch, step_kind, *dtype = spec.split(":") + ([] if ":" in spec else ["kernel"])
         dtype = dtype[0] if dtype else "float32" if step_kind == "fused" else "bfloat16"
         if step_kind == "fused" and dtype != "float32":
             raise SystemExit(f"--device-additions {spec}: FusedStep's state is the policy's, float32")
         try:
+            tiles = split_tiles if step_kind == "split" else best_tiles.get(dtype)
             bench_device_additions(shipped, device, int(batch), 1000, getattr(torch, dtype), args.precision,
-                                   args.steps_per_graph, emit, best_tiles.get(dtype), step_kind)
+                                   args.steps_per_graph, emit, tiles, step_kind)
         except Exception as e:  # record it and go on to the next configuration
             traceback.print_exc()
             emit({"kind": "device_additions_error", "batch": int(batch), "state_dtype": dtype, "step": step_kind,
@@ -468,9 +508,15 @@ def report(meta: dict, records: list[dict]) -> str:
         lines += ["", "## The one-kernel step alone, by tile shape (shipped Mamba, greedy ids out, no tools)",
                   "| batch | state | weights | rows/program | channels/block | warps | stages | ms/step | % of limit |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for r in sorted(tiles, key=lambda r: (r["state_dtype"], r["ms_per_step"]))[:12]:
+        for r in sorted(tiles, key=lambda r: (r.get("split", False), r["state_dtype"], r["ms_per_step"]))[:24]:
+            stages = r.get("num_stages", "")
+            if r.get("split"):  # SplitStepKernel; the 2026-11-29 atomic version had no SSM kernel of its own
+                stages = f"split; SSM {r['ssm_block_c']} ch, {r['ssm_warps']} warps" if "ssm_block_c" in r else "split"
             lines.append(f"| {r['batch']:,} | {r['state_dtype']} | {r['weight_dtype']} | {r['block_m']} | {r['block_c']} | "
-                         f"{r['num_warps']} | {r['num_stages']} | {fmt(r['ms_per_step'])} | {100 * r['fraction_of_limit']:.1f}% |")
+                         f"{r['num_warps']} | {stages} | {fmt(r['ms_per_step'])} | {100 * r['fraction_of_limit']:.1f}% |")
+    for r in (r for r in records if r["kind"] == "step_kernels"):
+        lines += ["", f"Where the fastest tiles' step goes at {r['batch']:,} rows (ms a step, by kernel): " + ", ".join(
+            f"{name} {ms:.3f}" for name, ms in sorted(r["ms_per_step_by_kernel"].items(), key=lambda kv: -kv[1]))]
     adds = [r for r in records if r["kind"] == "device_additions"]
     if adds:
         lines += ["", "## 1,000-digit additions, tools on the GPU (PointerBatch), shipped Mamba; step: the one-kernel "

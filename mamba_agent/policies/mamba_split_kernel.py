@@ -1,0 +1,212 @@
+"""Mamba's decode step for large batches: four Triton kernels a layer, each shaped for what it moves.
+
+StepKernel (mamba_step_kernel.py) takes 16 rows through the whole step in one program. Compiled
+for the H200 it needs 255 registers a thread and spills (the residual, its norm, the out_proj
+sum and a 16 x 16 x 16 block of the SSM state are live at once), so an SM holds only 8 warps and
+the step is latency-bound (22% of the bandwidth limit at 32,768 rows). Here the step is split
+where its shape changes, every kernel's program small enough that an SM holds 16-36 warps:
+  1. `_out_norm`, over blocks of rows: the residual entering the layer (the embedding, or the
+     residual plus out_proj(y) of the layer before) and its RMSNorm xn.
+  2. `_in_conv`, over (rows, channels) like a GEMM tile: x, z = in_proj(xn), the causal conv step
+     on the state's window, u = silu(conv x) and the gate silu(z).
+  3. `_x_proj`, over blocks of rows: Δ (low rank), B and C of u, in one product.
+  4. `_ssm`, one row and a block of channels a program: Δ = softplus(dt_proj),
+     h = exp(Δ A) h + Δ B u, y = (C h + D u) gate. It streams the SSM state, 4/5 of the bytes.
+`_head` takes the logits of the final norm and the greedy pick: 4 L + 2 launches a step. u, the
+gate and y go through memory in the state's dtype, xn in the weights'; no atomics, so the
+results do not depend on scheduling.
+
+Measured on the H200 (2026-11-29, bf16 state and matmuls, eval/results/2026-11-29-throughput-h200/
+6 to 11): 1.07-1.10 ms a step at 32,768 rows (StepKernel 2.52), of it `_ssm` 0.66, `_in_conv`
+0.27, `_out_norm` 0.10, `_x_proj` 0.03; 778-782 1,000-digit additions a second with the tools
+on the GPU. Every kernel moves its bytes at roughly 3/4 of the memory bandwidth. On the way:
+a split with atomic partial sums took 3.72 ms; two kernels a layer 1.98 ms (the matmul kernel
+was latency-bound); the conv window read as W accesses a channel, laid out one row per thread,
+cost 1.1 ms of the step until it became one flat tile; `_ssm` taking 8 rows a program (to read
+A from L2 once) took 1.43 ms.
+"""
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from mamba_agent.policies.mamba_step_kernel import StepKernel
+
+
+@triton.jit
+def _mm(a, b, PRECISION: tl.constexpr):
+    return tl.dot(a.to(b.dtype), b, input_precision=PRECISION)
+
+
+@triton.jit
+def _out_norm(y_ptr, w_out_ptr, tok_ptr, emb_ptr, res_ptr, xn_ptr, B, eps, D: tl.constexpr, DP: tl.constexpr,
+              DI: tl.constexpr, FIRST: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+              PRECISION: tl.constexpr):
+    """The residual entering a layer (the embedding, or res + out_proj(y) of the layer before) and
+    its RMSNorm xn, in the weights' dtype (what the matmuls read); the gain is folded into them."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < B
+    dcol = tl.arange(0, DP)
+    d_ok = dcol < D
+    m = row_ok[:, None] & d_ok[None, :]
+    if FIRST:
+        tok = tl.load(tok_ptr + rows, mask=row_ok, other=0)
+        res = tl.load(emb_ptr + tok[:, None] * D + dcol[None, :], mask=m, other=0.0)
+    else:
+        res = tl.load(res_ptr + rows[:, None] * D + dcol[None, :], mask=m, other=0.0)
+        for k0 in range(0, DI, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            y = tl.load(y_ptr + rows[:, None] * DI + k[None, :], mask=row_ok[:, None], other=0.0)
+            res += _mm(y, tl.load(w_out_ptr + k[:, None] * D + dcol[None, :], mask=d_ok[None, :], other=0.0), PRECISION)
+    tl.store(res_ptr + rows[:, None] * D + dcol[None, :], res, mask=m)
+    xn = res / tl.sqrt(tl.sum(res * res, axis=1) / D + eps)[:, None]
+    tl.store(xn_ptr + rows[:, None] * DP + dcol[None, :], xn.to(xn_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr, B, D: tl.constexpr,
+             DP: tl.constexpr, DI: tl.constexpr, W: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+             PRECISION: tl.constexpr):
+    """x and z = in_proj(xn) for a block of rows and channels, then the causal conv step,
+    u = silu(conv x) and the gate silu(z)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < B
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    dcol = tl.arange(0, DP)
+    d_ok = (dcol < D)[:, None]
+    xn = tl.load(xn_ptr + rows[:, None] * DP + dcol[None, :], mask=row_ok[:, None], other=0.0)
+    x = tl.dot(xn, tl.load(w_in_ptr + dcol[:, None] * 2 * DI + ch[None, :], mask=d_ok, other=0.0),
+               input_precision=PRECISION)
+    # The conv window, this layer's (B, DI, W): a row's channels c0.. are BLOCK_C x W contiguous
+    # values, taken as one flat tile so a warp's loads and stores are contiguous.
+    j = tl.arange(0, BLOCK_C * W)
+    window = conv_ptr + (rows[:, None] * DI + tl.program_id(1) * BLOCK_C) * W + j[None, :]  # (M, C W)
+    last = (j % W == W - 1)[None, :]
+    older = tl.load(window + 1, mask=row_ok[:, None] & ~last, other=0.0).to(tl.float32)  # shifted left by one
+    x_at_last = tl.reshape(tl.broadcast_to(x[:, :, None], (BLOCK_M, BLOCK_C, W)), (BLOCK_M, BLOCK_C * W))
+    tl.store(window, tl.where(last, x_at_last, older).to(conv_ptr.dtype.element_ty), mask=row_ok[:, None])
+    cw = tl.load(conv_w_ptr + tl.program_id(1) * BLOCK_C * W + j)  # (DI, W) weights, in the window's order
+    acc = tl.sum(tl.reshape(older * cw[None, :], (BLOCK_M, BLOCK_C, W)), axis=2)
+    acc += tl.load(conv_b_ptr + ch)[None, :] + x * tl.load(conv_w_ptr + ch * W + W - 1)[None, :]
+    at = rows[:, None] * DI + ch[None, :]
+    tl.store(u_ptr + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=row_ok[:, None])
+    # z after x is done with: fewer registers live at once
+    z = tl.dot(xn, tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok, other=0.0),
+               input_precision=PRECISION)
+    tl.store(gate_ptr + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _x_proj(u_ptr, w_x_ptr, dbc_ptr, B, DI: tl.constexpr, S: tl.constexpr, BLOCK_M: tl.constexpr,
+            BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """x_proj(u) in one product: [Δ low rank | B | C | zero padding] (fp32)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < B
+    s = tl.arange(0, S)
+    dbc = tl.zeros((BLOCK_M, S), tl.float32)
+    for k0 in range(0, DI, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        u = tl.load(u_ptr + rows[:, None] * DI + k[None, :], mask=row_ok[:, None], other=0.0)
+        dbc += _mm(u, tl.load(w_x_ptr + k[:, None] * S + s[None, :]), PRECISION)
+    tl.store(dbc_ptr + rows[:, None] * S + s[None, :], dbc, mask=row_ok[:, None])
+
+
+@triton.jit
+def _ssm(dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a_ptr, skip_ptr, ssm_ptr, y_ptr, DI: tl.constexpr,
+         N: tl.constexpr, R: tl.constexpr, S: tl.constexpr, BLOCK_C: tl.constexpr):
+    row = tl.program_id(0)
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n = tl.arange(0, N)
+    dbc = dbc_ptr + row * S
+    dt = tl.load(dt_b_ptr + ch)
+    for k in tl.static_range(R):  # dt_proj of Δ's low rank, a column at a time (fewer registers than a tile)
+        dt += tl.load(dbc + k) * tl.load(w_dt_ptr + k * DI + ch).to(tl.float32)
+    dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus, as torch's
+    b = tl.load(dbc + R + n)
+    c = tl.load(dbc + R + N + n)
+    u = tl.load(u_ptr + row * DI + ch).to(tl.float32)
+    h_ptrs = ssm_ptr + (row * DI + ch[:, None]) * N + n[None, :]
+    h = tl.load(h_ptrs).to(tl.float32)  # (C, N)
+    h = h * tl.exp(dt[:, None] * tl.load(a_ptr + ch[:, None] * N + n[None, :])) + (dt * u)[:, None] * b[None, :]
+    tl.store(h_ptrs, h.to(ssm_ptr.dtype.element_ty))
+    y = (tl.sum(h * c[None, :], axis=1) + tl.load(skip_ptr + ch) * u) * tl.load(gate_ptr + row * DI + ch).to(tl.float32)
+    tl.store(y_ptr + row * DI + ch, y.to(y_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _head(xn_ptr, head_ptr, logits_ptr, greedy_ptr, B, V, D: tl.constexpr, DP: tl.constexpr, VP: tl.constexpr,
+          BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, STORE_LOGITS: tl.constexpr, PRECISION: tl.constexpr):
+    """Logits of the final norm's xn (its gain folded into head) and the greedy pick."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < B
+    dcol = tl.arange(0, DP)
+    xn = tl.load(xn_ptr + rows[:, None] * DP + dcol[None, :], mask=row_ok[:, None], other=0.0)
+    best = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    best_id = tl.zeros((BLOCK_M,), tl.int32)
+    for v0 in range(0, VP, BLOCK_V):
+        v = v0 + tl.arange(0, BLOCK_V)
+        w = tl.load(head_ptr + dcol[:, None] * VP + v[None, :], mask=(dcol < D)[:, None], other=0.0)
+        logits = tl.dot(xn, w, input_precision=PRECISION)
+        logits = tl.where(v[None, :] < V, logits, float("-inf"))
+        if STORE_LOGITS:
+            tl.store(logits_ptr + rows[:, None] * V + v[None, :], logits, mask=row_ok[:, None] & (v[None, :] < V))
+        m = tl.max(logits, axis=1)
+        i = tl.argmax(logits, axis=1) + v0
+        better = m > best  # the first maximum, as torch.argmax
+        best_id = tl.where(better, i, best_id)
+        best = tl.where(better, m, best)
+    tl.store(greedy_ptr + rows, best_id, mask=row_ok)
+
+
+class SplitStepKernel(StepKernel):
+    """StepKernel's interface and prepared weights; the step in 4 L + 2 kernels. Tiles: `block_m`
+    rows a program in the matmul kernels (`num_warps` warps), `block_c` channels a program in
+    `_in_conv`, `ssm_block_c` channels a program in `_ssm` (`ssm_warps` warps)."""
+
+    def __init__(self, policy, block_m: int = 64, block_c: int = 32, num_warps: int = 8, ssm_block_c: int = 256,
+                 ssm_warps: int = 2, precision: str = "ieee", weight_dtype: str = "float32"):
+        super().__init__(policy, block_m=block_m, block_c=block_c, precision=precision, num_warps=num_warps,
+                         num_stages=1, weight_dtype=weight_dtype)
+        if self.config.d_conv & (self.config.d_conv - 1):
+            raise ValueError(f"d_conv ({self.config.d_conv}) must be a power of 2 for this kernel")
+        if self.config.d_inner % ssm_block_c:
+            raise ValueError(f"ssm_block_c ({ssm_block_c}) must divide d_inner ({self.config.d_inner})")
+        self.ssm_block_c, self.ssm_warps = ssm_block_c, ssm_warps
+        self.conv_w = self.conv_w.transpose(1, 2).contiguous()  # (L, DI, W), the conv state's order
+        self.block_k = math.gcd(self.config.d_inner, 64)  # the reduction over channels, in chunks that divide it
+        if self.block_k < 16:
+            raise ValueError(f"d_inner ({self.config.d_inner}) must be a multiple of 16 for this kernel")
+        # x_proj as one matrix (L, DI, S): [Δ low rank (R) | B (N) | C (N) | zeros], S a power of 2.
+        self.S = triton.next_power_of_2(self.R + 2 * self.config.d_state)
+        w_x = torch.cat([self.w_xdt, self.w_xb, self.w_xc], dim=2)
+        self.w_x = torch.cat([w_x, w_x.new_zeros(*w_x.shape[:2], self.S - w_x.shape[2])], dim=2).contiguous()
+        self.scratch = None  # made for the batch size and state dtype in use
+
+    def _launch(self, token: Tensor, state, logits: Tensor | None, greedy: Tensor) -> None:
+        c, B = self.config, token.shape[0]
+        if state.ssm.numel() >= 2**31 or state.conv.numel() >= 2**31:  # offsets are int32 in the kernels
+            raise ValueError(f"a state of {state.ssm.numel():,} values is too large for int32 offsets: use fewer rows")
+        D, DI, N, DP, S = c.d_model, c.d_inner, c.d_state, self.DP, self.S
+        if self.scratch is None or self.scratch[0].shape[0] != B or self.scratch[3].dtype != state.ssm.dtype:
+            dev, st = token.device, state.ssm.dtype
+            self.scratch = (torch.empty(B, D, device=dev), torch.empty(B, DP, device=dev, dtype=self.w_in.dtype),
+                            torch.empty(B, S, device=dev), *(torch.empty(B, DI, device=dev, dtype=st) for _ in range(3)))
+        res, xn, dbc, u, gate, y = self.scratch  # xn in the weights' dtype, u, gate and y in the state's
+        rows = triton.cdiv(B, self.block_m)
+        mm = dict(BLOCK_M=self.block_m, PRECISION=self.precision, num_warps=self.num_warps)
+        for i in range(c.n_layer + 1):
+            _out_norm[(rows,)](y, self.w_out[i - 1], token, self.embedding, res, xn, B, self.eps, D=D, DP=DP, DI=DI,
+                               FIRST=i == 0, BLOCK_K=self.block_k, **mm)
+            if i == c.n_layer:
+                break
+            _in_conv[(rows, DI // self.block_c)](xn, self.w_in[i], self.conv_w[i], self.conv_b[i], state.conv[i], u,
+                                                 gate, B, D=D, DP=DP, DI=DI, W=c.d_conv, BLOCK_C=self.block_c, **mm)
+            _x_proj[(rows,)](u, self.w_x[i], dbc, B, DI=DI, S=S, BLOCK_K=self.block_k, **mm)
+            _ssm[(B, DI // self.ssm_block_c)](
+                dbc, u, gate, self.w_dt[i], self.dt_b[i], self.A[i], self.skip[i], state.ssm[i], y, DI=DI, N=N, R=self.R,
+                S=S, BLOCK_C=self.ssm_block_c, num_warps=self.ssm_warps)
+        _head[(rows,)](xn, self.head, greedy if logits is None else logits, greedy, B, c.vocab_size, D=D, DP=DP,
+                       VP=self.VP, BLOCK_V=self.block_v, STORE_LOGITS=logits is not None, **mm)

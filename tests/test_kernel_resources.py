@@ -1,0 +1,31 @@
+"""The split step's kernels, compiled for the H200 (sm_90) on this machine, keep the shape that made
+them fast there: no spilled registers and at least 16 warps an SM for every kernel (StepKernel,
+at 8 warps an SM with spills, was latency-bound). In a subprocess: the interpreter tests set
+TRITON_INTERPRET for this process, and the kernels must be compiled, not interpreted."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+# Not imported here: the interpreter tests need triton's first import to see TRITON_INTERPRET.
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+
+
+def test_split_step_kernels_fit_an_sm_without_spilling():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-m", "mamba_agent.policies.kernel_resources", "--json"], env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = json.loads(out.stdout)
+    split = [r for r in rows if r["step"] == "SplitStepKernel"]
+    assert {r["kernel"] for r in split} == {"_out_norm", "_in_conv", "_x_proj", "_ssm", "_head"}
+    for r in split:
+        assert r["spilled"] == 0, r
+        assert r["warps_per_sm"] >= 16, r
+    # The one-kernel step compiles too, and is the reason for the split: few warps an SM.
+    (step,) = [r for r in rows if r["step"] == "StepKernel"]
+    assert step["warps_per_sm"] < min(r["warps_per_sm"] for r in split)
