@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 5's throughput work in one call of the device tool (H200): the tests of the one-kernel
-# step and of PointerBatch (compiled), the step's tile shapes at $TILE_BATCH rows (0: skip), and
+# Issue 5's throughput work in one call of the device tool (H200): the tests of the step kernels
+# and of PointerBatch (compiled), StepKernel's tile shapes at $TILE_BATCH rows and
+# SplitStepKernel's at $SPLIT_BATCH (0: skip either; the fastest are used below), and
 # 1,000-digit additions with the tools on the GPU, one wave per entry of $ADDITIONS
 # (BATCH[:STEP[:STATE_DTYPE]], see `python -m mamba_agent.eval.bench --help`); $TESTS: which GPU tests run.
 #   device run: command="bash eval/gpu_throughput.sh", carry=[".whl/mamba_ssm-2.3.2.post1-cp312-cp312-linux_x86_64.whl", ".whl/py"]

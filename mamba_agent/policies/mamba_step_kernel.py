@@ -20,9 +20,9 @@ the bandwidth limit (FusedStep, fp32 state: ~1.9 ms), and 0.29 ms at batch 1, wh
 say the same thing: a program walks its rows through 4 layers x 2 passes x 16 channel blocks in
 sequence, so a step costs at least that chain's latency, and a large batch is fast only as far
 as the GPU holds its programs at once (bf16 instead of fp32 state saved only 10%). So the
-runtime's decoder keeps FusedStep, and this kernel is the throughput path (eval/bench.py's
-additions with `PointerBatch`). Faster needs a shorter chain: programs over channel blocks as
-well as rows, one kernel a pass and layer, with Δ/B/C and out_proj reduced across programs.
+runtime's decoder keeps FusedStep. Compiled for sm_90 the program needs 255 registers a thread
+and spills, so an SM holds 8 of its warps (`kernel_resources.py`); `mamba_split_kernel.py`
+splits the step into kernels that fit 16-36 warps an SM and is 2.3x faster at 32,768 rows.
 """
 
 import torch
