@@ -218,12 +218,13 @@ def addition_problems(rng: np.random.Generator, count: int, digits: int) -> tupl
 
 def bench_device_additions(policy, device, batch: int, digits: int, state_dtype: torch.dtype,
                            precision: str, steps_per_graph: int, emit, tiles: dict | None = None,
-                           step_kind: str = "kernel") -> None:
+                           step_kind: str = "split") -> None:
     """1,000-digit additions solved per second with the tools on the GPU: `PointerBatch` (pointer
     memory and episode rules as tensors) and the Mamba step, `steps_per_graph` steps of both
-    captured in one CUDA graph. `step_kind`: "kernel", the one-kernel step (`tiles`: StepKernel's
-    options), "split", SplitStepKernel (kernels over row and channel blocks), or "fused", the
-    runtime's FusedStep (6 kernels a layer, mamba-ssm's state update; fp32 state) and an argmax. Compiling and capturing (one graph's steps on the first problems)
+    captured in one CUDA graph. `step_kind`: "split", SplitStepKernel (4 kernels a layer, the
+    fastest; `tiles`: its options), "kernel", StepKernel (the step in one kernel; `tiles`: its
+    options), or "fused", the runtime's FusedStep (6 kernels a layer, mamba-ssm's state update;
+    fp32 state) and an argmax. Compiling and capturing (one graph's steps on the first problems)
     is not timed; the wave is, from loading its problems to the verdicts."""
     task = get_task("addition")
     rng = np.random.default_rng(0)
@@ -389,8 +390,9 @@ def main() -> None:
     ap.add_argument("--additions", type=int, default=None, help="how many 1,000-digit additions to time (0: skip)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device-additions", default="", help="CUDA: 1,000-digit additions with the tools on the GPU, "
-                    "one wave per BATCH[:STEP[:STATE_DTYPE]] (comma-separated); STEP kernel (the one-kernel step, "
-                    "default), split (SplitStepKernel) or fused (FusedStep, fp32 state); STATE_DTYPE bfloat16 (kernel's default) or float32")
+                    "one wave per BATCH[:STEP[:STATE_DTYPE]] (comma-separated); STEP split (SplitStepKernel, default), "
+                    "kernel (StepKernel, the step in one kernel) or fused (FusedStep, fp32 state); STATE_DTYPE bfloat16 "
+                    "(the Triton steps' default) or float32")
     ap.add_argument("--state-dtypes", default="float32,bfloat16", help="Mamba state dtypes for --tile-sweep")
     ap.add_argument("--precision", default="tf32", help="the one-kernel step's matmuls: tf32 or ieee (fp32)")
     ap.add_argument("--steps-per-graph", type=int, default=128)
@@ -442,7 +444,7 @@ def main() -> None:
             split_tiles = bench_step_tiles(shipped, device, args.split_sweep, torch.bfloat16, args.precision, emit,
                                            split=True)
     for spec in filter(None, args.device_additions.split(",")):
-        batch, step_kind, *dtype = spec.split(":") + ([] if ":" in spec else ["kernel"])
+        batch, step_kind, *dtype = spec.split(":") + ([] if ":" in spec else ["split"])
         dtype = dtype[0] if dtype else "float32" if step_kind == "fused" else "bfloat16"
         if step_kind == "fused" and dtype != "float32":
             raise SystemExit(f"--device-additions {spec}: FusedStep's state is the policy's, float32")
@@ -519,8 +521,8 @@ def report(meta: dict, records: list[dict]) -> str:
             f"{name} {ms:.3f}" for name, ms in sorted(r["ms_per_step_by_kernel"].items(), key=lambda kv: -kv[1]))]
     adds = [r for r in records if r["kind"] == "device_additions"]
     if adds:
-        lines += ["", "## 1,000-digit additions, tools on the GPU (PointerBatch), shipped Mamba; step: the one-kernel "
-                  "step (kernel) or the runtime's FusedStep (fused)",
+        lines += ["", "## 1,000-digit additions, tools on the GPU (PointerBatch), shipped Mamba; step: SplitStepKernel "
+                  "(split), StepKernel (kernel) or the runtime's FusedStep (fused)",
                   f"Limit: the state read and written each step over {hw['bandwidth'] / 1e9:,.0f} GB/s.", "",
                   "| batch | step | state | matmuls | steps/graph | correct | seconds | additions/s | tokens/s | ms/step | "
                   "limit ms/step | % of limit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
