@@ -361,13 +361,16 @@ class CPUDecoder(Decoder):
 
         # The norm scale is computed as 1 / sqrt(sum x^2 + d eps): sqrt(d) short, folded here.
         gain = d**0.5
+        # silu(v) = h + h tanh(h) with h = v / 2 (3 operations, not 4): the 1/2 is folded into
+        # the conv (whose input, x, stays unscaled in the state) and into z's rows of in_proj.
+        half_z = torch.cat([torch.ones(di), torch.full((di,), 0.5)])[:, None]
         self.layers = []
         for layer, conv, ssm in zip(policy.backbone.layers, self.state.conv.numpy(), self.state.ssm.numpy()):
             m = layer.mixer
             x_w = m.x_proj.weight.detach()  # rows [dt (R) | B (N) | C (N)], reordered [B | C | dt]
             self.layers.append((
-                weight(m.in_proj.weight * layer.norm.weight * gain),  # (d, 2 di)
-                with_bias(m.conv1d.weight[:, 0], m.conv1d.bias).T.copy(),  # (di, W + 1)
+                weight(m.in_proj.weight * layer.norm.weight * gain * half_z),  # (d, 2 di)
+                with_bias(m.conv1d.weight[:, 0] / 2, m.conv1d.bias / 2).T.copy(),  # (di, W + 1)
                 weight(torch.cat([x_w[R:], x_w[:R]])),  # (di, 2N + R)
                 with_bias(m.dt_proj.weight, m.dt_proj.bias),  # (R + 1, di)
                 (-torch.exp(m.A_log.detach().float())).numpy(),  # A (di, N)
@@ -383,7 +386,7 @@ class CPUDecoder(Decoder):
         self.tokens = np.zeros(B, np.int64)
         self.residual, self.mixed = np.zeros((B, d), f32), np.zeros((B, d), f32)
         self.scale = np.zeros((B, 1), f32)
-        self.xz, self.tmp_xz = np.zeros((B, 2 * di), f32), np.zeros((B, 2 * di), f32)  # [x | z]; x becomes the conv's output
+        self.xz, self.tmp_xz = np.zeros((B, 2 * di), f32), np.zeros((B, 2 * di), f32)  # [x | z / 2]; x becomes the conv's output / 2
         self.window = np.ones((B, di, W + 1), f32)  # the last W inputs, then the constant 1
         self.dbc = np.ones((B, 2 * N + R + 1), f32)  # [B | C | dt (low rank) | 1]
         self.delta, self.y, self.tmp = (np.zeros((B, di), f32) for _ in range(3))
@@ -399,56 +402,53 @@ class CPUDecoder(Decoder):
         )
 
     def _norm_scale(self, x: np.ndarray) -> np.ndarray:
-        """(B, 1): 1 / sqrt(sum(x^2) + d eps), the RMSNorm scale divided by sqrt(d)."""
-        np.vecdot(x, x, out=self.scale[:, 0])
-        self.scale += self.eps_d
-        return np.power(self.scale, -0.5, out=self.scale)
-
-    @staticmethod
-    def _silu(x: np.ndarray, tmp: np.ndarray) -> None:
-        """x *= sigmoid(x) in place; tmp is scratch of x's shape."""
-        np.negative(x, out=tmp)
-        np.exp(tmp, out=tmp)
-        tmp += 1
-        np.divide(x, tmp, out=x)
+        """(B, 1): sqrt(sum(x^2) + d eps), the RMSNorm divisor times sqrt(d)."""
+        np.vecdot(x, x, self.scale[:, 0])
+        np.add(self.scale, self.eps_d, self.scale)
+        return np.sqrt(self.scale, self.scale)
 
     def step(self, tokens: list[int]) -> Tensor:
-        res, xz, window, delta, y, tmp, dA, dBx = (
-            self.residual, self.xz, self.window, self.delta, self.y, self.tmp, self.dA, self.dBx
+        # ufuncs as locals and outputs passed by position: ~0.15 us less a call, ~125 calls a step.
+        mul, add, div, exp, tanh, matmul = np.multiply, np.add, np.divide, np.exp, np.tanh, np.matmul
+        res, xz, tmp_xz, window, delta, y, tmp, dA, dBx, mixed = (
+            self.residual, self.xz, self.tmp_xz, self.window, self.delta, self.y, self.tmp, self.dA, self.dBx,
+            self.mixed,
         )
         x, z, history, newest, window_state, x_proj_out, B, C, dt, delta_col, y_col = self.views
         self.tokens[:] = tokens
-        np.take(self.embedding, self.tokens, axis=0, out=res)
+        np.take(self.embedding, self.tokens, 0, res)
         for in_w, conv_w, x_w, dt_w, A, D, out_w, conv, conv_tail, h in self.layers:
-            np.matmul(res, in_w, out=xz)
-            xz *= self._norm_scale(res)  # [x | z] = in_proj(norm(res))
+            matmul(res, in_w, xz)
+            div(xz, self._norm_scale(res), xz)  # [x | z / 2] = in_proj(norm(res))
             history[...] = conv_tail  # the causal conv's last W inputs: shift, append x
             newest[...] = x
             conv[...] = window_state
-            np.vecdot(window, conv_w, out=x)  # conv + bias
-            self._silu(xz, self.tmp_xz)  # silu(conv x) and silu(z) in one pass
-            np.matmul(x, x_w, out=x_proj_out)
-            np.matmul(dt, dt_w, out=delta)  # dt_proj + bias
+            np.vecdot(window, conv_w, x)  # (conv + bias) / 2
+            tanh(xz, tmp_xz)  # silu of conv x and of z in one pass: h + h tanh(h), h = v / 2
+            mul(tmp_xz, xz, tmp_xz)
+            add(xz, tmp_xz, xz)
+            matmul(x, x_w, x_proj_out)
+            matmul(dt, dt_w, delta)  # dt_proj + bias
             # Δ = softplus(delta) = log(1 + e^t), as max(t, log1p(e^min(t, 20))): exact in fp32
             np.minimum(delta, 20, out=tmp)
-            np.exp(tmp, out=tmp)
-            np.log1p(tmp, out=tmp)
+            exp(tmp, tmp)
+            np.log1p(tmp, tmp)
             np.maximum(delta, tmp, out=delta)
             # h = exp(Δ A) h + (Δ x) B;  y = (C h + D x) silu(z)
-            np.multiply(delta_col, A, out=dA)
-            np.exp(dA, out=dA)
-            h *= dA
-            delta *= x
-            np.multiply(delta_col, B, out=dBx)
-            h += dBx
-            np.matmul(h, C, out=y_col)
-            np.multiply(D, x, out=tmp)
-            y += tmp
-            y *= z
-            np.matmul(y, out_w, out=self.mixed)
-            res += self.mixed
-        np.matmul(res, self.head, out=self.logits)
-        self.logits *= self._norm_scale(res)
+            mul(delta_col, A, dA)
+            exp(dA, dA)
+            mul(h, dA, h)
+            mul(delta, x, delta)
+            mul(delta_col, B, dBx)
+            add(h, dBx, h)
+            matmul(h, C, y_col)
+            mul(D, x, tmp)
+            add(y, tmp, y)
+            mul(y, z, y)
+            matmul(y, out_w, mixed)
+            add(res, mixed, res)
+        matmul(res, self.head, self.logits)
+        div(self.logits, self._norm_scale(res), self.logits)
         return torch.from_numpy(self.logits)
 
     def step_greedy(self, tokens: list[int]) -> list[int]:
