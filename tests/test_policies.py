@@ -275,6 +275,25 @@ def test_decoder_equals_forward_and_resets_one_row(kind):
     torch.testing.assert_close(steps, fresh, atol=ATOL, rtol=0)
 
 
+def test_mamba_cpu_decoder_prefills_after_any_number_of_steps():
+    """The CPU decoder keeps the conv state as a ring between prefills (a step writes over the
+    oldest input); a prefill after 1, 2, ... steps puts it back in order and continues exactly."""
+    policy, seq = tiny("mamba"), tokens(2, 40)
+    with torch.no_grad():
+        full = policy(seq)
+        decoder = policy.decoder(2)
+        t, got, want = 3, [decoder.prefill(seq[:, :3].tolist()).clone()], [full[:, 2]]
+        for steps in (1, 2, 3, 4, 5, 6):  # every ring position, with d_conv 4
+            for _ in range(steps):
+                got.append(decoder.step(seq[:, t].tolist()).clone())
+                want.append(full[:, t])
+                t += 1
+            got.append(decoder.prefill(seq[:, t : t + 2].tolist()).clone())
+            want.append(full[:, t + 1])
+            t += 2
+    torch.testing.assert_close(torch.stack(got), torch.stack(want), atol=ATOL, rtol=0)
+
+
 def test_mamba_cpu_decoder_is_the_fast_path():
     from mamba_agent.policies.mamba import CPUDecoder
 

@@ -341,7 +341,9 @@ class CPUDecoder(Decoder):
     buffers costs ~1 us. It works on NumPy views of the policy's state tensors, so `prefill`
     (PyTorch) and `step` continue each other's state. Folded once into the weights, to save
     operations per token: each RMSNorm gain into the matrix after it (W (g x) = (W diag g) x),
-    the conv bias and the Δ bias as an extra input column that is always 1.
+    the Δ bias as an extra input column that is always 1. The conv state is a ring: a step
+    writes its input over the oldest one and the conv uses the weights rotated to match (two
+    strided copies a layer fewer); `prefill` first puts the ring back in PyTorch's order.
     """
 
     def __init__(self, policy: MambaPolicy, batch_size: int):
@@ -359,6 +361,13 @@ class CPUDecoder(Decoder):
         def with_bias(w: Tensor, b: Tensor) -> np.ndarray:  # (out, in), (out,) -> (in + 1, out)
             return weight(torch.cat([w.detach(), b.detach()[:, None]], dim=1))
 
+        def ring_weights(w: np.ndarray) -> list[np.ndarray]:
+            """w (di, W), oldest input first -> for each slot p of the newest input, the weights
+            in ring order: slot s holds the input (p - s) mod W steps old."""
+            return [np.ascontiguousarray(w[:, [W - 1 - (p - s) % W for s in range(W)]]) for p in range(W)]
+
+        self.slot = W - 1  # the ring slot of the newest input; at W - 1 the ring is in PyTorch's order
+        self.conv_states = list(self.state.conv.numpy())  # (B, di, W) a layer: views of the state
         # The norm scale is computed as 1 / sqrt(sum x^2 + d eps): sqrt(d) short, folded here.
         gain = d**0.5
         # silu(v) = h + h tanh(h) with h = v / 2 (3 operations, not 4): the 1/2 is folded into
@@ -370,14 +379,15 @@ class CPUDecoder(Decoder):
             x_w = m.x_proj.weight.detach()  # rows [dt (R) | B (N) | C (N)], reordered [B | C | dt]
             self.layers.append((
                 weight(m.in_proj.weight * layer.norm.weight * gain * half_z),  # (d, 2 di)
-                with_bias(m.conv1d.weight[:, 0] / 2, m.conv1d.bias / 2).T.copy(),  # (di, W + 1)
+                ring_weights(m.conv1d.weight[:, 0].detach().float().numpy() / 2),  # W x (di, W)
+                m.conv1d.bias.detach().float().numpy() / 2,
                 weight(torch.cat([x_w[R:], x_w[:R]])),  # (di, 2N + R)
                 with_bias(m.dt_proj.weight, m.dt_proj.bias),  # (R + 1, di)
                 (-torch.exp(m.A_log.detach().float())).numpy(),  # A (di, N)
                 m.D.detach().float().numpy(),  # (di,)
                 weight(m.out_proj.weight),  # (di, d)
                 conv,  # (B, di, W): view of the state
-                conv[..., 1:],  # its last W - 1 inputs
+                [conv[..., slot] for slot in range(W)],  # its slots, where a step writes its input
                 ssm,  # (B, di, N): view of the state
             ))
         emb = policy.backbone.embedding.weight.detach().float()
@@ -387,16 +397,14 @@ class CPUDecoder(Decoder):
         self.residual, self.mixed = np.zeros((B, d), f32), np.zeros((B, d), f32)
         self.scale = np.zeros((B, 1), f32)
         self.xz, self.tmp_xz = np.zeros((B, 2 * di), f32), np.zeros((B, 2 * di), f32)  # [x | z / 2]; x becomes the conv's output / 2
-        self.window = np.ones((B, di, W + 1), f32)  # the last W inputs, then the constant 1
         self.dbc = np.ones((B, 2 * N + R + 1), f32)  # [B | C | dt (low rank) | 1]
         self.delta, self.y, self.tmp = (np.zeros((B, di), f32) for _ in range(3))
         self.dA, self.dBx = np.zeros((B, di, N), f32), np.zeros((B, di, N), f32)
         self.logits = np.zeros((B, c.vocab_size), f32)
         # Views into those buffers, made once: the step only fills them.
-        xz, window, dbc = self.xz, self.window, self.dbc
+        xz, dbc = self.xz, self.dbc
         self.views = (
             xz[:, :di], xz[:, di:],  # x, z
-            window[..., : W - 1], window[..., W - 1], window[..., :W],  # history, newest, state part
             dbc[:, :-1], dbc[:, None, :N], dbc[:, N : 2 * N, None], dbc[:, 2 * N :],  # x_proj out, B, C, dt + 1
             self.delta[:, :, None], self.y[:, :, None],
         )
@@ -410,20 +418,19 @@ class CPUDecoder(Decoder):
     def step(self, tokens: list[int]) -> Tensor:
         # ufuncs as locals and outputs passed by position: ~0.15 us less a call, ~125 calls a step.
         mul, add, div, exp, tanh, matmul = np.multiply, np.add, np.divide, np.exp, np.tanh, np.matmul
-        res, xz, tmp_xz, window, delta, y, tmp, dA, dBx, mixed = (
-            self.residual, self.xz, self.tmp_xz, self.window, self.delta, self.y, self.tmp, self.dA, self.dBx,
-            self.mixed,
+        res, xz, tmp_xz, delta, y, tmp, dA, dBx, mixed = (
+            self.residual, self.xz, self.tmp_xz, self.delta, self.y, self.tmp, self.dA, self.dBx, self.mixed,
         )
-        x, z, history, newest, window_state, x_proj_out, B, C, dt, delta_col, y_col = self.views
+        x, z, x_proj_out, B, C, dt, delta_col, y_col = self.views
+        slot = self.slot = (self.slot + 1) % self.conv_states[0].shape[-1]  # over the oldest input
         self.tokens[:] = tokens
         np.take(self.embedding, self.tokens, 0, res)
-        for in_w, conv_w, x_w, dt_w, A, D, out_w, conv, conv_tail, h in self.layers:
+        for in_w, conv_w, conv_b, x_w, dt_w, A, D, out_w, conv, conv_slots, h in self.layers:
             matmul(res, in_w, xz)
             div(xz, self._norm_scale(res), xz)  # [x | z / 2] = in_proj(norm(res))
-            history[...] = conv_tail  # the causal conv's last W inputs: shift, append x
-            newest[...] = x
-            conv[...] = window_state
-            np.vecdot(window, conv_w, x)  # (conv + bias) / 2
+            conv_slots[slot][...] = x  # the causal conv's window: x over the oldest input
+            np.vecdot(conv, conv_w[slot], x)
+            add(x, conv_b, x)  # (conv + bias) / 2
             tanh(xz, tmp_xz)  # silu of conv x and of z in one pass: h + h tanh(h), h = v / 2
             mul(tmp_xz, xz, tmp_xz)
             add(xz, tmp_xz, xz)
@@ -454,3 +461,12 @@ class CPUDecoder(Decoder):
     def step_greedy(self, tokens: list[int]) -> list[int]:
         self.step(tokens)
         return self.logits.argmax(-1).tolist()
+
+    def prefill(self, tokens: list[list[int]]) -> Tensor:
+        W = self.conv_states[0].shape[-1]
+        if self.slot != W - 1:  # the ring back in PyTorch's order: oldest input first
+            order = [(self.slot + 1 + k) % W for k in range(W)]
+            for conv in self.conv_states:
+                conv[...] = conv[..., order]
+            self.slot = W - 1
+        return super().prefill(tokens)
