@@ -4,7 +4,8 @@ StepKernel (mamba_step_kernel.py) takes 16 rows through the whole step in one pr
 for the H200 it needs 255 registers a thread and spills (the residual, its norm, the out_proj
 sum and a 16 x 16 x 16 block of the SSM state are live at once), so an SM holds only 8 warps and
 the step is latency-bound (22% of the bandwidth limit at 32,768 rows). Here the step is split
-where its shape changes, every kernel's program small enough that an SM holds 16-36 warps:
+where its shape changes, every kernel's program small enough that an SM holds 16-32 warps of it
+(Triton 3.6; `kernel_resources.py` counts them):
   1. `_out_norm`, over blocks of rows: the residual entering the layer (the embedding, or the
      residual plus out_proj(y) of the layer before) and its RMSNorm xn.
   2. `_in_conv`, over (rows, channels) like a GEMM tile: x, z = in_proj(xn), the causal conv step
@@ -166,12 +167,16 @@ class SplitStepKernel(StepKernel):
     rows a program in the matmul kernels (`num_warps` warps), `block_c` channels a program in
     `_in_conv`, `ssm_block_c` channels a program in `_ssm` (`ssm_warps` warps)."""
 
-    def __init__(self, policy, block_m: int = 64, block_c: int = 32, num_warps: int = 8, ssm_block_c: int = 256,
-                 ssm_warps: int = 2, precision: str = "ieee", weight_dtype: str = "float32"):
+    def __init__(self, policy, block_m: int = 64, block_c: int = 32, num_warps: int = 8,
+                 ssm_block_c: int | None = None, ssm_warps: int = 2, precision: str = "ieee",
+                 weight_dtype: str = "float32"):
+        """The default tiles were the fastest on the H200 at 32,768 rows; `ssm_block_c` by default
+        the largest power of 2 up to 256 that divides d_inner (256 for the shipped model)."""
         super().__init__(policy, block_m=block_m, block_c=block_c, precision=precision, num_warps=num_warps,
                          num_stages=1, weight_dtype=weight_dtype)
         if self.config.d_conv & (self.config.d_conv - 1):
             raise ValueError(f"d_conv ({self.config.d_conv}) must be a power of 2 for this kernel")
+        ssm_block_c = ssm_block_c or math.gcd(self.config.d_inner, 256)
         if self.config.d_inner % ssm_block_c:
             raise ValueError(f"ssm_block_c ({ssm_block_c}) must divide d_inner ({self.config.d_inner})")
         self.ssm_block_c, self.ssm_warps = ssm_block_c, ssm_warps

@@ -22,7 +22,7 @@ sequence, so a step costs at least that chain's latency, and a large batch is fa
 as the GPU holds its programs at once (bf16 instead of fp32 state saved only 10%). So the
 runtime's decoder keeps FusedStep. Compiled for sm_90 the program needs 255 registers a thread
 and spills, so an SM holds 8 of its warps (`kernel_resources.py`); `mamba_split_kernel.py`
-splits the step into kernels that fit 16-36 warps an SM and is 2.3x faster at 32,768 rows.
+splits the step into kernels that fit 16-32 warps an SM and is 2.3x faster at 32,768 rows.
 """
 
 import torch
