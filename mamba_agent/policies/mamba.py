@@ -368,7 +368,7 @@ class CPUDecoder(Decoder):
 
         self.slot = W - 1  # the ring slot of the newest input; at W - 1 the ring is in PyTorch's order
         self.conv_states = list(self.state.conv.numpy())  # (B, di, W) a layer: views of the state
-        # The norm scale is computed as 1 / sqrt(sum x^2 + d eps): sqrt(d) short, folded here.
+        # The norm divides by sqrt(sum x^2 + d eps), sqrt(d) times RMSNorm's divisor: folded here.
         gain = d**0.5
         # silu(v) = h + h tanh(h) with h = v / 2 (3 operations, not 4): the 1/2 is folded into
         # the conv (whose input, x, stays unscaled in the state) and into z's rows of in_proj.
