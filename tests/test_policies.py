@@ -294,6 +294,18 @@ def test_mamba_cpu_decoder_prefills_after_any_number_of_steps():
     torch.testing.assert_close(torch.stack(got), torch.stack(want), atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_decoder_step_greedy_is_the_argmax_of_step(kind):
+    """step_greedy may skip work that does not change the argmax (the CPU Mamba skips the final
+    norm's scale); it must pick what step's logits pick, row by row, as the state goes on."""
+    policy, seq = tiny(kind), tokens(3, 12)
+    with torch.no_grad():
+        a, b = policy.decoder(3), policy.decoder(3)
+        a.prefill(seq[:, :4].tolist()), b.prefill(seq[:, :4].tolist())
+        for t in range(4, 12):
+            assert b.step_greedy(seq[:, t].tolist()) == a.step(seq[:, t].tolist()).argmax(-1).tolist()
+
+
 def test_mamba_cpu_decoder_is_the_fast_path():
     from mamba_agent.policies.mamba import CPUDecoder
 

@@ -416,6 +416,16 @@ class CPUDecoder(Decoder):
         return np.sqrt(self.scale, self.scale)
 
     def step(self, tokens: list[int]) -> Tensor:
+        self._unnormed_logits(tokens)
+        np.divide(self.logits, self._norm_scale(self.residual), self.logits)
+        return torch.from_numpy(self.logits)
+
+    def step_greedy(self, tokens: list[int]) -> list[int]:
+        # The final norm scales each row's logits by a positive number: the argmax is the same without it.
+        return self._unnormed_logits(tokens).argmax(-1).tolist()
+
+    def _unnormed_logits(self, tokens: list[int]) -> np.ndarray:
+        """The layers, then head(residual): the logits times the final norm's divisor."""
         # ufuncs as locals and outputs passed by position: ~0.15 us less a call, ~125 calls a step.
         mul, add, div, exp, tanh, matmul = np.multiply, np.add, np.divide, np.exp, np.tanh, np.matmul
         res, xz, tmp_xz, delta, y, tmp, dA, dBx, mixed = (
@@ -454,13 +464,7 @@ class CPUDecoder(Decoder):
             mul(y, z, y)
             matmul(y, out_w, mixed)
             add(res, mixed, res)
-        matmul(res, self.head, self.logits)
-        div(self.logits, self._norm_scale(res), self.logits)
-        return torch.from_numpy(self.logits)
-
-    def step_greedy(self, tokens: list[int]) -> list[int]:
-        self.step(tokens)
-        return self.logits.argmax(-1).tolist()
+        return matmul(res, self.head, self.logits)
 
     def prefill(self, tokens: list[list[int]]) -> Tensor:
         W = self.conv_states[0].shape[-1]
