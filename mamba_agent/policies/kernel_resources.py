@@ -6,8 +6,8 @@ tensors do), `resources` compiles each launch as Triton's JIT would (argument ty
 alignment, ints equal to 1 as constants) and reads registers, spilled bytes and shared memory
 from the cubin, and how many warps of it an SM holds. Why it matters: StepKernel's program needs
 255 registers a thread, an SM holds 8 of its warps, and it waits on memory latency (22% of the
-bandwidth limit); the split step's kernels hold 16-32 warps an SM and move their bytes at about
-3/4 of it (Triton 3.6, the H200 machine's; other versions count registers differently).
+bandwidth limit); the split step's kernels hold 16-32 warps an SM and the step moves its bytes at
+2/3 of it (Triton 3.6, the H200 machine's; other versions count registers differently).
 
     python -m mamba_agent.policies.kernel_resources   # the shipped model's step kernels
 """

@@ -20,10 +20,10 @@ results do not depend on scheduling.
 Measured on the H200 (2026-11-29, bf16 state and matmuls, eval/results/2026-11-29-throughput-h200/
 6 to 11): 1.07-1.10 ms a step at 32,768 rows (StepKernel 2.52), of it `_ssm` 0.66, `_in_conv`
 0.27, `_out_norm` 0.10, `_x_proj` 0.03; 778-782 1,000-digit additions a second with the tools
-on the GPU. Every kernel moves its bytes at roughly 3/4 of the memory bandwidth. On the way:
+on the GPU. The step moves its ~3.3 GB at 2/3 of the memory bandwidth, `_ssm` at 3/4. On the way:
 a split with atomic partial sums took 3.72 ms; two kernels a layer 1.98 ms (the matmul kernel
-was latency-bound); the conv window read as W accesses a channel, laid out one row per thread,
-cost 1.1 ms of the step until it became one flat tile; `_ssm` taking 8 rows a program (to read
+was latency-bound); the conv window read and written as W accesses a channel (each using 2 of
+every 8 bytes it touched) cost 1.1 ms of the step until it became one flat tile; `_ssm` taking 8 rows a program (to read
 A from L2 once) took 1.43 ms.
 """
 
