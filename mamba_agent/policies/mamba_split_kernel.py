@@ -23,8 +23,8 @@ Measured on the H200 (2026-11-29, bf16 state and matmuls, eval/results/2026-11-2
 on the GPU. The step moves its ~3.3 GB at 2/3 of the memory bandwidth, `_ssm` at 3/4. On the way:
 a split with atomic partial sums took 3.72 ms; two kernels a layer 1.98 ms (the matmul kernel
 was latency-bound); the conv window read and written as W accesses a channel (each using 2 of
-every 8 bytes it touched) cost 1.1 ms of the step until it became one flat tile; `_ssm` taking 8 rows a program (to read
-A from L2 once) took 1.43 ms.
+every 8 bytes it touched) cost 1.1 ms of the step until it became one flat tile; `_ssm`
+taking 8 rows a program (to read A from L2 once) took 1.43 ms.
 """
 
 import math
