@@ -366,7 +366,8 @@ class CPUDecoder(Decoder):
             in ring order: slot s holds the input (p - s) mod W steps old."""
             return [np.ascontiguousarray(w[:, [W - 1 - (p - s) % W for s in range(W)]]) for p in range(W)]
 
-        self.slot = W - 1  # the ring slot of the newest input; at W - 1 the ring is in PyTorch's order
+        # The ring slot of the newest input; at W - 1 the ring is in PyTorch's order.
+        self.d_conv, self.slot = W, W - 1
         self.conv_states = list(self.state.conv.numpy())  # (B, di, W) a layer: views of the state
         # The norm divides by sqrt(sum x^2 + d eps), sqrt(d) times RMSNorm's divisor: folded here.
         gain = d**0.5
@@ -432,7 +433,7 @@ class CPUDecoder(Decoder):
             self.residual, self.xz, self.tmp_xz, self.delta, self.y, self.tmp, self.dA, self.dBx, self.mixed,
         )
         x, z, x_proj_out, B, C, dt, delta_col, y_col = self.views
-        slot = self.slot = (self.slot + 1) % self.conv_states[0].shape[-1]  # over the oldest input
+        slot = self.slot = (self.slot + 1) % self.d_conv  # over the oldest input
         self.tokens[:] = tokens
         np.take(self.embedding, self.tokens, 0, res)
         for in_w, conv_w, conv_b, x_w, dt_w, A, D, out_w, conv, conv_slots, h in self.layers:
@@ -467,7 +468,7 @@ class CPUDecoder(Decoder):
         return matmul(res, self.head, self.logits)
 
     def prefill(self, tokens: list[list[int]]) -> Tensor:
-        W = self.conv_states[0].shape[-1]
+        W = self.d_conv
         if self.slot != W - 1:  # the ring back in PyTorch's order: oldest input first
             order = [(self.slot + 1 + k) % W for k in range(W)]
             for conv in self.conv_states:

@@ -34,12 +34,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from mamba_agent.policies.mamba_step_kernel import StepKernel
-
-
-@triton.jit
-def _mm(a, b, PRECISION: tl.constexpr):
-    return tl.dot(a.to(b.dtype), b, input_precision=PRECISION)
+from mamba_agent.policies.mamba_step_kernel import StepKernel, _logits_greedy, _mm
 
 
 @triton.jit
@@ -145,21 +140,8 @@ def _head(xn_ptr, head_ptr, logits_ptr, greedy_ptr, B, V, D: tl.constexpr, DP: t
     row_ok = rows < B
     dcol = tl.arange(0, DP)
     xn = tl.load(xn_ptr + rows[:, None] * DP + dcol[None, :], mask=row_ok[:, None], other=0.0)
-    best = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    best_id = tl.zeros((BLOCK_M,), tl.int32)
-    for v0 in range(0, VP, BLOCK_V):
-        v = v0 + tl.arange(0, BLOCK_V)
-        w = tl.load(head_ptr + dcol[:, None] * VP + v[None, :], mask=(dcol < D)[:, None], other=0.0)
-        logits = tl.dot(xn, w, input_precision=PRECISION)
-        logits = tl.where(v[None, :] < V, logits, float("-inf"))
-        if STORE_LOGITS:
-            tl.store(logits_ptr + rows[:, None] * V + v[None, :], logits, mask=row_ok[:, None] & (v[None, :] < V))
-        m = tl.max(logits, axis=1)
-        i = tl.argmax(logits, axis=1) + v0
-        better = m > best  # the first maximum, as torch.argmax
-        best_id = tl.where(better, i, best_id)
-        best = tl.where(better, m, best)
-    tl.store(greedy_ptr + rows, best_id, mask=row_ok)
+    _logits_greedy(xn, head_ptr, logits_ptr, greedy_ptr, rows, row_ok, dcol, dcol < D, V, VP, BLOCK_M, BLOCK_V,
+                   STORE_LOGITS, PRECISION)
 
 
 class SplitStepKernel(StepKernel):

@@ -38,6 +38,29 @@ def _mm(a, b, PRECISION: tl.constexpr):
 
 
 @triton.jit
+def _logits_greedy(xn, head_ptr, logits_ptr, greedy_ptr, rows, row_ok, dcol, d_ok, V, VP: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, STORE_LOGITS: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    """Logits of the normed residual xn (head: (D, VP), the final norm's gain folded in), stored if
+    STORE_LOGITS, and the greedy pick: the first maximum, as torch.argmax."""
+    best = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    best_id = tl.zeros((BLOCK_M,), tl.int32)
+    for v0 in range(0, VP, BLOCK_V):
+        v = v0 + tl.arange(0, BLOCK_V)
+        logits = _mm(xn, tl.load(head_ptr + dcol[:, None] * VP + v[None, :], mask=d_ok[:, None], other=0.0),
+                     PRECISION)
+        logits = tl.where(v[None, :] < V, logits, float("-inf"))
+        if STORE_LOGITS:
+            tl.store(logits_ptr + rows[:, None] * V + v[None, :], logits, mask=row_ok[:, None] & (v[None, :] < V))
+        m = tl.max(logits, axis=1)
+        i = tl.argmax(logits, axis=1) + v0
+        better = m > best
+        best_id = tl.where(better, i, best_id)
+        best = tl.where(better, m, best)
+    tl.store(greedy_ptr + rows, best_id, mask=row_ok)
+
+
+@triton.jit
 def _mamba_step(
     tok_ptr, emb_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, w_xdt_ptr, w_xb_ptr, w_xc_ptr, w_dt_ptr, dt_b_ptr,
     a_ptr, d_ptr, w_out_ptr, head_ptr, conv_ptr, ssm_ptr, u_ptr, logits_ptr, greedy_ptr,
@@ -100,23 +123,10 @@ def _mamba_step(
             mixed += _mm(y, tl.load(w_out_ptr + (layer * DI + ch[:, None]) * D + dcol[None, :], mask=d_ok[None, :], other=0.0),
                             PRECISION)
         res += mixed
-    # Final RMSNorm (gain folded into head), logits, greedy: the first maximum, as torch.argmax.
+    # Final RMSNorm (gain folded into head), logits, greedy.
     xn = res / tl.sqrt(tl.sum(res * res, axis=1) / D + eps)[:, None]
-    best = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-    best_id = tl.zeros((BLOCK_M,), tl.int32)
-    for v0 in range(0, VP, BLOCK_V):
-        v = v0 + tl.arange(0, BLOCK_V)
-        logits = _mm(xn, tl.load(head_ptr + dcol[:, None] * VP + v[None, :], mask=d_ok[:, None], other=0.0),
-                        PRECISION)
-        logits = tl.where(v[None, :] < V, logits, float("-inf"))
-        if STORE_LOGITS:
-            tl.store(logits_ptr + rows[:, None] * V + v[None, :], logits, mask=row_ok[:, None] & (v[None, :] < V))
-        m = tl.max(logits, axis=1)
-        i = tl.argmax(logits, axis=1) + v0
-        better = m > best
-        best_id = tl.where(better, i, best_id)
-        best = tl.where(better, m, best)
-    tl.store(greedy_ptr + rows, best_id, mask=row_ok)
+    _logits_greedy(xn, head_ptr, logits_ptr, greedy_ptr, rows, row_ok, dcol, d_ok, V, VP, BLOCK_M, BLOCK_V,
+                   STORE_LOGITS, PRECISION)
 
 
 class StepKernel:
