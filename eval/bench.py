@@ -218,11 +218,13 @@ def addition_problems(rng: np.random.Generator, count: int, digits: int) -> tupl
 
 def bench_device_additions(policy, device, batch: int, digits: int, state_dtype: torch.dtype,
                            precision: str, steps_per_graph: int, emit, tiles: dict | None = None,
-                           step_kind: str = "split") -> None:
+                           step_kind: str = "pairs") -> None:
     """1,000-digit additions solved per second with the tools on the GPU: `PointerBatch` (pointer
     memory and episode rules as tensors) and the Mamba step, `steps_per_graph` steps of both
-    captured in one CUDA graph. `step_kind`: "split", SplitStepKernel (4 kernels a layer, the
-    fastest; `tiles`: its options), "kernel", StepKernel (the step in one kernel; `tiles`: its
+    captured in one CUDA graph. `step_kind`: "pairs", SplitStepKernel reading a forced token (a
+    prompt token, an observation) in the same step as the token before it (the fastest: 26,032
+    steps instead of 38,048; `tiles`: its options), "split", SplitStepKernel a token a step,
+    "kernel", StepKernel (the step in one kernel; `tiles`: its
     options), or "fused", the runtime's FusedStep (6 kernels a layer, mamba-ssm's state update;
     fp32 state) and an argmax. Compiling and capturing (one graph's steps on the first problems)
     is not timed; the wave is, from loading its problems to the verdicts."""
@@ -235,7 +237,7 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
     pb = PointerBatch(prompts, refs, n_pointers=3, max_tokens=max_tokens, device=device)
     state = policy.init_state(batch, device)
     state.conv, state.ssm = state.conv.to(state_dtype), state.ssm.to(state_dtype)
-    if step_kind in ("kernel", "split"):
+    if step_kind in ("kernel", "split", "pairs"):
         from mamba_agent.policies.mamba_split_kernel import SplitStepKernel  # Triton
         from mamba_agent.policies.mamba_step_kernel import StepKernel
 
@@ -245,6 +247,9 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
 
         def model(tokens):
             return kernel.greedy(tokens, state, greedy).long()
+
+        def model_pairs(feed, n_feed):
+            return kernel.greedy_pair(feed, n_feed, state, greedy).long()
     else:
         from mamba_agent.policies.mamba import _kernels
         from mamba_agent.policies.mamba_cuda import FusedStep  # Triton, mamba-ssm
@@ -259,7 +264,10 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
 
     def steps() -> None:
         for _ in range(steps_per_graph):
-            pb.advance(model(pb.tokens))
+            if step_kind == "pairs":
+                pb.advance(model_pairs(pb.feed, pb.n_feed), pair=True)
+            else:
+                pb.advance(model(pb.tokens))
 
     t0 = time.perf_counter()
     run = steps  # on the CPU (a dry run in Triton's interpreter): no graph
@@ -324,8 +332,9 @@ def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, preci
                      grid=None, split: bool = False) -> dict | None:
     """The one-kernel step alone (greedy ids out, no tools) at each tile shape: rows per program,
     channels per block, warps, pipeline stages, weight dtype (`grid`: a list of StepKernel options;
-    default TILE_GRID); `split`: SplitStepKernel instead, over SPLIT_TILE_GRID. 20 steps in a CUDA
-    graph, median of 5 replays. Returns the fastest."""
+    default TILE_GRID); `split`: SplitStepKernel instead, over SPLIT_TILE_GRID, each tile also
+    reading pairs (`greedy_pair`) with every row reading 2 tokens, and every row 1. 20 steps in a
+    CUDA graph, median of 5 replays. Returns the fastest (for the split step: in pairs, 2 + 1)."""
     from mamba_agent.policies.mamba_split_kernel import SplitStepKernel  # Triton
     from mamba_agent.policies.mamba_step_kernel import StepKernel
 
@@ -335,47 +344,62 @@ def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, preci
 
     state = policy.init_state(batch, device)
     state.conv, state.ssm = state.conv.to(state_dtype), state.ssm.to(state_dtype)
-    tokens = torch.full((batch,), 48, dtype=torch.long, device=device)
+    tokens = torch.full((2, batch), 48, dtype=torch.long, device=device)
     greedy = torch.zeros(batch, dtype=torch.int32, device=device)
+    twos, ones = (torch.full((batch,), n, dtype=torch.int32, device=device) for n in (2, 1))
     state_bytes = state.conv[:, 0].nbytes + state.ssm[:, 0].nbytes
+
+    def seconds(step) -> float:
+        step()  # compiles
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(20):
+                step()
+        times = []
+        for _ in range(5):
+            torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            graph.replay()
+            torch.cuda.synchronize(device)
+            times.append((time.perf_counter() - t) / 20)
+        return sorted(times)[2]
+
     best = None
     keys = ("block_m", "block_c", "num_warps", "num_stages", "weight_dtype")
     for tiles in grid or [dict(zip(keys, t)) for t in itertools.product(*TILE_GRID)]:
         try:
             kernel = make(policy, precision=precision, **tiles)
-            kernel.greedy(tokens, state, greedy)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for _ in range(20):
-                    kernel.greedy(tokens, state, greedy)
-            times = []
-            for _ in range(5):
-                torch.cuda.synchronize(device)
-                t = time.perf_counter()
-                graph.replay()
-                torch.cuda.synchronize(device)
-                times.append((time.perf_counter() - t) / 20)
-            sec = sorted(times)[2]
+            sec = seconds(lambda: kernel.greedy(tokens[0], state, greedy))
+            pairs = {}
+            if split:
+                pairs = {f"ms_per_step_{n}_tokens": 1e3 * seconds(lambda: kernel.greedy_pair(tokens, n_feed, state, greedy))
+                         for n, n_feed in ((2, twos), (1, ones))}
         except Exception as e:  # a tile too large for the registers or shared memory
             emit({"kind": "step_tiles", "batch": batch, **tiles, "split": split, "error": repr(e)[:200]})
             continue
         used = {k: getattr(kernel, k) for k in TILE_NAMES if hasattr(kernel, k)}  # the defaults too
         emit({"kind": "step_tiles", "batch": batch, **used, **tiles, "split": split,
               "state_dtype": str(state_dtype).removeprefix("torch."), "precision": precision,
-              "ms_per_step": 1e3 * sec, "state_bytes_per_row": state_bytes,
+              "ms_per_step": 1e3 * sec, **pairs, "state_bytes_per_row": state_bytes,
               "fraction_of_limit": 2 * state_bytes * batch / H200["bandwidth"] / sec})
-        if best is None or sec < best[0]:
-            best = (sec, tiles, kernel)
+        cost = sum(pairs.values()) if split else sec
+        if best is None or cost < best[0]:
+            best = (cost, tiles, kernel)
     if best is None:
         return None
     # Where the fastest step's time goes, kernel by kernel (CUPTI's timings, 20 steps outside a graph).
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(20):
-            best[2].greedy(tokens, state, greedy)
-        torch.cuda.synchronize(device)
-    per_kernel = {e.key: e.device_time_total / 20 / 1e3 for e in prof.key_averages()}  # ms a step
-    used = {k: getattr(best[2], k) for k in TILE_NAMES if hasattr(best[2], k)}
-    emit({"kind": "step_kernels", "batch": batch, **used, **best[1], "split": split, "ms_per_step_by_kernel": per_kernel})
+    steps = {"one token": lambda k: k.greedy(tokens[0], state, greedy)}
+    if split:
+        steps["pairs, 2 tokens"] = lambda k: k.greedy_pair(tokens, twos, state, greedy)
+    for name, step in steps.items():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(20):
+                step(best[2])
+            torch.cuda.synchronize(device)
+        per_kernel = {e.key: e.device_time_total / 20 / 1e3 for e in prof.key_averages()}  # ms a step
+        used = {k: getattr(best[2], k) for k in TILE_NAMES if hasattr(best[2], k)}
+        emit({"kind": "step_kernels", "batch": batch, **used, **best[1], "split": split, "read": name,
+              "ms_per_step_by_kernel": per_kernel})
     return best[1]
 
 
@@ -390,7 +414,8 @@ def main() -> None:
     ap.add_argument("--additions", type=int, default=None, help="how many 1,000-digit additions to time (0: skip)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device-additions", default="", help="CUDA: 1,000-digit additions with the tools on the GPU, "
-                    "one wave per BATCH[:STEP[:STATE_DTYPE]] (comma-separated); STEP split (SplitStepKernel, default), "
+                    "one wave per BATCH[:STEP[:STATE_DTYPE]] (comma-separated); STEP pairs (SplitStepKernel reading a forced token "
+                    "with the one before it, default), split (SplitStepKernel, a token a step), "
                     "kernel (StepKernel, the step in one kernel) or fused (FusedStep, fp32 state); STATE_DTYPE bfloat16 "
                     "(the Triton steps' default) or float32")
     ap.add_argument("--state-dtypes", default="float32,bfloat16", help="Mamba state dtypes for --tile-sweep")
@@ -444,12 +469,12 @@ def main() -> None:
             split_tiles = bench_step_tiles(shipped, device, args.split_sweep, torch.bfloat16, args.precision, emit,
                                            split=True)
     for spec in filter(None, args.device_additions.split(",")):
-        batch, step_kind, *dtype = spec.split(":") + ([] if ":" in spec else ["split"])
+        batch, step_kind, *dtype = spec.split(":") + ([] if ":" in spec else ["pairs"])
         dtype = dtype[0] if dtype else "float32" if step_kind == "fused" else "bfloat16"
         if step_kind == "fused" and dtype != "float32":
             raise SystemExit(f"--device-additions {spec}: FusedStep's state is the policy's, float32")
         try:
-            tiles = split_tiles if step_kind == "split" else best_tiles.get(dtype)
+            tiles = split_tiles if step_kind in ("split", "pairs") else best_tiles.get(dtype)
             bench_device_additions(shipped, device, int(batch), 1000, getattr(torch, dtype), args.precision,
                                    args.steps_per_graph, emit, tiles, step_kind)
         except Exception as e:  # record it and go on to the next configuration
@@ -508,21 +533,24 @@ def report(meta: dict, records: list[dict]) -> str:
     tiles = [r for r in records if r["kind"] == "step_tiles" and "error" not in r]
     if tiles:
         lines += ["", "## The one-kernel step alone, by tile shape (shipped Mamba, greedy ids out, no tools)",
-                  "| batch | state | weights | rows/program | channels/block | warps | stages | ms/step | % of limit |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| batch | state | weights | rows/program | channels/block | warps | stages | ms/step | % of limit | "
+                  "in pairs: ms/step, 2 tokens a row / 1 |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(tiles, key=lambda r: (r.get("split", False), r["state_dtype"], r["ms_per_step"]))[:24]:
             stages = r.get("num_stages", "")
             if r.get("split"):  # SplitStepKernel; the 2026-11-29 atomic version had no SSM kernel of its own
                 stages = f"split; SSM {r['ssm_block_c']} ch, {r['ssm_warps']} warps" if "ssm_block_c" in r else "split"
             lines.append(f"| {r['batch']:,} | {r['state_dtype']} | {r['weight_dtype']} | {r['block_m']} | {r['block_c']} | "
-                         f"{r['num_warps']} | {stages} | {fmt(r['ms_per_step'])} | {100 * r['fraction_of_limit']:.1f}% |")
+                         f"{r['num_warps']} | {stages} | {fmt(r['ms_per_step'])} | {100 * r['fraction_of_limit']:.1f}% | "
+                         + (f"{fmt(r['ms_per_step_2_tokens'])} / {fmt(r['ms_per_step_1_tokens'])} |"
+                            if "ms_per_step_2_tokens" in r else " |"))
     for r in (r for r in records if r["kind"] == "step_kernels"):
-        lines += ["", f"Where the fastest tiles' step goes at {r['batch']:,} rows (ms a step, by kernel): " + ", ".join(
+        read = f", reading {r['read']}" if "read" in r else ""
+        lines += ["", f"Where the fastest tiles' step goes at {r['batch']:,} rows{read} (ms a step, by kernel): " + ", ".join(
             f"{name} {ms:.3f}" for name, ms in sorted(r["ms_per_step_by_kernel"].items(), key=lambda kv: -kv[1]))]
     adds = [r for r in records if r["kind"] == "device_additions"]
     if adds:
         lines += ["", "## 1,000-digit additions, tools on the GPU (PointerBatch), shipped Mamba; step: SplitStepKernel "
-                  "(split), StepKernel (kernel) or the runtime's FusedStep (fused)",
+                  "(split; pairs: a forced token read with the one before it), StepKernel (kernel) or the runtime's FusedStep (fused)",
                   f"Limit: the state read and written each step over {hw['bandwidth'] / 1e9:,.0f} GB/s.", "",
                   "| batch | step | state | matmuls | steps/graph | correct | seconds | additions/s | tokens/s | ms/step | "
                   "limit ms/step | % of limit |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -11,11 +11,12 @@ from mamba_agent.vocab import ANS, EDGE, EOS, ERR
 
 @triton.jit
 def _advance(
-    sampled_ptr, tokens_ptr, tape_ptr, pos_ptr, reference_ptr, pointer_of_ptr, move_of_ptr,
+    sampled_ptr, tokens_ptr, n_feed_ptr, tape_ptr, pos_ptr, reference_ptr, pointer_of_ptr, move_of_ptr,
     prompt_len_ptr, tape_len_ptr, reference_len_ptr, fed_ptr, n_tokens_ptr, pending_ptr, out_len_ptr,
     format_errors_ptr, after_ans_ptr, out_ok_ptr, finished_ptr, done_ptr,
     B, tape_width, reference_width, max_tokens, max_format_errors,
     P: tl.constexpr, ANS: tl.constexpr, EDGE: tl.constexpr, EOS: tl.constexpr, ERR: tl.constexpr, BLOCK: tl.constexpr,
+    PAIR: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = rows < B
@@ -62,24 +63,34 @@ def _advance(
     format_errors = tl.load(format_errors_ptr + rows, mask=m, other=0)
     format_errors = tl.where(malformed, format_errors + 1, tl.where(acts & ~eos, 0, format_errors))
     tl.store(format_errors_ptr + rows, format_errors, mask=m)
-    tl.store(pending_ptr + rows, tl.where(read, tl.where(on_tape, cell, EDGE), tl.where(malformed, ERR, -1)), mask=m)
+    pending = tl.where(read, tl.where(on_tape, cell, EDGE), tl.where(malformed, ERR, -1))
     finished = (tl.load(finished_ptr + rows, mask=m, other=0) != 0) | eos
     tl.store(finished_ptr + rows, finished, mask=m)
-    tl.store(fed_ptr + rows, fed + live, mask=m)
+    fed += live
     n_tokens = tl.load(n_tokens_ptr + rows, mask=m, other=0) + acts + read + malformed
     tl.store(n_tokens_ptr + rows, n_tokens, mask=m)
     done = done | eos | (n_tokens >= max_tokens) | (format_errors >= max_format_errors)
     tl.store(done_ptr + rows, done, mask=m)
     tl.store(tokens_ptr + rows, token, mask=m)
+    if PAIR:  # the token after, where it is forced too (PointerBatch.advance says why)
+        in_prompt = fed < tl.load(prompt_len_ptr + rows, mask=m, other=0)
+        forced = ~done & (in_prompt | (pending >= 0))
+        prompt_token = tl.load(tape + tl.minimum(fed - 1, sink), mask=m, other=0)
+        tl.store(tokens_ptr + B + rows, tl.where(in_prompt, prompt_token, pending), mask=m)
+        tl.store(n_feed_ptr + rows, 1 + forced.to(tl.int32), mask=m)
+        fed += forced
+        pending = tl.where(forced, -1, pending)
+    tl.store(fed_ptr + rows, fed, mask=m)
+    tl.store(pending_ptr + rows, pending, mask=m)
 
 
-def advance(batch, sampled, block: int = 256) -> None:
-    """One step of every row of `batch` (a PointerBatch), in place."""
+def advance(batch, sampled, pair: bool = False, block: int = 256) -> None:
+    """One step of every row of `batch` (a PointerBatch), in place; `pair` as PointerBatch.advance."""
     b = batch
     _advance[(triton.cdiv(b.B, block),)](
-        sampled, b.tokens, b.tape, b.pos, b.reference, b.pointer_of, b.move_of,
+        sampled, b.feed, b.n_feed, b.tape, b.pos, b.reference, b.pointer_of, b.move_of,
         b.prompt_len, b.tape_len, b.reference_len, b.fed, b.n_tokens, b.pending, b.out_len,
         b.format_errors, b.after_ans, b.out_ok, b.finished, b.done,
         b.B, b.tape.shape[1], b.reference.shape[1], b.max_tokens, b.max_format_errors,
-        P=b.n_pointers, ANS=ANS, EDGE=EDGE, EOS=EOS, ERR=ERR, BLOCK=block,
+        P=b.n_pointers, ANS=ANS, EDGE=EDGE, EOS=EOS, ERR=ERR, BLOCK=block, PAIR=pair,
     )

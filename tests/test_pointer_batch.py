@@ -37,9 +37,12 @@ def random_tokens(rng: random.Random, n: int) -> list[int]:
     return [rng.choice(rng.choices(pools, w)[0]) for _ in range(n)]
 
 
+@pytest.mark.parametrize("pair", [False, True], ids=["one token", "pairs"])
 @pytest.mark.parametrize("kernel", KERNEL)
 @pytest.mark.parametrize("seed", range(6))
-def test_same_tokens_and_verdicts_as_episode(seed, kernel):
+def test_same_tokens_and_verdicts_as_episode(seed, kernel, pair):
+    """Every token fed, and every verdict, as Episode's; with `pair`, a forced token is taken with
+    the one before it exactly when the queue of forced tokens holds one."""
     rng = random.Random(seed)
     B, steps, max_tokens = 16, 400, 300
     problems = [task.random_problem(rng, rng.randint(1, 6)) for _ in range(B)]
@@ -54,7 +57,8 @@ def test_same_tokens_and_verdicts_as_episode(seed, kernel):
     streams = [random_tokens(rng, steps) for _ in range(B)]
     for step in range(steps):
         sampled = torch.tensor([s[step] for s in streams], device=device)
-        fed = batch.advance(sampled).tolist()
+        fed = batch.advance(sampled, pair).tolist()
+        second, n_feed = batch.feed[1].tolist(), batch.n_feed.tolist()
         for r, ep in enumerate(episodes):
             if ep.done:
                 continue
@@ -66,6 +70,10 @@ def test_same_tokens_and_verdicts_as_episode(seed, kernel):
             assert fed[r] == expected, (r, step)
             assert bool(batch.done[r]) == ep.done, (r, step, ep.exit)
             assert int(batch.n_tokens[r]) == ep.n_tokens
+            if pair and not ep.done:
+                assert n_feed[r] == 1 + bool(queues[r]), (r, step)
+                if queues[r]:
+                    assert second[r] == queues[r].popleft(), (r, step)
     assert any(ep.done for ep in episodes) and not all(ep.exit == FINISHED for ep in episodes)
     for r, ep in enumerate(episodes):
         assert bool(batch.finished[r]) == (ep.exit == FINISHED)

@@ -58,6 +58,45 @@ def test_same_logits_and_state_as_step(policy_of, make):
         torch.testing.assert_close(state.conv, ref.conv, rtol=1e-4, atol=1e-5)
 
 
+def step_pair(policy, feed, n_feed, state):
+    """The reference for a pair step: policy.step over feed[0], then over feed[1] where n_feed is
+    2 (the other rows keep the state and logits after their one token)."""
+    first = policy.step(feed[0], state)
+    conv, ssm = state.conv.clone(), state.ssm.clone()
+    second = policy.step(feed[1], state)
+    two = n_feed == 2
+    state.conv.copy_(torch.where(two[None, :, None, None], state.conv, conv))
+    state.ssm.copy_(torch.where(two[None, :, None, None], state.ssm, ssm))
+    return torch.where(two[:, None], second, first)
+
+
+@pytest.mark.parametrize("policy_of, make", [
+    (lambda: load_checkpoint("builtin:addition-mamba", device=DEVICE)[0], SplitStepKernel),
+    (lambda: random_policy(0, d_model=48, n_layer=2, d_state=16, dt_rank=5),
+     partial(SplitStepKernel, block_c=16, ssm_block_c=32)),
+], ids=["shipped", "d_model 48, small tiles"])
+def test_pairs_of_tokens_as_two_steps(policy_of, make):
+    """Reading two tokens in one step (where n_feed says so) gives the logits and state of two
+    steps; rows reading one, in the same step, those of one."""
+    policy = policy_of()
+    B = 19
+    kernel = make(policy)
+    ref, state = policy.init_state(B), policy.init_state(B)
+    g = torch.Generator().manual_seed(2)
+    greedy = torch.empty(B, dtype=torch.int32, device=DEVICE)
+    for t in range(5):
+        feed = torch.randint(0, VOCAB_SIZE, (2, B), generator=g).to(DEVICE)
+        n_feed = torch.randint(1, 3 if t else 2, (B,), generator=g, dtype=torch.int32).to(DEVICE)  # first: all 1
+        expected = step_pair(policy, feed, n_feed, ref)
+        if t % 2:
+            kernel.greedy_pair(feed, n_feed, state, greedy)
+            assert torch.equal(greedy.long(), expected.argmax(-1))
+        else:
+            torch.testing.assert_close(kernel.step_pair(feed, n_feed, state), expected, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(state.ssm, ref.ssm, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(state.conv, ref.conv, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("weight_dtype", [
     "float32",
     pytest.param("bfloat16", marks=pytest.mark.skipif(

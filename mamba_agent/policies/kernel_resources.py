@@ -90,14 +90,16 @@ def resources(fn, bound: dict, options: dict, target: GPUTarget = H200) -> Usage
     return Usage(fn.__name__, kernel.metadata.num_warps, int(regs), int(stack), kernel.metadata.shared)
 
 
-def step_resources(step, module, policy, batch: int = 64) -> list[Usage]:
+def step_resources(step, module, policy, batch: int = 64, pair: bool = False) -> list[Usage]:
     """Each distinct kernel (by name and options) of one greedy step of `step` (made from `policy`,
-    its kernels defined in `module`) at `batch` rows with a bf16 state."""
+    its kernels defined in `module`) at `batch` rows with a bf16 state; `pair`: a step that reads
+    two tokens a row (SplitStepKernel.greedy_pair)."""
     state = policy.init_state(batch)
     state.conv, state.ssm = state.conv.bfloat16(), state.ssm.bfloat16()
-    token = torch.zeros(batch, dtype=torch.long)
+    token = torch.zeros((2, batch) if pair else batch, dtype=torch.long)
+    out = torch.zeros(batch, dtype=torch.int32)
     seen, usages = set(), []
-    for fn, bound, options in launches(step, module, token, state, None, torch.zeros(batch, dtype=torch.int32)):
+    for fn, bound, options in launches(step, module, token, state, None, out, *[out] * pair):
         constants = tuple(bound.get(p.name, p.default) for p in fn.params if p.is_constexpr)
         key = (fn.__name__, constants, tuple(sorted(options.items())))
         if key not in seen:
@@ -118,16 +120,19 @@ def main() -> None:
     args = ap.parse_args()
     policy = load_checkpoint("builtin:addition-mamba")[0]
     rows = []
-    for module, make in ((mamba_step_kernel, mamba_step_kernel.StepKernel),
-                         (mamba_split_kernel, mamba_split_kernel.SplitStepKernel)):
+    for module, make, pair in ((mamba_step_kernel, mamba_step_kernel.StepKernel, False),
+                               (mamba_split_kernel, mamba_split_kernel.SplitStepKernel, False),
+                               (mamba_split_kernel, mamba_split_kernel.SplitStepKernel, True)):
         step = make(policy, weight_dtype="bfloat16", precision="tf32")  # as eval/bench.py times them
-        rows += [{"step": make.__name__, **vars(u), "warps_per_sm": u.warps_per_sm} for u in step_resources(step, module, policy)]
+        name = make.__name__ + (" (pairs)" if pair else "")
+        rows += [{"step": name, **vars(u), "warps_per_sm": u.warps_per_sm}
+                 for u in step_resources(step, module, policy, pair=pair)]
     if args.json:
         print(json.dumps(rows))
         return
     print("The shipped model's step kernels (bf16 state and matmuls, default tiles), compiled for sm_90:")
     for r in rows:
-        print(f"  {r['step']:<16} {r['kernel']:<12} {r['num_warps']} warps  {r['registers']:>3} registers  "
+        print(f"  {r['step']:<24} {r['kernel']:<12} {r['num_warps']} warps  {r['registers']:>3} registers  "
               f"{r['spilled']:>5} B spilled  {r['shared']:>6} B shared  -> {r['warps_per_sm']} warps an SM")
 
 
