@@ -38,23 +38,28 @@ from mamba_agent.policies.mamba_step_kernel import StepKernel, _logits_greedy, _
 
 
 @triton.jit
-def _fed(rows, n_feed_ptr, B, T: tl.constexpr):
-    """Which of T x B token rows (token-major: row t B + b is row b's token t) are read this step."""
-    if T == 1:
-        return rows < B
-    b = rows % B
-    return (rows < T * B) & (rows // B < tl.load(n_feed_ptr + b, mask=rows < T * B, other=0))
+def _token_rows(n_feed_ptr, B, BLOCK_M: tl.constexpr):
+    """This program's block of rows b, the token t = program_id(1) they read (the activations are
+    token-major: row t B + b), and which of them read it: every row token 0, the rows whose
+    n_feed is 2 token 1. Returns (t B + b, mask)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    ok = rows < B
+    if tl.program_id(1) > 0:
+        ok &= tl.load(n_feed_ptr + rows, mask=ok, other=1) > 1
+    return tl.program_id(1) * B + rows, ok
 
 
 @triton.jit
 def _out_norm(y_ptr, w_out_ptr, tok_ptr, emb_ptr, res_ptr, xn_ptr, n_feed_ptr, B, eps, D: tl.constexpr,
-              DP: tl.constexpr, DI: tl.constexpr, T: tl.constexpr, FIRST: tl.constexpr, BLOCK_M: tl.constexpr,
+              DP: tl.constexpr, DI: tl.constexpr, FIRST: tl.constexpr, BLOCK_M: tl.constexpr,
               BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     """The residual entering a layer (the embedding, or res + out_proj(y) of the layer before) and
     its RMSNorm xn, in the weights' dtype (what the matmuls read); the gain is folded into them.
-    Over the T x B token rows; a row's second token only where it is fed."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = _fed(rows, n_feed_ptr, B, T)
+    Over the rows reading token program_id(1) (a block of second tokens none reads: no work)."""
+    rows, row_ok = _token_rows(n_feed_ptr, B, BLOCK_M)
+    if tl.program_id(1) > 0:
+        if tl.max(row_ok.to(tl.int32)) == 0:
+            return
     dcol = tl.arange(0, DP)
     d_ok = dcol < D
     m = row_ok[:, None] & d_ok[None, :]
@@ -84,15 +89,17 @@ def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     dcol = tl.arange(0, DP)
     d_ok = (dcol < D)[:, None]
-    w_x = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + ch[None, :], mask=d_ok, other=0.0)
-    xn = tl.load(xn_ptr + rows[:, None] * DP + dcol[None, :], mask=row_ok[:, None], other=0.0)
-    x = tl.dot(xn, w_x, input_precision=PRECISION)
     # The conv window, this layer's (B, DI, W): a row's channels c0.. are BLOCK_C x W contiguous
-    # values, taken as one flat tile so a warp's loads and stores are contiguous.
+    # values, taken as one flat tile so a warp's loads and stores are contiguous. Loaded first:
+    # its latency (from memory) overlaps the matmul's.
     j = tl.arange(0, BLOCK_C * W)
     window = conv_ptr + (rows[:, None] * DI + tl.program_id(1) * BLOCK_C) * W + j[None, :]  # (M, C W)
     last = (j % W == W - 1)[None, :]
     older = tl.load(window + 1, mask=row_ok[:, None] & ~last, other=0.0).to(tl.float32)  # shifted left by one
+    w_x = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + ch[None, :], mask=d_ok, other=0.0)
+    w_z = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok, other=0.0)
+    xn = tl.load(xn_ptr + rows[:, None] * DP + dcol[None, :], mask=row_ok[:, None], other=0.0)
+    x = tl.dot(xn, w_x, input_precision=PRECISION)
     x_at_last = tl.reshape(tl.broadcast_to(x[:, :, None], (BLOCK_M, BLOCK_C, W)), (BLOCK_M, BLOCK_C * W))
     cw = tl.load(conv_w_ptr + tl.program_id(1) * BLOCK_C * W + j)  # (DI, W) weights, in the window's order
     conv_b = tl.load(conv_b_ptr + ch)[None, :]
@@ -101,33 +108,34 @@ def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr
     at = rows[:, None] * DI + ch[None, :]
     tl.store(u_ptr + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=row_ok[:, None])
     moved = tl.where(last, x_at_last, older)  # the window after this token
-    if T == 2:
-        two = row_ok & (tl.load(n_feed_ptr + rows, mask=row_ok, other=1) == 2)
-        xn2 = tl.load(xn_ptr + (B + rows[:, None]) * DP + dcol[None, :], mask=two[:, None], other=0.0)
-        x2 = tl.dot(xn2, w_x, input_precision=PRECISION)
-        # the window moved on by 2: the state's last W - 2, then x, then x2
-        older = tl.load(window + 2, mask=two[:, None] & (j % W < W - 2)[None, :], other=0.0).to(tl.float32)
-        x2_at_last = tl.reshape(tl.broadcast_to(x2[:, :, None], (BLOCK_M, BLOCK_C, W)), (BLOCK_M, BLOCK_C * W))
-        moved2 = tl.where(last, x2_at_last, tl.where((j % W == W - 2)[None, :], x_at_last, older))
-        acc = conv_b + tl.sum(tl.reshape(moved2 * cw[None, :], (BLOCK_M, BLOCK_C, W)), axis=2)
-        tl.store(u_ptr + B * DI + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=two[:, None])
-        moved = tl.where(two[:, None], moved2, moved)
-    tl.store(window, moved.to(conv_ptr.dtype.element_ty), mask=row_ok[:, None])
-    # z after x is done with: fewer registers live at once
-    w_z = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok, other=0.0)
     z = tl.dot(xn, w_z, input_precision=PRECISION)
     tl.store(gate_ptr + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=row_ok[:, None])
     if T == 2:
-        z = tl.dot(xn2, w_z, input_precision=PRECISION)
-        tl.store(gate_ptr + B * DI + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=two[:, None])
+        two = row_ok & (tl.load(n_feed_ptr + rows, mask=row_ok, other=1) == 2)
+        if tl.max(two.to(tl.int32)) > 0:  # in lockstep, all rows or none
+            xn = tl.load(xn_ptr + (B + rows[:, None]) * DP + dcol[None, :], mask=two[:, None], other=0.0)
+            x = tl.dot(xn, w_x, input_precision=PRECISION)
+            # the window moved on by 2: the state's last W - 2, then the first token's x, then this x
+            older = tl.load(window + 2, mask=two[:, None] & (j % W < W - 2)[None, :], other=0.0).to(tl.float32)
+            x2_at_last = tl.reshape(tl.broadcast_to(x[:, :, None], (BLOCK_M, BLOCK_C, W)), (BLOCK_M, BLOCK_C * W))
+            moved2 = tl.where(last, x2_at_last, tl.where((j % W == W - 2)[None, :], x_at_last, older))
+            acc = conv_b + tl.sum(tl.reshape(moved2 * cw[None, :], (BLOCK_M, BLOCK_C, W)), axis=2)
+            tl.store(u_ptr + B * DI + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=two[:, None])
+            moved = tl.where(two[:, None], moved2, moved)
+            z = tl.dot(xn, w_z, input_precision=PRECISION)
+            tl.store(gate_ptr + B * DI + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=two[:, None])
+    tl.store(window, moved.to(conv_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
-def _x_proj(u_ptr, w_x_ptr, dbc_ptr, n_feed_ptr, B, DI: tl.constexpr, S: tl.constexpr, T: tl.constexpr,
-            BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
-    """x_proj(u) in one product: [Δ low rank | B | C | zero padding] (fp32), over the token rows."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = _fed(rows, n_feed_ptr, B, T)
+def _x_proj(u_ptr, w_x_ptr, dbc_ptr, n_feed_ptr, B, DI: tl.constexpr, S: tl.constexpr, BLOCK_M: tl.constexpr,
+            BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+    """x_proj(u) in one product: [Δ low rank | B | C | zero padding] (fp32), over the rows
+    reading token program_id(1)."""
+    rows, row_ok = _token_rows(n_feed_ptr, B, BLOCK_M)
+    if tl.program_id(1) > 0:
+        if tl.max(row_ok.to(tl.int32)) == 0:
+            return
     s = tl.arange(0, S)
     dbc = tl.zeros((BLOCK_M, S), tl.float32)
     for k0 in range(0, DI, BLOCK_K):
@@ -138,36 +146,44 @@ def _x_proj(u_ptr, w_x_ptr, dbc_ptr, n_feed_ptr, B, DI: tl.constexpr, S: tl.cons
 
 
 @triton.jit
-def _ssm(dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a_ptr, skip_ptr, ssm_ptr, y_ptr, n_feed_ptr, B,
-         DI: tl.constexpr, N: tl.constexpr, R: tl.constexpr, S: tl.constexpr, T: tl.constexpr,
-         BLOCK_C: tl.constexpr):
-    """The SSM's step for one row's block of channels, over its 1..T tokens: the state is read
-    and written once."""
+def _ssm_token(h, at, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a2_ptr, skip_ptr, y_ptr, ch, n,
+               DI: tl.constexpr, N: tl.constexpr, R: tl.constexpr, RANK: tl.constexpr, S: tl.constexpr):
+    """One token of `_ssm` (token row `at`): returns the state after it and stores y."""
+    dbc = dbc_ptr + at * S
+    dt = tl.load(dt_b_ptr + ch)
+    for k in tl.static_range(RANK):  # dt_proj of Δ's low rank, a column at a time (fewer registers than a tile)
+        dt += tl.load(dbc + k) * tl.load(w_dt_ptr + k * DI + ch).to(tl.float32)
+    dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus, as torch's
+    b = tl.load(dbc + R + n)
+    c = tl.load(dbc + R + N + n)
+    u = tl.load(u_ptr + at * DI + ch).to(tl.float32)
+    a2 = tl.load(a2_ptr + ch[:, None] * N + n[None, :])
+    h = h * tl.exp2(dt[:, None] * a2) + (dt * u)[:, None] * b[None, :]
+    y = (tl.sum(h * c[None, :], axis=1) + tl.load(skip_ptr + ch) * u) * tl.load(gate_ptr + at * DI + ch).to(tl.float32)
+    tl.store(y_ptr + at * DI + ch, y.to(y_ptr.dtype.element_ty))
+    return h
+
+
+@triton.jit
+def _ssm(dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a2_ptr, skip_ptr, ssm_ptr, y_ptr, n_feed_ptr, B,
+         DI: tl.constexpr, N: tl.constexpr, R: tl.constexpr, RANK: tl.constexpr, S: tl.constexpr,
+         T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Δ = softplus(dt_proj), h = exp(Δ A) h + Δ B u, y = (C h + D u) gate for one row's block of
+    channels, over the row's 1 or 2 tokens: the state is read and written once. The kernel is
+    bound by its instructions about as much as by its bytes: exp(Δ A) is taken as exp2(Δ A2),
+    A2 = A log2(e) prepared once, and dt_proj runs over Δ's rank (RANK of the R columns), not
+    its padding (1,328 -> 984 SASS instructions a thread for the shipped model)."""
     row = tl.program_id(0)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     n = tl.arange(0, N)
     h_ptrs = ssm_ptr + (row * DI + ch[:, None]) * N + n[None, :]
     h = tl.load(h_ptrs).to(tl.float32)  # (C, N)
-    if T == 1:
-        n_feed = 1
-    else:
-        n_feed = tl.load(n_feed_ptr + row)
-    for t in tl.static_range(T):
-        fed = t < n_feed
-        at = t * B + row  # the token row
-        dbc = dbc_ptr + at * S
-        dt = tl.load(dt_b_ptr + ch)
-        for k in tl.static_range(R):  # dt_proj of Δ's low rank, a column at a time (fewer registers than a tile)
-            dt += tl.load(dbc + k, mask=fed, other=0.0) * tl.load(w_dt_ptr + k * DI + ch).to(tl.float32)
-        dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus, as torch's
-        b = tl.load(dbc + R + n, mask=fed, other=0.0)
-        c = tl.load(dbc + R + N + n, mask=fed, other=0.0)
-        u = tl.load(u_ptr + at * DI + ch, mask=fed, other=0.0).to(tl.float32)
-        a = tl.load(a_ptr + ch[:, None] * N + n[None, :])  # again for each token: fewer registers live
-        h = tl.where(fed, h * tl.exp(dt[:, None] * a) + (dt * u)[:, None] * b[None, :], h)
-        y = (tl.sum(h * c[None, :], axis=1) + tl.load(skip_ptr + ch) * u)
-        y *= tl.load(gate_ptr + at * DI + ch, mask=fed, other=0.0).to(tl.float32)
-        tl.store(y_ptr + at * DI + ch, y.to(y_ptr.dtype.element_ty), mask=fed)
+    h = _ssm_token(h, row, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a2_ptr, skip_ptr, y_ptr, ch, n, DI, N, R,
+                   RANK, S)
+    if T == 2:
+        if tl.load(n_feed_ptr + row) == 2:
+            h = _ssm_token(h, B + row, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a2_ptr, skip_ptr, y_ptr, ch, n,
+                           DI, N, R, RANK, S)
     tl.store(h_ptrs, h.to(ssm_ptr.dtype.element_ty))
 
 
@@ -214,6 +230,7 @@ class SplitStepKernel(StepKernel):
         self.S = triton.next_power_of_2(self.R + 2 * self.config.d_state)
         w_x = torch.cat([self.w_xdt, self.w_xb, self.w_xc], dim=2)
         self.w_x = torch.cat([w_x, w_x.new_zeros(*w_x.shape[:2], self.S - w_x.shape[2])], dim=2).contiguous()
+        self.A2 = self.A * math.log2(math.e)  # exp(Δ A) as exp2(Δ A2): one multiply less an element
         self.scratch = None  # made for the batch size and state dtype in use
 
     def _launch(self, token: Tensor, state, logits: Tensor | None, greedy: Tensor, n_feed: Tensor | None = None) -> None:
@@ -230,21 +247,21 @@ class SplitStepKernel(StepKernel):
             self.scratch = (torch.empty(rows, D, device=dev), torch.empty(rows, DP, device=dev, dtype=self.w_in.dtype),
                             torch.empty(rows, S, device=dev), *(torch.empty(rows, DI, device=dev, dtype=st) for _ in range(3)))
         res, xn, dbc, u, gate, y = self.scratch  # xn in the weights' dtype, u, gate and y in the state's
-        rows, token_rows = triton.cdiv(B, self.block_m), triton.cdiv(T * B, self.block_m)
+        rows = triton.cdiv(B, self.block_m)
         mm = dict(BLOCK_M=self.block_m, PRECISION=self.precision, num_warps=self.num_warps)
         n_feed = token if n_feed is None else n_feed  # (not read when T is 1)
         for i in range(c.n_layer + 1):
-            _out_norm[(token_rows,)](y, self.w_out[i - 1], token, self.embedding, res, xn, n_feed, B, self.eps, D=D,
-                                     DP=DP, DI=DI, T=T, FIRST=i == 0, BLOCK_K=self.block_k, **mm)
+            _out_norm[(rows, T)](y, self.w_out[i - 1], token, self.embedding, res, xn, n_feed, B, self.eps, D=D,
+                                 DP=DP, DI=DI, FIRST=i == 0, BLOCK_K=self.block_k, **mm)
             if i == c.n_layer:
                 break
             _in_conv[(rows, DI // self.block_c)](xn, self.w_in[i], self.conv_w[i], self.conv_b[i], state.conv[i], u,
                                                  gate, n_feed, B, D=D, DP=DP, DI=DI, W=c.d_conv, T=T,
                                                  BLOCK_C=self.block_c, **mm)
-            _x_proj[(token_rows,)](u, self.w_x[i], dbc, n_feed, B, DI=DI, S=S, T=T, BLOCK_K=self.block_k, **mm)
+            _x_proj[(rows, T)](u, self.w_x[i], dbc, n_feed, B, DI=DI, S=S, BLOCK_K=self.block_k, **mm)
             _ssm[(B, DI // self.ssm_block_c)](
-                dbc, u, gate, self.w_dt[i], self.dt_b[i], self.A[i], self.skip[i], state.ssm[i], y, n_feed, B, DI=DI,
-                N=N, R=self.R, S=S, T=T, BLOCK_C=self.ssm_block_c, num_warps=self.ssm_warps)
+                dbc, u, gate, self.w_dt[i], self.dt_b[i], self.A2[i], self.skip[i], state.ssm[i], y, n_feed, B, DI=DI,
+                N=N, R=self.R, RANK=c.dt_rank, S=S, T=T, BLOCK_C=self.ssm_block_c, num_warps=self.ssm_warps)
         _head[(rows,)](xn, self.head, greedy if logits is None else logits, greedy, n_feed, B, c.vocab_size, D=D,
                        DP=DP, VP=self.VP, T=T, BLOCK_V=self.block_v, STORE_LOGITS=logits is not None, **mm)
 
