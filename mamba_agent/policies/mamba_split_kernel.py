@@ -89,17 +89,18 @@ def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     dcol = tl.arange(0, DP)
     d_ok = (dcol < D)[:, None]
+    w_x = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + ch[None, :], mask=d_ok, other=0.0)
+    xn = tl.load(xn_ptr + rows[:, None] * DP + dcol[None, :], mask=row_ok[:, None], other=0.0)
+    if T == 2:  # read first, whether needed or not: their latency overlaps the first token's work
+        two = row_ok & (tl.load(n_feed_ptr + rows, mask=row_ok, other=1) == 2)
+        xn2 = tl.load(xn_ptr + (B + rows[:, None]) * DP + dcol[None, :], mask=row_ok[:, None], other=0.0)
+    x = tl.dot(xn, w_x, input_precision=PRECISION)
     # The conv window, this layer's (B, DI, W): a row's channels c0.. are BLOCK_C x W contiguous
-    # values, taken as one flat tile so a warp's loads and stores are contiguous. Loaded first:
-    # its latency (from memory) overlaps the matmul's.
+    # values, taken as one flat tile so a warp's loads and stores are contiguous.
     j = tl.arange(0, BLOCK_C * W)
     window = conv_ptr + (rows[:, None] * DI + tl.program_id(1) * BLOCK_C) * W + j[None, :]  # (M, C W)
     last = (j % W == W - 1)[None, :]
     older = tl.load(window + 1, mask=row_ok[:, None] & ~last, other=0.0).to(tl.float32)  # shifted left by one
-    w_x = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + ch[None, :], mask=d_ok, other=0.0)
-    w_z = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok, other=0.0)
-    xn = tl.load(xn_ptr + rows[:, None] * DP + dcol[None, :], mask=row_ok[:, None], other=0.0)
-    x = tl.dot(xn, w_x, input_precision=PRECISION)
     x_at_last = tl.reshape(tl.broadcast_to(x[:, :, None], (BLOCK_M, BLOCK_C, W)), (BLOCK_M, BLOCK_C * W))
     cw = tl.load(conv_w_ptr + tl.program_id(1) * BLOCK_C * W + j)  # (DI, W) weights, in the window's order
     conv_b = tl.load(conv_b_ptr + ch)[None, :]
@@ -108,13 +109,13 @@ def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr
     at = rows[:, None] * DI + ch[None, :]
     tl.store(u_ptr + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=row_ok[:, None])
     moved = tl.where(last, x_at_last, older)  # the window after this token
+    # z after x is done with: fewer registers live at once
+    w_z = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok, other=0.0)
     z = tl.dot(xn, w_z, input_precision=PRECISION)
     tl.store(gate_ptr + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=row_ok[:, None])
     if T == 2:
-        two = row_ok & (tl.load(n_feed_ptr + rows, mask=row_ok, other=1) == 2)
         if tl.max(two.to(tl.int32)) > 0:  # in lockstep, all rows or none
-            xn = tl.load(xn_ptr + (B + rows[:, None]) * DP + dcol[None, :], mask=two[:, None], other=0.0)
-            x = tl.dot(xn, w_x, input_precision=PRECISION)
+            x = tl.dot(xn2, w_x, input_precision=PRECISION)
             # the window moved on by 2: the state's last W - 2, then the first token's x, then this x
             older = tl.load(window + 2, mask=two[:, None] & (j % W < W - 2)[None, :], other=0.0).to(tl.float32)
             x2_at_last = tl.reshape(tl.broadcast_to(x[:, :, None], (BLOCK_M, BLOCK_C, W)), (BLOCK_M, BLOCK_C * W))
@@ -122,7 +123,7 @@ def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr
             acc = conv_b + tl.sum(tl.reshape(moved2 * cw[None, :], (BLOCK_M, BLOCK_C, W)), axis=2)
             tl.store(u_ptr + B * DI + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=two[:, None])
             moved = tl.where(two[:, None], moved2, moved)
-            z = tl.dot(xn, w_z, input_precision=PRECISION)
+            z = tl.dot(xn2, w_z, input_precision=PRECISION)
             tl.store(gate_ptr + B * DI + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=two[:, None])
     tl.store(window, moved.to(conv_ptr.dtype.element_ty), mask=row_ok[:, None])
 
@@ -146,20 +147,26 @@ def _x_proj(u_ptr, w_x_ptr, dbc_ptr, n_feed_ptr, B, DI: tl.constexpr, S: tl.cons
 
 
 @triton.jit
-def _ssm_token(h, at, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a2_ptr, skip_ptr, y_ptr, ch, n,
-               DI: tl.constexpr, N: tl.constexpr, R: tl.constexpr, RANK: tl.constexpr, S: tl.constexpr):
-    """One token of `_ssm` (token row `at`): returns the state after it and stores y."""
+def _ssm_inputs(at, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, ch, n, DI: tl.constexpr, N: tl.constexpr,
+                R: tl.constexpr, RANK: tl.constexpr, S: tl.constexpr):
+    """What the SSM step of token row `at` reads: Δ = softplus(dt_proj) (over Δ's rank, RANK of
+    its R columns, not the padding), B, C, u and the gate."""
     dbc = dbc_ptr + at * S
     dt = tl.load(dt_b_ptr + ch)
     for k in tl.static_range(RANK):  # dt_proj of Δ's low rank, a column at a time (fewer registers than a tile)
         dt += tl.load(dbc + k) * tl.load(w_dt_ptr + k * DI + ch).to(tl.float32)
     dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus, as torch's
-    b = tl.load(dbc + R + n)
-    c = tl.load(dbc + R + N + n)
     u = tl.load(u_ptr + at * DI + ch).to(tl.float32)
+    return dt, tl.load(dbc + R + n), tl.load(dbc + R + N + n), u, tl.load(gate_ptr + at * DI + ch).to(tl.float32)
+
+
+@triton.jit
+def _ssm_update(h, dt, b, c, u, gate, a2_ptr, skip_ptr, y_ptr, at, ch, n, DI: tl.constexpr, N: tl.constexpr):
+    """h = exp2(Δ A2) h + Δ B u (A2 = A log2(e), prepared once: one multiply less an element than
+    exp(Δ A)); stores y = (C h + D u) gate of token row `at`; returns h."""
     a2 = tl.load(a2_ptr + ch[:, None] * N + n[None, :])
     h = h * tl.exp2(dt[:, None] * a2) + (dt * u)[:, None] * b[None, :]
-    y = (tl.sum(h * c[None, :], axis=1) + tl.load(skip_ptr + ch) * u) * tl.load(gate_ptr + at * DI + ch).to(tl.float32)
+    y = (tl.sum(h * c[None, :], axis=1) + tl.load(skip_ptr + ch) * u) * gate
     tl.store(y_ptr + at * DI + ch, y.to(y_ptr.dtype.element_ty))
     return h
 
@@ -168,22 +175,23 @@ def _ssm_token(h, at, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a2_ptr, skip
 def _ssm(dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a2_ptr, skip_ptr, ssm_ptr, y_ptr, n_feed_ptr, B,
          DI: tl.constexpr, N: tl.constexpr, R: tl.constexpr, RANK: tl.constexpr, S: tl.constexpr,
          T: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Δ = softplus(dt_proj), h = exp(Δ A) h + Δ B u, y = (C h + D u) gate for one row's block of
-    channels, over the row's 1 or 2 tokens: the state is read and written once. The kernel is
-    bound by its instructions about as much as by its bytes: exp(Δ A) is taken as exp2(Δ A2),
-    A2 = A log2(e) prepared once, and dt_proj runs over Δ's rank (RANK of the R columns), not
-    its padding (1,328 -> 984 SASS instructions a thread for the shipped model)."""
+    """The SSM step for one row's block of channels, over the row's 1 or 2 tokens: the state is
+    read and written once. The second token's inputs are loaded before its step is known to be
+    needed, so that their latency overlaps the first token's work."""
     row = tl.program_id(0)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     n = tl.arange(0, N)
     h_ptrs = ssm_ptr + (row * DI + ch[:, None]) * N + n[None, :]
     h = tl.load(h_ptrs).to(tl.float32)  # (C, N)
-    h = _ssm_token(h, row, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a2_ptr, skip_ptr, y_ptr, ch, n, DI, N, R,
-                   RANK, S)
+    dt, b, c, u, gate = _ssm_inputs(row, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, ch, n, DI, N, R, RANK, S)
     if T == 2:
-        if tl.load(n_feed_ptr + row) == 2:
-            h = _ssm_token(h, B + row, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a2_ptr, skip_ptr, y_ptr, ch, n,
-                           DI, N, R, RANK, S)
+        two = tl.load(n_feed_ptr + row) == 2
+        dt2, b2, c2, u2, gate2 = _ssm_inputs(B + row, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, ch, n, DI, N, R,
+                                             RANK, S)
+    h = _ssm_update(h, dt, b, c, u, gate, a2_ptr, skip_ptr, y_ptr, row, ch, n, DI, N)
+    if T == 2:
+        if two:
+            h = _ssm_update(h, dt2, b2, c2, u2, gate2, a2_ptr, skip_ptr, y_ptr, B + row, ch, n, DI, N)
     tl.store(h_ptrs, h.to(ssm_ptr.dtype.element_ty))
 
 
