@@ -316,15 +316,16 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
 TILE_GRID = ((16,), (16, 32), (2, 4), (1, 2, 3), ("bfloat16",))
 
 
-# SplitStepKernel: its matmul kernels' tiles at their defaults (rows 64, channels 32, 8 warps: the
-# fastest of 5 shapes on the H200, eval/results/2026-11-29-throughput-h200), and the SSM kernel's
-# (channels, warps, pipeline stages, programs an SM), from those that compile without spilling
-# and keep 12-20 warps an SM (registers counted offline, `kernel_resources.py`).
-SPLIT_TILE_GRID = [dict(ssm_block_c=c, ssm_warps=w, ssm_stages=st, ssm_per_sm=p) for c, w, st, p in
-                   ((128, 4, 3, 4), (128, 4, 4, 4), (128, 4, 3, 3), (256, 8, 3, 2), (256, 8, 4, 2), (64, 2, 3, 9))]
+# SplitStepKernel: its matmul kernels' tiles (rows, _in_conv's channels, warps) with the SSM
+# kernel's at its defaults, then the SSM kernel's (channels, warps) with the matmuls' at theirs.
+# The ranges are those that compile without spilling for the H200 (registers counted offline).
+SPLIT_TILE_GRID = (
+    [dict(block_m=m, block_c=c, num_warps=w) for m, c, w in
+     ((16, 32, 4), (32, 32, 4), (64, 32, 8), (64, 64, 8), (128, 32, 8))]
+    + [dict(ssm_block_c=c, ssm_warps=w) for c, w in ((128, 1), (128, 2), (256, 4))])
 
 
-TILE_NAMES = ("block_m", "block_c", "num_warps", "num_stages", "ssm_block_c", "ssm_warps", "ssm_stages", "ssm_per_sm")  # as the kernels name them
+TILE_NAMES = ("block_m", "block_c", "num_warps", "num_stages", "ssm_block_c", "ssm_warps")  # as the kernels name them
 
 
 def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, precision: str, emit,
@@ -538,8 +539,6 @@ def report(meta: dict, records: list[dict]) -> str:
             stages = r.get("num_stages", "")
             if r.get("split"):  # SplitStepKernel; the 2026-11-29 atomic version had no SSM kernel of its own
                 stages = f"split; SSM {r['ssm_block_c']} ch, {r['ssm_warps']} warps" if "ssm_block_c" in r else "split"
-                if "ssm_stages" in r:
-                    stages += f", {r['ssm_stages']} stages, {r['ssm_per_sm']}/SM"
             lines.append(f"| {r['batch']:,} | {r['state_dtype']} | {r['weight_dtype']} | {r['block_m']} | {r['block_c']} | "
                          f"{r['num_warps']} | {stages} | {fmt(r['ms_per_step'])} | {100 * r['fraction_of_limit']:.1f}% | "
                          + (f"{fmt(r['ms_per_step_2_tokens'])} / {fmt(r['ms_per_step_1_tokens'])} |"

@@ -147,58 +147,52 @@ def _x_proj(u_ptr, w_x_ptr, dbc_ptr, n_feed_ptr, B, DI: tl.constexpr, S: tl.cons
 
 
 @triton.jit
-def _ssm_load(at, ok, dbc_ptr, u_ptr, gate_ptr, ch, n, r, DI: tl.constexpr, N: tl.constexpr, R: tl.constexpr,
-              S: tl.constexpr):
-    """What the SSM step of token row `at` reads (if `ok`): Δ's low rank, B, C, u and the gate."""
+def _ssm_inputs(at, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, ch, n, DI: tl.constexpr, N: tl.constexpr,
+                R: tl.constexpr, RANK: tl.constexpr, S: tl.constexpr):
+    """What the SSM step of token row `at` reads: Δ = softplus(dt_proj) (over Δ's rank, RANK of
+    its R columns, not the padding), B, C, u and the gate."""
     dbc = dbc_ptr + at * S
-    return (tl.load(dbc + r, mask=ok, other=0.0), tl.load(dbc + R + n, mask=ok, other=0.0),
-            tl.load(dbc + R + N + n, mask=ok, other=0.0), tl.load(u_ptr + at * DI + ch, mask=ok, other=0.0),
-            tl.load(gate_ptr + at * DI + ch, mask=ok, other=0.0))
+    dt = tl.load(dt_b_ptr + ch)
+    for k in tl.static_range(RANK):  # dt_proj of Δ's low rank, a column at a time (fewer registers than a tile)
+        dt += tl.load(dbc + k) * tl.load(w_dt_ptr + k * DI + ch).to(tl.float32)
+    dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus, as torch's
+    u = tl.load(u_ptr + at * DI + ch).to(tl.float32)
+    return dt, tl.load(dbc + R + n), tl.load(dbc + R + N + n), u, tl.load(gate_ptr + at * DI + ch).to(tl.float32)
 
 
 @triton.jit
-def _ssm_update(h, low, b, c, u, gate, w_dt, dt_b, skip, a2, y_ptr, at, ok, ch, DI: tl.constexpr):
-    """Δ = softplus(dt_proj(low)), h = exp2(Δ A2) h + Δ B u (A2 = A log2(e), prepared once: one
-    multiply less an element than exp(Δ A)); stores y = (C h + D u) gate of token row `at`."""
-    dt = dt_b + tl.sum(low[:, None] * w_dt, axis=0)
-    dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus, as torch's
-    u = u.to(tl.float32)
+def _ssm_update(h, dt, b, c, u, gate, a2_ptr, skip_ptr, y_ptr, at, ch, n, DI: tl.constexpr, N: tl.constexpr):
+    """h = exp2(Δ A2) h + Δ B u (A2 = A log2(e), prepared once: one multiply less an element than
+    exp(Δ A)); stores y = (C h + D u) gate of token row `at`; returns h."""
+    a2 = tl.load(a2_ptr + ch[:, None] * N + n[None, :])
     h = h * tl.exp2(dt[:, None] * a2) + (dt * u)[:, None] * b[None, :]
-    y = (tl.sum(h * c[None, :], axis=1) + skip * u) * gate.to(tl.float32)
-    tl.store(y_ptr + at * DI + ch, y.to(y_ptr.dtype.element_ty), mask=ok)
+    y = (tl.sum(h * c[None, :], axis=1) + tl.load(skip_ptr + ch) * u) * gate
+    tl.store(y_ptr + at * DI + ch, y.to(y_ptr.dtype.element_ty))
     return h
 
 
 @triton.jit
 def _ssm(dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a2_ptr, skip_ptr, ssm_ptr, y_ptr, n_feed_ptr, B,
          DI: tl.constexpr, N: tl.constexpr, R: tl.constexpr, RANK: tl.constexpr, S: tl.constexpr,
-         ROWS, T: tl.constexpr, BLOCK_C: tl.constexpr, STAGES: tl.constexpr):
-    """The SSM step for a block of channels of rows program_id(0), + num_programs(0), ..., each
-    over its 1 or 2 tokens (the state read and written once). A program holds its weights and
-    walks its rows; Triton's pipeliner turns the loop's loads into asynchronous copies STAGES - 1
-    rows ahead, so the state streams while rows are computed (one program a row, the earlier
-    form, left each program's load latency exposed). A second token's inputs are loaded whether
-    it is read or not (a load under the branch would not be pipelined)."""
+         T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The SSM step for one row's block of channels, over the row's 1 or 2 tokens: the state is
+    read and written once. The second token's inputs are loaded before its step is known to be
+    needed, so that their latency overlaps the first token's work."""
+    row = tl.program_id(0)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     n = tl.arange(0, N)
-    r = tl.arange(0, RANK)
-    w_dt = tl.load(w_dt_ptr + r[:, None] * DI + ch[None, :]).to(tl.float32)  # (RANK, C): Δ's rank, not the padding
-    dt_b, skip = tl.load(dt_b_ptr + ch), tl.load(skip_ptr + ch)
-    a2 = tl.load(a2_ptr + ch[:, None] * N + n[None, :])
-    at_state = ch[:, None] * N + n[None, :]  # (C, N), in a row's state
-    for i in tl.range(0, ROWS, num_stages=STAGES):  # ROWS = ceil(B / programs)
-        row = tl.program_id(0) + i * tl.num_programs(0)
-        ok = row < B
-        h = tl.load(ssm_ptr + row * DI * N + at_state, mask=ok, other=0.0).to(tl.float32)
-        low, b, c, u, gate = _ssm_load(row, ok, dbc_ptr, u_ptr, gate_ptr, ch, n, r, DI, N, R, S)
-        if T == 2:
-            two = tl.load(n_feed_ptr + row, mask=ok, other=1) == 2
-            low2, b2, c2, u2, gate2 = _ssm_load(B + row, ok, dbc_ptr, u_ptr, gate_ptr, ch, n, r, DI, N, R, S)
-        h = _ssm_update(h, low, b, c, u, gate, w_dt, dt_b, skip, a2, y_ptr, row, ok, ch, DI)
-        if T == 2:
-            if two:
-                h = _ssm_update(h, low2, b2, c2, u2, gate2, w_dt, dt_b, skip, a2, y_ptr, B + row, ok, ch, DI)
-        tl.store(ssm_ptr + row * DI * N + at_state, h.to(ssm_ptr.dtype.element_ty), mask=ok)
+    h_ptrs = ssm_ptr + (row * DI + ch[:, None]) * N + n[None, :]
+    h = tl.load(h_ptrs).to(tl.float32)  # (C, N)
+    dt, b, c, u, gate = _ssm_inputs(row, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, ch, n, DI, N, R, RANK, S)
+    if T == 2:
+        two = tl.load(n_feed_ptr + row) == 2
+        dt2, b2, c2, u2, gate2 = _ssm_inputs(B + row, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, ch, n, DI, N, R,
+                                             RANK, S)
+    h = _ssm_update(h, dt, b, c, u, gate, a2_ptr, skip_ptr, y_ptr, row, ch, n, DI, N)
+    if T == 2:
+        if two:
+            h = _ssm_update(h, dt2, b2, c2, u2, gate2, a2_ptr, skip_ptr, y_ptr, B + row, ch, n, DI, N)
+    tl.store(h_ptrs, h.to(ssm_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -221,28 +215,21 @@ def _head(xn_ptr, head_ptr, logits_ptr, greedy_ptr, n_feed_ptr, B, V, D: tl.cons
 class SplitStepKernel(StepKernel):
     """StepKernel's interface and prepared weights; the step in 4 L + 2 kernels. Tiles: `block_m`
     rows a program in the matmul kernels (`num_warps` warps), `block_c` channels a program in
-    `_in_conv`, `ssm_block_c` channels a program in `_ssm` (`ssm_warps` warps), which runs
-    `ssm_per_sm` programs an SM a channel block, each walking its share of the rows with
-    `ssm_stages` rows in flight."""
+    `_in_conv`, `ssm_block_c` channels a program in `_ssm` (`ssm_warps` warps)."""
 
     def __init__(self, policy, block_m: int = 64, block_c: int = 32, num_warps: int = 8,
-                 ssm_block_c: int | None = None, ssm_warps: int = 4, ssm_stages: int = 3, ssm_per_sm: int = 4,
-                 precision: str = "ieee", weight_dtype: str = "float32"):
+                 ssm_block_c: int | None = None, ssm_warps: int = 2, precision: str = "ieee",
+                 weight_dtype: str = "float32"):
         """The default tiles were the fastest on the H200 at 32,768 rows; `ssm_block_c` by default
-        the largest power of 2 up to 128 that divides d_inner (128 for the shipped model). On
-        the CPU (Triton's interpreter) `_ssm` runs 4 programs a channel block."""
+        the largest power of 2 up to 256 that divides d_inner (256 for the shipped model)."""
         super().__init__(policy, block_m=block_m, block_c=block_c, precision=precision, num_warps=num_warps,
                          num_stages=1, weight_dtype=weight_dtype)
         if self.config.d_conv & (self.config.d_conv - 1):
             raise ValueError(f"d_conv ({self.config.d_conv}) must be a power of 2 for this kernel")
-        ssm_block_c = ssm_block_c or math.gcd(self.config.d_inner, 128)
+        ssm_block_c = ssm_block_c or math.gcd(self.config.d_inner, 256)
         if self.config.d_inner % ssm_block_c:
             raise ValueError(f"ssm_block_c ({ssm_block_c}) must divide d_inner ({self.config.d_inner})")
-        self.ssm_block_c, self.ssm_warps, self.ssm_stages = ssm_block_c, ssm_warps, ssm_stages
-        self.ssm_per_sm, device = ssm_per_sm, self.w_in.device
-        # programs a channel block: ssm_per_sm an SM in all (one wave, no tail); 4 in the interpreter
-        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
-        self.ssm_programs = max(1, ssm_per_sm * sms * ssm_block_c // self.config.d_inner) if sms else 4
+        self.ssm_block_c, self.ssm_warps = ssm_block_c, ssm_warps
         self.conv_w = self.conv_w.transpose(1, 2).contiguous()  # (L, DI, W), the conv state's order
         self.block_k = math.gcd(self.config.d_inner, 64)  # the reduction over channels, in chunks that divide it
         if self.block_k < 16:
@@ -280,11 +267,9 @@ class SplitStepKernel(StepKernel):
                                                  gate, n_feed, B, D=D, DP=DP, DI=DI, W=c.d_conv, T=T,
                                                  BLOCK_C=self.block_c, **mm)
             _x_proj[(rows, T)](u, self.w_x[i], dbc, n_feed, B, DI=DI, S=S, BLOCK_K=self.block_k, **mm)
-            programs = min(B, self.ssm_programs)
-            _ssm[(programs, DI // self.ssm_block_c)](
+            _ssm[(B, DI // self.ssm_block_c)](
                 dbc, u, gate, self.w_dt[i], self.dt_b[i], self.A2[i], self.skip[i], state.ssm[i], y, n_feed, B, DI=DI,
-                N=N, R=self.R, RANK=triton.next_power_of_2(c.dt_rank), S=S, ROWS=triton.cdiv(B, programs), T=T, BLOCK_C=self.ssm_block_c,
-                STAGES=self.ssm_stages, num_warps=self.ssm_warps)
+                N=N, R=self.R, RANK=c.dt_rank, S=S, T=T, BLOCK_C=self.ssm_block_c, num_warps=self.ssm_warps)
         _head[(rows,)](xn, self.head, greedy if logits is None else logits, greedy, n_feed, B, c.vocab_size, D=D,
                        DP=DP, VP=self.VP, T=T, BLOCK_V=self.block_v, STORE_LOGITS=logits is not None, **mm)
 
