@@ -17,14 +17,30 @@ where its shape changes, every kernel's program small enough that an SM holds 16
 gate and y go through memory in the state's dtype, xn in the weights'; no atomics, so the
 results do not depend on scheduling.
 
+Pairs (`greedy_pair`, `step_pair`): a row may read two tokens in one step where the second is
+forced (a prompt token, or the observation of the read that the first one is:
+`PointerBatch.advance(..., pair=True)`); the model's choice after the first would be ignored, so
+it is never made, and the conv window and the SSM state are read and written once for both.
+Activations are token-major (row t B + b); `_out_norm` and `_x_proj` run over (row blocks,
+tokens), a block of second tokens that no row reads returning at once; `_in_conv` and `_ssm`
+take both tokens of their rows, loading the second's inputs before they know it is read (their
+latency then overlaps the first token's work). A 1,000-digit addition takes 26,032 steps
+instead of 38,048.
+
 Measured on the H200 (2026-11-29, bf16 state and matmuls, eval/results/2026-11-29-throughput-h200/
-6 to 11): 1.07-1.10 ms a step at 32,768 rows (StepKernel 2.52), of it `_ssm` 0.66, `_in_conv`
-0.27, `_out_norm` 0.10, `_x_proj` 0.03; 778-782 1,000-digit additions a second with the tools
-on the GPU. The step moves its ~3.3 GB at 2/3 of the memory bandwidth, `_ssm` at 3/4. On the way:
-a split with atomic partial sums took 3.72 ms; two kernels a layer 1.98 ms (the matmul kernel
-was latency-bound); the conv window read and written as W accesses a channel (each using 2 of
-every 8 bytes it touched) cost 1.1 ms of the step until it became one flat tile; `_ssm`
-taking 8 rows a program (to read A from L2 once) took 1.43 ms.
+6 to 16): 1.07-1.10 ms a step at 32,768 rows (StepKernel 2.52), of it `_ssm` 0.66-0.71,
+`_in_conv` 0.27-0.29, `_out_norm` 0.10, `_x_proj` 0.03; 778-782 1,000-digit additions a second
+with the tools on the GPU, 800-813 in pairs. The step moves its ~3.3 GB at 2/3 of the memory
+bandwidth, yet it is bound by latency more than by bytes: a pair step costs 1.75 ms with every
+row reading two tokens (`_ssm` 0.94, `_in_conv` 0.56, `_out_norm` 0.19), though the second
+token moves ~0.5 GB, not 3.3, and 1.34 ms with every row reading one. On the way: a split with
+atomic partial sums took 3.72 ms; two kernels a layer 1.98 ms (the matmul kernel was
+latency-bound); the conv window read and written as W accesses a channel (each using 2 of every
+8 bytes it touched) cost 1.1 ms of the step until it became one flat tile; `_ssm` taking 8 rows
+a program (to read A from L2 once) took 1.43 ms; `_ssm` with 26% fewer instructions (exp2 of A
+log2(e), Δ's true rank: 1,328 -> 984 SASS instructions a thread, counted offline) took the same
+time (0.706 -> 0.698 ms); `_ssm` as fewer programs each walking its rows, Triton's pipeliner
+streaming the state 2 rows ahead, took 1.1 ms (reverted).
 """
 
 import math
