@@ -6,7 +6,7 @@ rows). Same state tensors, same results: tests/test_pointer_batch.py runs both a
 import triton
 import triton.language as tl
 
-from mamba_agent.vocab import ANS, EDGE, EOS, ERR
+from mamba_agent.vocab import ANS, EDGE, EOS, ERR, PAD
 
 
 @triton.jit
@@ -15,8 +15,8 @@ def _advance(
     prompt_len_ptr, tape_len_ptr, reference_len_ptr, fed_ptr, n_tokens_ptr, pending_ptr, out_len_ptr,
     format_errors_ptr, after_ans_ptr, out_ok_ptr, finished_ptr, done_ptr,
     B, tape_width, reference_width, max_tokens, max_format_errors,
-    P: tl.constexpr, ANS: tl.constexpr, EDGE: tl.constexpr, EOS: tl.constexpr, ERR: tl.constexpr, BLOCK: tl.constexpr,
-    PAIR: tl.constexpr,
+    P: tl.constexpr, ANS: tl.constexpr, EDGE: tl.constexpr, EOS: tl.constexpr, ERR: tl.constexpr, PAD: tl.constexpr,
+    BLOCK: tl.constexpr, PAIR: tl.constexpr,
 ):
     rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     m = rows < B
@@ -76,7 +76,7 @@ def _advance(
         in_prompt = fed < tl.load(prompt_len_ptr + rows, mask=m, other=0)
         forced = ~done & (in_prompt | (pending >= 0))
         prompt_token = tl.load(tape + tl.minimum(fed - 1, sink), mask=m, other=0)
-        tl.store(tokens_ptr + B + rows, tl.where(in_prompt, prompt_token, pending), mask=m)
+        tl.store(tokens_ptr + B + rows, tl.where(forced, tl.where(in_prompt, prompt_token, pending), PAD), mask=m)
         tl.store(n_feed_ptr + rows, 1 + forced.to(tl.int32), mask=m)
         fed += forced
         pending = tl.where(forced, -1, pending)
@@ -92,5 +92,5 @@ def advance(batch, sampled, pair: bool = False, block: int = 256) -> None:
         b.prompt_len, b.tape_len, b.reference_len, b.fed, b.n_tokens, b.pending, b.out_len,
         b.format_errors, b.after_ans, b.out_ok, b.finished, b.done,
         b.B, b.tape.shape[1], b.reference.shape[1], b.max_tokens, b.max_format_errors,
-        P=b.n_pointers, ANS=ANS, EDGE=EDGE, EOS=EOS, ERR=ERR, BLOCK=block, PAIR=pair,
+        P=b.n_pointers, ANS=ANS, EDGE=EDGE, EOS=EOS, ERR=ERR, PAD=PAD, BLOCK=block, PAIR=pair,
     )

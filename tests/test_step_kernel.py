@@ -17,6 +17,7 @@ from mamba_agent.policies import MambaConfig, build_policy  # noqa: E402
 from mamba_agent.policies.mamba_split_kernel import SplitStepKernel  # noqa: E402
 from mamba_agent.policies.mamba_step_kernel import StepKernel  # noqa: E402
 from mamba_agent.vocab import VOCAB_SIZE  # noqa: E402
+from tests.pair_reference import step_pair  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNELS = {  # the split step also with tiles smaller than d_inner's blocks by default
@@ -56,18 +57,6 @@ def test_same_logits_and_state_as_step(policy_of, make):
             torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(state.ssm, ref.ssm, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(state.conv, ref.conv, rtol=1e-4, atol=1e-5)
-
-
-def step_pair(policy, feed, n_feed, state):
-    """The reference for a pair step: policy.step over feed[0], then over feed[1] where n_feed is
-    2 (the other rows keep the state and logits after their one token)."""
-    first = policy.step(feed[0], state)
-    conv, ssm = state.conv.clone(), state.ssm.clone()
-    second = policy.step(feed[1], state)
-    two = n_feed == 2
-    state.conv.copy_(torch.where(two[None, :, None, None], state.conv, conv))
-    state.ssm.copy_(torch.where(two[None, :, None, None], state.ssm, ssm))
-    return torch.where(two[:, None], second, first)
 
 
 @pytest.mark.parametrize("policy_of, make", [
