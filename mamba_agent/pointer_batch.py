@@ -113,9 +113,9 @@ class PointerBatch:
         """sampled (B,): the model's token after reading what it was fed. Sets and returns the next
         tokens to read. `pair`: where the token after that one is forced too (a prompt token, or
         the observation of a read), take it as well, into feed[1] with n_feed 2 (else feed[1] is
-        [PAD] and n_feed 1): the model reads
-        both in one step, and its choice after the first, which would be ignored, is never made.
-        Addition's trajectory then takes 26,032 steps instead of 38,048 at 1,000 digits."""
+        [PAD] and n_feed 1): the model reads both in one step, and its choice after the first,
+        which would be ignored, is never made. Addition's trajectory then takes 26,032 steps
+        instead of 38,048 at 1,000 digits."""
         if self._kernel_advance is not None:
             self._kernel_advance(self, sampled.long().contiguous(), pair)
             return self.tokens
