@@ -66,7 +66,8 @@ def test_same_logits_and_state_as_step(policy_of, make):
 ], ids=["shipped", "d_model 48, small tiles"])
 def test_pairs_of_tokens_as_two_steps(policy_of, make):
     """Reading two tokens in one step (where n_feed says so) gives the logits and state of two
-    steps; rows reading one, in the same step, those of one."""
+    steps; rows reading one, in the same step, those of one; a one-token step between pair steps
+    (sharing their buffers) that of one."""
     policy = policy_of()
     B = 19
     kernel = make(policy)
@@ -76,8 +77,12 @@ def test_pairs_of_tokens_as_two_steps(policy_of, make):
     for t in range(5):
         feed = torch.randint(0, VOCAB_SIZE, (2, B), generator=g).to(DEVICE)
         n_feed = torch.randint(1, 3 if t else 2, (B,), generator=g, dtype=torch.int32).to(DEVICE)  # first: all 1
+        if t == 3:
+            n_feed.fill_(1)
         expected = step_pair(policy, feed, n_feed, ref)
-        if t % 2:
+        if t == 3:
+            torch.testing.assert_close(kernel(feed[0].clone(), state), expected, rtol=1e-4, atol=1e-4)
+        elif t % 2:
             kernel.greedy_pair(feed, n_feed, state, greedy)
             assert torch.equal(greedy.long(), expected.argmax(-1))
         else:

@@ -257,7 +257,8 @@ class SplitStepKernel(StepKernel):
         self.A2 = self.A * math.log2(math.e)  # exp(Δ A) as exp2(Δ A2): one multiply less an element
         self.scratch = None  # made for the batch size and state dtype in use
 
-    def _launch(self, token: Tensor, state, logits: Tensor | None, greedy: Tensor, n_feed: Tensor | None = None) -> None:
+    def _launch(self, token: Tensor, state, logits: Tensor | None, greedy: Tensor,
+                n_feed: Tensor | None = None) -> None:
         """token (B,), or (T, B) with n_feed (B,): row b reads token[:n_feed[b], b] (T = 1 or 2)."""
         c = self.config
         T, B = (1, token.shape[0]) if token.dim() == 1 else token.shape
@@ -266,10 +267,13 @@ class SplitStepKernel(StepKernel):
         if state.ssm.numel() >= 2**31 or state.conv.numel() >= 2**31:  # offsets are int32 in the kernels
             raise ValueError(f"a state of {state.ssm.numel():,} values is too large for int32 offsets: use fewer rows")
         D, DI, N, DP, S = c.d_model, c.d_inner, c.d_state, self.DP, self.S
-        if self.scratch is None or self.scratch[0].shape[0] != T * B or self.scratch[3].dtype != state.ssm.dtype:
-            dev, st, rows = token.device, state.ssm.dtype, T * B  # token-major: row t B + b is row b's token t
+        # Activations are token-major (row t B + b is row b's token t): any buffer of T B rows or
+        # more serves, so steps of 1 and 2 tokens share one (a captured graph keeps its buffers).
+        if self.scratch is None or self.scratch[0].shape[0] < T * B or self.scratch[3].dtype != state.ssm.dtype:
+            dev, st, rows = token.device, state.ssm.dtype, T * B
             self.scratch = (torch.empty(rows, D, device=dev), torch.empty(rows, DP, device=dev, dtype=self.w_in.dtype),
-                            torch.empty(rows, S, device=dev), *(torch.empty(rows, DI, device=dev, dtype=st) for _ in range(3)))
+                            torch.empty(rows, S, device=dev),
+                            *(torch.empty(rows, DI, device=dev, dtype=st) for _ in range(3)))
         res, xn, dbc, u, gate, y = self.scratch  # xn in the weights' dtype, u, gate and y in the state's
         rows = triton.cdiv(B, self.block_m)
         mm = dict(BLOCK_M=self.block_m, PRECISION=self.precision, num_warps=self.num_warps)
