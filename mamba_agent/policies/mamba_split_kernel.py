@@ -38,9 +38,9 @@ atomic partial sums took 3.72 ms; two kernels a layer 1.98 ms (the matmul kernel
 latency-bound); the conv window read and written as W accesses a channel (each using 2 of every
 8 bytes it touched) cost 1.1 ms of the step until it became one flat tile; `_ssm` taking 8 rows
 a program (to read A from L2 once) took 1.43 ms; `_ssm` with 26% fewer instructions (exp2 of A
-log2(e), Δ's true rank: 1,328 -> 984 SASS instructions a thread, counted offline) took the same
-time (0.706 -> 0.698 ms); `_ssm` as fewer programs each walking its rows, Triton's pipeliner
-streaming the state 2 rows ahead, took 1.1 ms (reverted).
+log2(e), Δ's true rank: 1,328 -> 984 SASS instructions a thread, counted offline) left the step
+as it was (1.12 -> 1.13 ms at the same tiles); `_ssm` as fewer programs each walking its rows,
+Triton's pipeliner streaming the state 2 rows ahead, took 1.1 ms against 0.70 (reverted).
 """
 
 import math
