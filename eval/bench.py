@@ -242,9 +242,7 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
         from mamba_agent.policies.mamba_step_kernel import StepKernel
 
         make = StepKernel if step_kind == "kernel" else SplitStepKernel
-        # without a sweep: the defaults with bf16 matmuls (the fastest); pairs with 4 warps an SSM
-        # program (its second token's registers; the fastest for pairs in the H200 sweep, 2026-11-29)
-        tiles = tiles or {"weight_dtype": "bfloat16", **({"ssm_warps": 4} if step_kind == "pairs" else {})}
+        tiles = tiles or {"weight_dtype": "bfloat16"}  # without a sweep: the defaults, bf16 matmuls (the fastest)
         kernel, greedy = make(policy, precision=precision, **tiles), torch.zeros(batch, dtype=torch.int32, device=device)
 
         def model(tokens):

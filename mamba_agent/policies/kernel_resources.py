@@ -96,10 +96,13 @@ def step_resources(step, module, policy, batch: int = 64, pair: bool = False) ->
     two tokens a row (SplitStepKernel.greedy_pair)."""
     state = policy.init_state(batch)
     state.conv, state.ssm = state.conv.bfloat16(), state.ssm.bfloat16()
-    token = torch.zeros((2, batch) if pair else batch, dtype=torch.long)
     out = torch.zeros(batch, dtype=torch.int32)
+    if pair:  # tokens (2, B) and n_feed
+        args = (torch.zeros(2, batch, dtype=torch.long), state, None, out, torch.full((batch,), 2, dtype=torch.int32))
+    else:
+        args = (torch.zeros(batch, dtype=torch.long), state, None, out)
     seen, usages = set(), []
-    for fn, bound, options in launches(step, module, token, state, None, out, *[out] * pair):
+    for fn, bound, options in launches(step, module, *args):
         constants = tuple(bound.get(p.name, p.default) for p in fn.params if p.is_constexpr)
         key = (fn.__name__, constants, tuple(sorted(options.items())))
         if key not in seen:

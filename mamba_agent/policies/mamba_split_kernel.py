@@ -231,10 +231,12 @@ def _head(xn_ptr, head_ptr, logits_ptr, greedy_ptr, n_feed_ptr, B, V, D: tl.cons
 class SplitStepKernel(StepKernel):
     """StepKernel's interface and prepared weights; the step in 4 L + 2 kernels. Tiles: `block_m`
     rows a program in the matmul kernels (`num_warps` warps), `block_c` channels a program in
-    `_in_conv`, `ssm_block_c` channels a program in `_ssm` (`ssm_warps` warps)."""
+    `_in_conv`, `ssm_block_c` channels a program in `_ssm` (`ssm_warps` warps; by default 2 for a
+    token a step, 4 for pairs, whose second token needs registers: the fastest of each on the
+    H200, 2026-11-29)."""
 
     def __init__(self, policy, block_m: int = 64, block_c: int = 32, num_warps: int = 8,
-                 ssm_block_c: int | None = None, ssm_warps: int = 2, precision: str = "ieee",
+                 ssm_block_c: int | None = None, ssm_warps: int | None = None, precision: str = "ieee",
                  weight_dtype: str = "float32"):
         """The default tiles were the fastest on the H200 at 32,768 rows; `ssm_block_c` by default
         the largest power of 2 up to 256 that divides d_inner (256 for the shipped model)."""
@@ -245,7 +247,7 @@ class SplitStepKernel(StepKernel):
         ssm_block_c = ssm_block_c or math.gcd(self.config.d_inner, 256)
         if self.config.d_inner % ssm_block_c:
             raise ValueError(f"ssm_block_c ({ssm_block_c}) must divide d_inner ({self.config.d_inner})")
-        self.ssm_block_c, self.ssm_warps = ssm_block_c, ssm_warps
+        self.ssm_block_c, self.ssm_warps = ssm_block_c, (ssm_warps or 2, ssm_warps or 4)  # for 1 and 2 tokens
         self.conv_w = self.conv_w.transpose(1, 2).contiguous()  # (L, DI, W), the conv state's order
         self.block_k = math.gcd(self.config.d_inner, 64)  # the reduction over channels, in chunks that divide it
         if self.block_k < 16:
@@ -289,7 +291,8 @@ class SplitStepKernel(StepKernel):
             _x_proj[(rows, T)](u, self.w_x[i], dbc, n_feed, B, DI=DI, S=S, BLOCK_K=self.block_k, **mm)
             _ssm[(B, DI // self.ssm_block_c)](
                 dbc, u, gate, self.w_dt[i], self.dt_b[i], self.A2[i], self.skip[i], state.ssm[i], y, n_feed, B, DI=DI,
-                N=N, R=self.R, RANK=c.dt_rank, S=S, T=T, BLOCK_C=self.ssm_block_c, num_warps=self.ssm_warps)
+                N=N, R=self.R, RANK=c.dt_rank, S=S, T=T, BLOCK_C=self.ssm_block_c,
+                num_warps=self.ssm_warps[T - 1])
         _head[(rows,)](xn, self.head, greedy if logits is None else logits, greedy, n_feed, B, c.vocab_size, D=D,
                        DP=DP, VP=self.VP, T=T, BLOCK_V=self.block_v, STORE_LOGITS=logits is not None, **mm)
 
