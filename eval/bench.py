@@ -417,13 +417,15 @@ def main() -> None:
                     "one wave per BATCH[:STEP[:STATE_DTYPE]] (comma-separated); STEP pairs (SplitStepKernel reading a forced token "
                     "with the one before it, default), split (SplitStepKernel, a token a step), "
                     "kernel (StepKernel, the step in one kernel) or fused (FusedStep, fp32 state); STATE_DTYPE bfloat16 "
-                    "(the Triton steps' default) or float32")
+                    "(the Triton steps' default), float32, or float8_e4m3fn (split and pairs)")
     ap.add_argument("--state-dtypes", default="float32,bfloat16", help="Mamba state dtypes for --tile-sweep")
     ap.add_argument("--precision", default="tf32", help="the one-kernel step's matmuls: tf32 or ieee (fp32)")
     ap.add_argument("--steps-per-graph", type=int, default=128)
     ap.add_argument("--tile-sweep", type=int, default=0, help="CUDA: time the one-kernel step's tile shapes at this batch")
     ap.add_argument("--split-sweep", type=int, default=0, help="CUDA: time SplitStepKernel's tile shapes at this "
-                    "batch (bf16 state); the fastest is used for `split` additions")
+                    "batch, for each of --split-dtypes; the fastest are used for `split` and `pairs` additions "
+                    "with that state dtype")
+    ap.add_argument("--split-dtypes", default="bfloat16", help="state dtypes for --split-sweep")
     args = ap.parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
@@ -463,18 +465,18 @@ def main() -> None:
             best_tiles[dtype] = bench_step_tiles(shipped, device, args.tile_sweep, getattr(torch, dtype), args.precision, emit)
             for batch in (1, 64, 1024):  # the fastest tiles at the runtime's batch sizes
                 bench_step_tiles(shipped, device, batch, getattr(torch, dtype), args.precision, emit, [best_tiles[dtype]])
-    split_tiles = None
-    if args.split_sweep:
+    split_tiles = {}  # state dtype -> the fastest tiles of the split sweep
+    for dtype in args.split_dtypes.split(",") if args.split_sweep else []:
         with torch.inference_mode():
-            split_tiles = bench_step_tiles(shipped, device, args.split_sweep, torch.bfloat16, args.precision, emit,
-                                           split=True)
+            split_tiles[dtype] = bench_step_tiles(shipped, device, args.split_sweep, getattr(torch, dtype),
+                                                  args.precision, emit, split=True)
     for spec in filter(None, args.device_additions.split(",")):
         batch, step_kind, *dtype = spec.split(":") + ([] if ":" in spec else ["pairs"])
         dtype = dtype[0] if dtype else "float32" if step_kind == "fused" else "bfloat16"
         if step_kind == "fused" and dtype != "float32":
             raise SystemExit(f"--device-additions {spec}: FusedStep's state is the policy's, float32")
         try:
-            tiles = split_tiles if step_kind in ("split", "pairs") else best_tiles.get(dtype)
+            tiles = (split_tiles if step_kind in ("split", "pairs") else best_tiles).get(dtype)
             bench_device_additions(shipped, device, int(batch), 1000, getattr(torch, dtype), args.precision,
                                    args.steps_per_graph, emit, tiles, step_kind)
         except Exception as e:  # record it and go on to the next configuration

@@ -90,12 +90,13 @@ def resources(fn, bound: dict, options: dict, target: GPUTarget = H200) -> Usage
     return Usage(fn.__name__, kernel.metadata.num_warps, int(regs), int(stack), kernel.metadata.shared)
 
 
-def step_resources(step, module, policy, batch: int = 64, pair: bool = False) -> list[Usage]:
+def step_resources(step, module, policy, batch: int = 64, pair: bool = False,
+                   state_dtype: torch.dtype = torch.bfloat16) -> list[Usage]:
     """Each distinct kernel (by name and options) of one greedy step of `step` (made from `policy`,
-    its kernels defined in `module`) at `batch` rows with a bf16 state; `pair`: a step that reads
-    two tokens a row (SplitStepKernel.greedy_pair)."""
+    its kernels defined in `module`) at `batch` rows with a `state_dtype` state; `pair`: a step
+    that reads two tokens a row (SplitStepKernel.greedy_pair)."""
     state = policy.init_state(batch)
-    state.conv, state.ssm = state.conv.bfloat16(), state.ssm.bfloat16()
+    state.conv, state.ssm = state.conv.to(state_dtype), state.ssm.to(state_dtype)
     out = torch.zeros(batch, dtype=torch.int32)
     if pair:  # tokens (2, B) and n_feed
         args = (torch.zeros(2, batch, dtype=torch.long), state, None, out, torch.full((batch,), 2, dtype=torch.int32))

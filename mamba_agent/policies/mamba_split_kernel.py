@@ -271,12 +271,16 @@ class SplitStepKernel(StepKernel):
         D, DI, N, DP, S = c.d_model, c.d_inner, c.d_state, self.DP, self.S
         # Activations are token-major (row t B + b is row b's token t): any buffer of T B rows or
         # more serves, so steps of 1 and 2 tokens share one (a captured graph keeps its buffers).
-        if self.scratch is None or self.scratch[0].shape[0] < T * B or self.scratch[3].dtype != state.ssm.dtype:
-            dev, st, rows = token.device, state.ssm.dtype, T * B
+        # u, the gate and y go through memory in the state's dtype, but not in 8 bits: an 8-bit
+        # state is a storage format (rounded once a step, its error decays with the state), an
+        # 8-bit u would round the layer's input itself.
+        act = state.ssm.dtype if state.ssm.dtype.itemsize >= 2 else torch.bfloat16
+        if self.scratch is None or self.scratch[0].shape[0] < T * B or self.scratch[3].dtype != act:
+            dev, rows = token.device, T * B
             self.scratch = (torch.empty(rows, D, device=dev), torch.empty(rows, DP, device=dev, dtype=self.w_in.dtype),
                             torch.empty(rows, S, device=dev),
-                            *(torch.empty(rows, DI, device=dev, dtype=st) for _ in range(3)))
-        res, xn, dbc, u, gate, y = self.scratch  # xn in the weights' dtype, u, gate and y in the state's
+                            *(torch.empty(rows, DI, device=dev, dtype=act) for _ in range(3)))
+        res, xn, dbc, u, gate, y = self.scratch  # xn in the weights' dtype, u, gate and y in the state's (or bf16)
         rows = triton.cdiv(B, self.block_m)
         mm = dict(BLOCK_M=self.block_m, PRECISION=self.precision, num_warps=self.num_warps)
         n_feed = token if n_feed is None else n_feed  # (not read when T is 1)
