@@ -317,15 +317,16 @@ TILE_GRID = ((16,), (16, 32), (2, 4), (1, 2, 3), ("bfloat16",))
 
 
 # SplitStepKernel: its matmul kernels' tiles (rows, _in_conv's channels, warps) with the SSM
-# kernel's at its defaults, then the SSM kernel's (channels, warps) with the matmuls' at theirs.
-# The ranges are those that compile without spilling for the H200 (registers counted offline).
+# kernel's at its defaults, then the SSM kernel's (rows, channels, warps) with the matmuls' at
+# theirs. The ranges are those that compile without spilling for the H200 (registers counted
+# offline); (64, 32, 8) was the fastest matmul tile in every sweep of 2026-11-29.
 SPLIT_TILE_GRID = (
-    [dict(block_m=m, block_c=c, num_warps=w) for m, c, w in
-     ((16, 32, 4), (32, 32, 4), (64, 32, 8), (64, 64, 8), (128, 32, 8))]
-    + [dict(ssm_block_c=c, ssm_warps=w) for c, w in ((128, 1), (128, 2), (256, 4))])
+    [dict(block_m=m, block_c=c, num_warps=w) for m, c, w in ((32, 32, 4), (64, 32, 8))]
+    + [dict(ssm_rows=r, ssm_block_c=c, ssm_warps=w) for r, c, w in
+       ((1, 256, 2), (2, 64, 2), (2, 128, 4), (4, 128, 4), (8, 64, 8), (16, 64, 8))])
 
 
-TILE_NAMES = ("block_m", "block_c", "num_warps", "num_stages", "ssm_block_c", "ssm_warps")  # as the kernels name them
+TILE_NAMES = ("block_m", "block_c", "num_warps", "num_stages", "ssm_rows", "ssm_block_c", "ssm_warps")  # as the kernels name them
 
 
 def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, precision: str, emit,
@@ -334,7 +335,8 @@ def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, preci
     channels per block, warps, pipeline stages, weight dtype (`grid`: a list of StepKernel options;
     default TILE_GRID); `split`: SplitStepKernel instead, over SPLIT_TILE_GRID, each tile also
     reading pairs (`greedy_pair`) with every row reading 2 tokens, and every row 1. 20 steps in a
-    CUDA graph, median of 5 replays. Returns the fastest (for the split step: in pairs, 2 + 1)."""
+    CUDA graph, median of 5 replays. Returns the fastest tiles (for the split step: in pairs, 2 + 1
+    tokens) and the fastest a token a step (None, None: nothing compiled)."""
     from mamba_agent.policies.mamba_split_kernel import SplitStepKernel  # Triton
     from mamba_agent.policies.mamba_step_kernel import StepKernel
 
@@ -364,7 +366,7 @@ def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, preci
             times.append((time.perf_counter() - t) / 20)
         return sorted(times)[2]
 
-    best = None
+    best = best_one = None  # the fastest in pairs (the split step) or a token a step (the one-kernel step), a token a step
     keys = ("block_m", "block_c", "num_warps", "num_stages", "weight_dtype")
     for tiles in grid or [dict(zip(keys, t)) for t in itertools.product(*TILE_GRID)]:
         try:
@@ -385,8 +387,10 @@ def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, preci
         cost = sum(pairs.values()) if split else sec
         if best is None or cost < best[0]:
             best = (cost, tiles, kernel)
+        if best_one is None or sec < best_one[0]:
+            best_one = (sec, tiles)
     if best is None:
-        return None
+        return None, None
     # Where the fastest step's time goes, kernel by kernel (CUPTI's timings, 20 steps outside a graph).
     steps = {"one token": lambda k: k.greedy(tokens[0], state, greedy)}
     if split:
@@ -400,7 +404,7 @@ def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, preci
         used = {k: getattr(best[2], k) for k in TILE_NAMES if hasattr(best[2], k)}
         emit({"kind": "step_kernels", "batch": batch, **used, **best[1], "split": split, "read": name,
               "ms_per_step_by_kernel": per_kernel})
-    return best[1]
+    return best[1], best_one[1]
 
 
 def main() -> None:
@@ -462,21 +466,23 @@ def main() -> None:
     best_tiles = {}  # state dtype -> the fastest tiles of the sweep
     for dtype in args.state_dtypes.split(",") if args.tile_sweep else []:
         with torch.inference_mode():
-            best_tiles[dtype] = bench_step_tiles(shipped, device, args.tile_sweep, getattr(torch, dtype), args.precision, emit)
+            best_tiles[dtype] = bench_step_tiles(shipped, device, args.tile_sweep, getattr(torch, dtype), args.precision,
+                                                 emit)[0]
             for batch in (1, 64, 1024):  # the fastest tiles at the runtime's batch sizes
                 bench_step_tiles(shipped, device, batch, getattr(torch, dtype), args.precision, emit, [best_tiles[dtype]])
-    split_tiles = {}  # state dtype -> the fastest tiles of the split sweep
+    split_tiles = {}  # state dtype -> {"pairs": the fastest tiles in pairs, "split": a token a step}
     for dtype in args.split_dtypes.split(",") if args.split_sweep else []:
         with torch.inference_mode():
-            split_tiles[dtype] = bench_step_tiles(shipped, device, args.split_sweep, getattr(torch, dtype),
-                                                  args.precision, emit, split=True)
+            split_tiles[dtype] = dict(zip(("pairs", "split"), bench_step_tiles(
+                shipped, device, args.split_sweep, getattr(torch, dtype), args.precision, emit, split=True)))
     for spec in filter(None, args.device_additions.split(",")):
         batch, step_kind, *dtype = spec.split(":") + ([] if ":" in spec else ["pairs"])
         dtype = dtype[0] if dtype else "float32" if step_kind == "fused" else "bfloat16"
         if step_kind == "fused" and dtype != "float32":
             raise SystemExit(f"--device-additions {spec}: FusedStep's state is the policy's, float32")
         try:
-            tiles = (split_tiles if step_kind in ("split", "pairs") else best_tiles).get(dtype)
+            tiles = (split_tiles.get(dtype, {}).get(step_kind) if step_kind in ("split", "pairs")
+                     else best_tiles.get(dtype))
             bench_device_additions(shipped, device, int(batch), 1000, getattr(torch, dtype), args.precision,
                                    args.steps_per_graph, emit, tiles, step_kind)
         except Exception as e:  # record it and go on to the next configuration
@@ -540,7 +546,8 @@ def report(meta: dict, records: list[dict]) -> str:
         for r in sorted(tiles, key=lambda r: (r.get("split", False), r["state_dtype"], r["ms_per_step"]))[:24]:
             stages = r.get("num_stages", "")
             if r.get("split"):  # SplitStepKernel; the 2026-11-29 atomic version had no SSM kernel of its own
-                stages = f"split; SSM {r['ssm_block_c']} ch, {r['ssm_warps']} warps" if "ssm_block_c" in r else "split"
+                stages = (f"split; SSM {r.get('ssm_rows', 1)} rows, {r['ssm_block_c']} ch, {r['ssm_warps']} warps"
+                          if "ssm_block_c" in r else "split")
             lines.append(f"| {r['batch']:,} | {r['state_dtype']} | {r['weight_dtype']} | {r['block_m']} | {r['block_c']} | "
                          f"{r['num_warps']} | {stages} | {fmt(r['ms_per_step'])} | {100 * r['fraction_of_limit']:.1f}% | "
                          + (f"{fmt(r['ms_per_step_2_tokens'])} / {fmt(r['ms_per_step_1_tokens'])} |"
