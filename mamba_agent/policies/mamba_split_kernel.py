@@ -96,7 +96,7 @@ def _out_norm(y_ptr, w_out_ptr, tok_ptr, emb_ptr, res_ptr, xn_ptr, n_feed_ptr, B
 @triton.jit
 def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr, n_feed_ptr, B, D: tl.constexpr,
              DP: tl.constexpr, DI: tl.constexpr, W: tl.constexpr, T: tl.constexpr, BLOCK_M: tl.constexpr,
-             BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
+             BLOCK_C: tl.constexpr, Z_FIRST: tl.constexpr, PRECISION: tl.constexpr):
     """x and z = in_proj(xn) for a block of rows and channels, then the causal conv step,
     u = silu(conv x) and the gate silu(z); with T = 2, of both tokens of the rows that read two
     (the second's conv window holds the first's x), the conv window moved on by 1 or 2."""
@@ -111,6 +111,9 @@ def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr
         two = row_ok & (tl.load(n_feed_ptr + rows, mask=row_ok, other=1) == 2)
         xn2 = tl.load(xn_ptr + (B + rows[:, None]) * DP + dcol[None, :], mask=row_ok[:, None], other=0.0)
     x = tl.dot(xn, w_x, input_precision=PRECISION)
+    if Z_FIRST:  # both products before the conv: one wait on memory less, more registers
+        w_z = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok, other=0.0)
+        z = tl.dot(xn, w_z, input_precision=PRECISION)
     # The conv window, this layer's (B, DI, W): a row's channels c0.. are BLOCK_C x W contiguous
     # values, taken as one flat tile so a warp's loads and stores are contiguous.
     j = tl.arange(0, BLOCK_C * W)
@@ -125,9 +128,9 @@ def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr
     at = rows[:, None] * DI + ch[None, :]
     tl.store(u_ptr + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=row_ok[:, None])
     moved = tl.where(last, x_at_last, older)  # the window after this token
-    # z after x is done with: fewer registers live at once
-    w_z = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok, other=0.0)
-    z = tl.dot(xn, w_z, input_precision=PRECISION)
+    if not Z_FIRST:  # z after x is done with: fewer registers live at once
+        w_z = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok, other=0.0)
+        z = tl.dot(xn, w_z, input_precision=PRECISION)
     tl.store(gate_ptr + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=row_ok[:, None])
     if T == 2:
         if tl.max(two.to(tl.int32)) > 0:  # in lockstep, all rows or none
@@ -163,60 +166,52 @@ def _x_proj(u_ptr, w_x_ptr, dbc_ptr, n_feed_ptr, B, DI: tl.constexpr, S: tl.cons
 
 
 @triton.jit
-def _ssm_inputs(at, ok, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b, ch, n, DI: tl.constexpr, N: tl.constexpr,
+def _ssm_inputs(at, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, ch, n, DI: tl.constexpr, N: tl.constexpr,
                 R: tl.constexpr, RANK: tl.constexpr, S: tl.constexpr):
-    """What the SSM step of token rows `at` (where `ok`) reads: Δ = softplus(dt_proj) (over Δ's
-    rank, RANK of its R columns, not the padding), B, C (rows, N), u and the gate (rows, channels)."""
+    """What the SSM step of token row `at` reads: Δ = softplus(dt_proj) (over Δ's rank, RANK of
+    its R columns, not the padding), B, C, u and the gate."""
     dbc = dbc_ptr + at * S
-    m = ok[:, None]
-    dt = tl.broadcast_to(dt_b[None, :], (at.shape[0], ch.shape[0]))
+    dt = tl.load(dt_b_ptr + ch)
     for k in tl.static_range(RANK):  # dt_proj of Δ's low rank, a column at a time (fewer registers than a tile)
-        dt += tl.load(dbc + k, mask=ok, other=0.0)[:, None] * tl.load(w_dt_ptr + k * DI + ch).to(tl.float32)[None, :]
+        dt += tl.load(dbc + k) * tl.load(w_dt_ptr + k * DI + ch).to(tl.float32)
     dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))  # softplus, as torch's
-    at_ch = at[:, None] * DI + ch[None, :]
-    u = tl.load(u_ptr + at_ch, mask=m, other=0.0).to(tl.float32)
-    b = tl.load(dbc[:, None] + R + n[None, :], mask=m, other=0.0)
-    c = tl.load(dbc[:, None] + R + N + n[None, :], mask=m, other=0.0)
-    return dt, b, c, u, tl.load(gate_ptr + at_ch, mask=m, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + at * DI + ch).to(tl.float32)
+    return dt, tl.load(dbc + R + n), tl.load(dbc + R + N + n), u, tl.load(gate_ptr + at * DI + ch).to(tl.float32)
 
 
 @triton.jit
-def _ssm_update(h, dt, b, c, u, gate, a2, skip, y_ptr, at, ok, ch, DI: tl.constexpr):
+def _ssm_update(h, dt, b, c, u, gate, a2_ptr, skip_ptr, y_ptr, at, ch, n, DI: tl.constexpr, N: tl.constexpr):
     """h = exp2(Δ A2) h + Δ B u (A2 = A log2(e), prepared once: one multiply less an element than
-    exp(Δ A)); stores y = (C h + D u) gate of token rows `at` (where `ok`); returns h."""
-    h = h * tl.exp2(dt[:, :, None] * a2[None, :, :]) + (dt * u)[:, :, None] * b[:, None, :]
-    y = (tl.sum(h * c[:, None, :], axis=2) + skip[None, :] * u) * gate
-    tl.store(y_ptr + at[:, None] * DI + ch[None, :], y.to(y_ptr.dtype.element_ty), mask=ok[:, None])
+    exp(Δ A)); stores y = (C h + D u) gate of token row `at`; returns h."""
+    a2 = tl.load(a2_ptr + ch[:, None] * N + n[None, :])
+    h = h * tl.exp2(dt[:, None] * a2) + (dt * u)[:, None] * b[None, :]
+    y = (tl.sum(h * c[None, :], axis=1) + tl.load(skip_ptr + ch) * u) * gate
+    tl.store(y_ptr + at * DI + ch, y.to(y_ptr.dtype.element_ty))
     return h
 
 
 @triton.jit
 def _ssm(dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a2_ptr, skip_ptr, ssm_ptr, y_ptr, n_feed_ptr, B,
          DI: tl.constexpr, N: tl.constexpr, R: tl.constexpr, RANK: tl.constexpr, S: tl.constexpr,
-         T: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The SSM step for a block of rows and channels, over each row's 1 or 2 tokens: the state is
-    read and written once. A, Δ's projection, its bias and D are read once for the block's rows
-    (read for every row, from L2, they were 3x the state's bytes). The second token's inputs are
-    loaded before its step is known to be needed, so that their latency overlaps the first's work."""
-    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    ok = rows < B
+         T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The SSM step for one row's block of channels, over the row's 1 or 2 tokens: the state is
+    read and written once. The second token's inputs are loaded before its step is known to be
+    needed, so that their latency overlaps the first token's work."""
+    row = tl.program_id(0)
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     n = tl.arange(0, N)
-    h_ptrs = ssm_ptr + (rows[:, None, None] * DI + ch[None, :, None]) * N + n[None, None, :]
-    h = tl.load(h_ptrs, mask=ok[:, None, None], other=0.0).to(tl.float32)  # (rows, C, N)
-    a2 = tl.load(a2_ptr + ch[:, None] * N + n[None, :])
-    dt_b, skip = tl.load(dt_b_ptr + ch), tl.load(skip_ptr + ch)
-    dt, b, c, u, gate = _ssm_inputs(rows, ok, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b, ch, n, DI, N, R, RANK, S)
+    h_ptrs = ssm_ptr + (row * DI + ch[:, None]) * N + n[None, :]
+    h = tl.load(h_ptrs).to(tl.float32)  # (C, N)
+    dt, b, c, u, gate = _ssm_inputs(row, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, ch, n, DI, N, R, RANK, S)
     if T == 2:
-        two = ok & (tl.load(n_feed_ptr + rows, mask=ok, other=1) == 2)
-        dt2, b2, c2, u2, gate2 = _ssm_inputs(B + rows, two, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b, ch, n, DI, N,
-                                             R, RANK, S)
-    h = _ssm_update(h, dt, b, c, u, gate, a2, skip, y_ptr, rows, ok, ch, DI)
+        two = tl.load(n_feed_ptr + row) == 2
+        dt2, b2, c2, u2, gate2 = _ssm_inputs(B + row, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, ch, n, DI, N, R,
+                                             RANK, S)
+    h = _ssm_update(h, dt, b, c, u, gate, a2_ptr, skip_ptr, y_ptr, row, ch, n, DI, N)
     if T == 2:
-        if tl.max(two.to(tl.int32)) > 0:  # in lockstep, all rows or none
-            h = tl.where(two[:, None, None],
-                         _ssm_update(h, dt2, b2, c2, u2, gate2, a2, skip, y_ptr, B + rows, two, ch, DI), h)
-    tl.store(h_ptrs, h.to(ssm_ptr.dtype.element_ty), mask=ok[:, None, None])
+        if two:
+            h = _ssm_update(h, dt2, b2, c2, u2, gate2, a2_ptr, skip_ptr, y_ptr, B + row, ch, n, DI, N)
+    tl.store(h_ptrs, h.to(ssm_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -239,24 +234,24 @@ def _head(xn_ptr, head_ptr, logits_ptr, greedy_ptr, n_feed_ptr, B, V, D: tl.cons
 class SplitStepKernel(StepKernel):
     """StepKernel's interface and prepared weights; the step in 4 L + 2 kernels. Tiles: `block_m`
     rows a program in the matmul kernels (`num_warps` warps), `block_c` channels a program in
-    `_in_conv`, `ssm_rows` rows and `ssm_block_c` channels a program in `_ssm` (`ssm_warps` warps;
-    by default 4, for a token a step and for pairs). The state may be float32, bfloat16 or
-    float8_e4m3fn (computed in fp32, rounded when stored)."""
+    `_in_conv`, `ssm_block_c` channels a program in `_ssm` (`ssm_warps` warps; by default 2 for a
+    token a step, 4 for pairs, whose second token needs registers: the fastest of each on the
+    H200, 2026-11-29)."""
 
-    def __init__(self, policy, block_m: int = 64, block_c: int = 32, num_warps: int = 8, ssm_rows: int = 4,
-                 ssm_block_c: int | None = None, ssm_warps: int | None = None, precision: str = "ieee",
-                 weight_dtype: str = "float32"):
+    def __init__(self, policy, block_m: int = 64, block_c: int = 32, num_warps: int = 8,
+                 ssm_block_c: int | None = None, ssm_warps: int | None = None, z_first: bool = False,
+                 precision: str = "ieee", weight_dtype: str = "float32"):
         """The default tiles were the fastest on the H200 at 32,768 rows; `ssm_block_c` by default
-        the largest power of 2 up to 64 that divides d_inner."""
+        the largest power of 2 up to 256 that divides d_inner (256 for the shipped model)."""
         super().__init__(policy, block_m=block_m, block_c=block_c, precision=precision, num_warps=num_warps,
                          num_stages=1, weight_dtype=weight_dtype)
         if self.config.d_conv & (self.config.d_conv - 1):
             raise ValueError(f"d_conv ({self.config.d_conv}) must be a power of 2 for this kernel")
-        ssm_block_c = ssm_block_c or math.gcd(self.config.d_inner, 64)
+        ssm_block_c = ssm_block_c or math.gcd(self.config.d_inner, 256)
         if self.config.d_inner % ssm_block_c:
             raise ValueError(f"ssm_block_c ({ssm_block_c}) must divide d_inner ({self.config.d_inner})")
-        self.ssm_rows, self.ssm_block_c = ssm_rows, ssm_block_c
-        self.ssm_warps = (ssm_warps or 4, ssm_warps or 4)  # for 1 and 2 tokens
+        self.ssm_block_c, self.ssm_warps = ssm_block_c, (ssm_warps or 2, ssm_warps or 4)  # for 1 and 2 tokens
+        self.z_first = z_first  # `_in_conv`: in_proj's z product before the conv step, not after
         self.conv_w = self.conv_w.transpose(1, 2).contiguous()  # (L, DI, W), the conv state's order
         self.block_k = math.gcd(self.config.d_inner, 64)  # the reduction over channels, in chunks that divide it
         if self.block_k < 16:
@@ -300,11 +295,11 @@ class SplitStepKernel(StepKernel):
                 break
             _in_conv[(rows, DI // self.block_c)](xn, self.w_in[i], self.conv_w[i], self.conv_b[i], state.conv[i], u,
                                                  gate, n_feed, B, D=D, DP=DP, DI=DI, W=c.d_conv, T=T,
-                                                 BLOCK_C=self.block_c, **mm)
+                                                 BLOCK_C=self.block_c, Z_FIRST=self.z_first, **mm)
             _x_proj[(rows, T)](u, self.w_x[i], dbc, n_feed, B, DI=DI, S=S, BLOCK_K=self.block_k, **mm)
-            _ssm[(triton.cdiv(B, self.ssm_rows), DI // self.ssm_block_c)](
+            _ssm[(B, DI // self.ssm_block_c)](
                 dbc, u, gate, self.w_dt[i], self.dt_b[i], self.A2[i], self.skip[i], state.ssm[i], y, n_feed, B, DI=DI,
-                N=N, R=self.R, RANK=c.dt_rank, S=S, T=T, BLOCK_R=self.ssm_rows, BLOCK_C=self.ssm_block_c,
+                N=N, R=self.R, RANK=c.dt_rank, S=S, T=T, BLOCK_C=self.ssm_block_c,
                 num_warps=self.ssm_warps[T - 1])
         _head[(rows,)](xn, self.head, greedy if logits is None else logits, greedy, n_feed, B, c.vocab_size, D=D,
                        DP=DP, VP=self.VP, T=T, BLOCK_V=self.block_v, STORE_LOGITS=logits is not None, **mm)
