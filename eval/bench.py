@@ -317,15 +317,16 @@ TILE_GRID = ((16,), (16, 32), (2, 4), (1, 2, 3), ("bfloat16",))
 
 
 # SplitStepKernel: its matmul kernels' tiles (rows, _in_conv's channels, warps) with the SSM
-# kernel's at its defaults, `_in_conv` with both products first, then the SSM kernel's
-# (channels, warps) with the matmuls' at theirs. The ranges are those that compile without spilling for the H200 (registers counted
-# offline); (64, 32, 8) was the fastest matmul tile in every sweep of 2026-11-29.
+# kernel's at its defaults, then the SSM kernel's (channels, warps) with the matmuls' at theirs.
+# The ranges are those that compile without spilling for the H200 (registers counted offline);
+# (64, 32, 8) was the fastest matmul tile in every sweep of 2026-11-29 (16 and 128 rows, 64
+# channels: slower in sessions 7-8).
 SPLIT_TILE_GRID = (
-    [dict(block_m=m, block_c=c, num_warps=w) for m, c, w in ((32, 32, 4), (64, 32, 8))] + [dict(z_first=True)]
+    [dict(block_m=m, block_c=c, num_warps=w) for m, c, w in ((32, 32, 4), (64, 32, 8))]
     + [dict(ssm_block_c=c, ssm_warps=w) for c, w in ((128, 1), (128, 2), (256, 4))])
 
 
-TILE_NAMES = ("block_m", "block_c", "num_warps", "num_stages", "ssm_block_c", "ssm_warps", "z_first")  # as the kernels name them
+TILE_NAMES = ("block_m", "block_c", "num_warps", "num_stages", "ssm_block_c", "ssm_warps")  # as the kernels name them
 
 
 def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, precision: str, emit,
@@ -545,8 +546,7 @@ def report(meta: dict, records: list[dict]) -> str:
         for r in sorted(tiles, key=lambda r: (r.get("split", False), r["state_dtype"], r["ms_per_step"]))[:24]:
             stages = r.get("num_stages", "")
             if r.get("split"):  # SplitStepKernel; the 2026-11-29 atomic version had no SSM kernel of its own
-                stages = (f"split; SSM {r['ssm_block_c']} ch, {r['ssm_warps']} warps"
-                          + (", z first" if r.get("z_first") else "") if "ssm_block_c" in r else "split")
+                stages = f"split; SSM {r['ssm_block_c']} ch, {r['ssm_warps']} warps" if "ssm_block_c" in r else "split"
             lines.append(f"| {r['batch']:,} | {r['state_dtype']} | {r['weight_dtype']} | {r['block_m']} | {r['block_c']} | "
                          f"{r['num_warps']} | {stages} | {fmt(r['ms_per_step'])} | {100 * r['fraction_of_limit']:.1f}% | "
                          + (f"{fmt(r['ms_per_step_2_tokens'])} / {fmt(r['ms_per_step_1_tokens'])} |"

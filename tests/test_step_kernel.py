@@ -22,7 +22,7 @@ from tests.pair_reference import step_pair  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 KERNELS = {  # the split step also with tiles smaller than d_inner's blocks by default
-    "one kernel": StepKernel, "split": SplitStepKernel, "split, small tiles": partial(SplitStepKernel, block_c=16, ssm_block_c=32, z_first=True),
+    "one kernel": StepKernel, "split": SplitStepKernel, "split, small tiles": partial(SplitStepKernel, block_c=16, ssm_block_c=32),
 }
 
 
@@ -63,7 +63,7 @@ def test_same_logits_and_state_as_step(policy_of, make):
 @pytest.mark.parametrize("policy_of, make", [
     (lambda: load_checkpoint("builtin:addition-mamba", device=DEVICE)[0], SplitStepKernel),
     (lambda: random_policy(0, d_model=48, n_layer=2, d_state=16, dt_rank=5),
-     partial(SplitStepKernel, block_c=16, ssm_block_c=32, z_first=True)),
+     partial(SplitStepKernel, block_c=16, ssm_block_c=32)),
 ], ids=["shipped", "d_model 48, small tiles"])
 def test_pairs_of_tokens_as_two_steps(policy_of, make):
     """Reading two tokens in one step (where n_feed says so) gives the logits and state of two

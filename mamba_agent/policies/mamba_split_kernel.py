@@ -96,7 +96,7 @@ def _out_norm(y_ptr, w_out_ptr, tok_ptr, emb_ptr, res_ptr, xn_ptr, n_feed_ptr, B
 @triton.jit
 def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr, n_feed_ptr, B, D: tl.constexpr,
              DP: tl.constexpr, DI: tl.constexpr, W: tl.constexpr, T: tl.constexpr, BLOCK_M: tl.constexpr,
-             BLOCK_C: tl.constexpr, Z_FIRST: tl.constexpr, PRECISION: tl.constexpr):
+             BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
     """x and z = in_proj(xn) for a block of rows and channels, then the causal conv step,
     u = silu(conv x) and the gate silu(z); with T = 2, of both tokens of the rows that read two
     (the second's conv window holds the first's x), the conv window moved on by 1 or 2."""
@@ -111,9 +111,6 @@ def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr
         two = row_ok & (tl.load(n_feed_ptr + rows, mask=row_ok, other=1) == 2)
         xn2 = tl.load(xn_ptr + (B + rows[:, None]) * DP + dcol[None, :], mask=row_ok[:, None], other=0.0)
     x = tl.dot(xn, w_x, input_precision=PRECISION)
-    if Z_FIRST:  # both products before the conv: one wait on memory less, more registers
-        w_z = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok, other=0.0)
-        z = tl.dot(xn, w_z, input_precision=PRECISION)
     # The conv window, this layer's (B, DI, W): a row's channels c0.. are BLOCK_C x W contiguous
     # values, taken as one flat tile so a warp's loads and stores are contiguous.
     j = tl.arange(0, BLOCK_C * W)
@@ -128,9 +125,9 @@ def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr
     at = rows[:, None] * DI + ch[None, :]
     tl.store(u_ptr + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=row_ok[:, None])
     moved = tl.where(last, x_at_last, older)  # the window after this token
-    if not Z_FIRST:  # z after x is done with: fewer registers live at once
-        w_z = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok, other=0.0)
-        z = tl.dot(xn, w_z, input_precision=PRECISION)
+    # z after x is done with: fewer registers live at once (z first was no faster, 2026-11-29)
+    w_z = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok, other=0.0)
+    z = tl.dot(xn, w_z, input_precision=PRECISION)
     tl.store(gate_ptr + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=row_ok[:, None])
     if T == 2:
         if tl.max(two.to(tl.int32)) > 0:  # in lockstep, all rows or none
@@ -239,8 +236,8 @@ class SplitStepKernel(StepKernel):
     H200, 2026-11-29)."""
 
     def __init__(self, policy, block_m: int = 64, block_c: int = 32, num_warps: int = 8,
-                 ssm_block_c: int | None = None, ssm_warps: int | None = None, z_first: bool = False,
-                 precision: str = "ieee", weight_dtype: str = "float32"):
+                 ssm_block_c: int | None = None, ssm_warps: int | None = None, precision: str = "ieee",
+                 weight_dtype: str = "float32"):
         """The default tiles were the fastest on the H200 at 32,768 rows; `ssm_block_c` by default
         the largest power of 2 up to 256 that divides d_inner (256 for the shipped model)."""
         super().__init__(policy, block_m=block_m, block_c=block_c, precision=precision, num_warps=num_warps,
@@ -251,7 +248,6 @@ class SplitStepKernel(StepKernel):
         if self.config.d_inner % ssm_block_c:
             raise ValueError(f"ssm_block_c ({ssm_block_c}) must divide d_inner ({self.config.d_inner})")
         self.ssm_block_c, self.ssm_warps = ssm_block_c, (ssm_warps or 2, ssm_warps or 4)  # for 1 and 2 tokens
-        self.z_first = z_first  # `_in_conv`: in_proj's z product before the conv step, not after
         self.conv_w = self.conv_w.transpose(1, 2).contiguous()  # (L, DI, W), the conv state's order
         self.block_k = math.gcd(self.config.d_inner, 64)  # the reduction over channels, in chunks that divide it
         if self.block_k < 16:
@@ -295,7 +291,7 @@ class SplitStepKernel(StepKernel):
                 break
             _in_conv[(rows, DI // self.block_c)](xn, self.w_in[i], self.conv_w[i], self.conv_b[i], state.conv[i], u,
                                                  gate, n_feed, B, D=D, DP=DP, DI=DI, W=c.d_conv, T=T,
-                                                 BLOCK_C=self.block_c, Z_FIRST=self.z_first, **mm)
+                                                 BLOCK_C=self.block_c, **mm)
             _x_proj[(rows, T)](u, self.w_x[i], dbc, n_feed, B, DI=DI, S=S, BLOCK_K=self.block_k, **mm)
             _ssm[(B, DI // self.ssm_block_c)](
                 dbc, u, gate, self.w_dt[i], self.dt_b[i], self.A2[i], self.skip[i], state.ssm[i], y, n_feed, B, DI=DI,
