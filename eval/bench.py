@@ -222,10 +222,10 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
     """1,000-digit additions solved per second with the tools on the GPU: `PointerBatch` (pointer
     memory and episode rules as tensors) and the Mamba step, `steps_per_graph` steps of both
     captured in one CUDA graph. `step_kind`: "pairs", SplitStepKernel reading a forced token (a
-    prompt token, an observation) in the same step as the token before it (the fastest: 26,032
-    steps instead of 38,048; `tiles`: its options), "split", SplitStepKernel a token a step,
-    "kernel", StepKernel (the step in one kernel; `tiles`: its
-    options), or "fused", the runtime's FusedStep (6 kernels a layer, mamba-ssm's state update;
+    prompt token, an observation) in the same step as the token before it (26,032 steps instead
+    of 38,048; the fastest with a bf16 state; `tiles`: its options), "split", SplitStepKernel a
+    token a step (the fastest with an fp8 state), "kernel", StepKernel (the step in one kernel;
+    `tiles`: its options), or "fused", the runtime's FusedStep (6 kernels a layer, mamba-ssm's state update;
     fp32 state) and an argmax. Compiling and capturing (one graph's steps on the first problems)
     is not timed; the wave is, from loading its problems to the verdicts."""
     task = get_task("addition")

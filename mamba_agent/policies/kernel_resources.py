@@ -124,19 +124,21 @@ def main() -> None:
     args = ap.parse_args()
     policy = load_checkpoint("builtin:addition-mamba")[0]
     rows = []
-    for module, make, pair in ((mamba_step_kernel, mamba_step_kernel.StepKernel, False),
-                               (mamba_split_kernel, mamba_split_kernel.SplitStepKernel, False),
-                               (mamba_split_kernel, mamba_split_kernel.SplitStepKernel, True)):
+    bf16, fp8 = torch.bfloat16, torch.float8_e4m3fn
+    for module, make, pair, state in ((mamba_step_kernel, mamba_step_kernel.StepKernel, False, bf16),
+                                      (mamba_split_kernel, mamba_split_kernel.SplitStepKernel, False, bf16),
+                                      (mamba_split_kernel, mamba_split_kernel.SplitStepKernel, True, bf16),
+                                      (mamba_split_kernel, mamba_split_kernel.SplitStepKernel, False, fp8)):
         step = make(policy, weight_dtype="bfloat16", precision="tf32")  # as eval/bench.py times them
-        name = make.__name__ + (" (pairs)" if pair else "")
+        name = make.__name__ + (" (pairs)" if pair else "") + (", fp8 state" if state == fp8 else "")
         rows += [{"step": name, **vars(u), "warps_per_sm": u.warps_per_sm}
-                 for u in step_resources(step, module, policy, pair=pair)]
+                 for u in step_resources(step, module, policy, pair=pair, state_dtype=state)]
     if args.json:
         print(json.dumps(rows))
         return
-    print("The shipped model's step kernels (bf16 state and matmuls, default tiles), compiled for sm_90:")
+    print("The shipped model's step kernels (bf16 matmuls, bf16 state unless said, default tiles), compiled for sm_90:")
     for r in rows:
-        print(f"  {r['step']:<24} {r['kernel']:<12} {r['num_warps']} warps  {r['registers']:>3} registers  "
+        print(f"  {r['step']:<34} {r['kernel']:<12} {r['num_warps']} warps  {r['registers']:>3} registers  "
               f"{r['spilled']:>5} B spilled  {r['shared']:>6} B shared  -> {r['warps_per_sm']} warps an SM")
 
 

@@ -27,6 +27,10 @@ take both tokens of their rows, loading the second's inputs before they know it 
 latency then overlaps the first token's work). A 1,000-digit addition takes 26,032 steps
 instead of 38,048.
 
+The state may be stored in 8 bits (a float8_e4m3fn SSM state and conv window: computed in fp32,
+rounded once a step when stored; u, the gate and y stay bf16): 20 KiB a row instead of 40, and
+the shipped model still solves every 1,000-digit addition (eval/README.md, "An 8-bit state").
+
 Measured on the H200 (2026-11-29, bf16 state and matmuls, eval/results/2026-11-29-throughput-h200/
 6 to 16): 1.07-1.10 ms a step at 32,768 rows (StepKernel 2.52), of it `_ssm` 0.66-0.71,
 `_in_conv` 0.27-0.29, `_out_norm` 0.10, `_x_proj` 0.03; 778-782 1,000-digit additions a second
@@ -40,7 +44,10 @@ latency-bound); the conv window read and written as W accesses a channel (each u
 a program (to read A from L2 once) took 1.43 ms; `_ssm` with 26% fewer instructions (exp2 of A
 log2(e), Δ's true rank: 1,328 -> 984 SASS instructions a thread, counted offline) left the step
 as it was (1.12 -> 1.13 ms at the same tiles); `_ssm` as fewer programs each walking its rows,
-Triton's pipeliner streaming the state 2 rows ahead, took 1.1 ms against 0.70 (reverted).
+Triton's pipeliner streaming the state 2 rows ahead, took 1.1 ms against 0.70 (reverted). With
+the fp8 state: 1.00 ms a token a step (`_ssm` 0.54), 1.89 in pairs of 2 (`_ssm` 1.11), 843-867
+additions a second a token a step; `_ssm` over blocks of 2-16 rows as 3D tiles (A and Δ's
+projection read once a block, not once a row) was slower at every shape (reverted).
 """
 
 import math
