@@ -235,8 +235,6 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
     assert decode(refs[0]) == check.reference, "addition_problems disagrees with the task"
     max_tokens = task.max_tokens(check)
     pb = PointerBatch(prompts, refs, n_pointers=3, max_tokens=max_tokens, device=device)
-    state = policy.init_state(batch, device)
-    state.conv, state.ssm = state.conv.to(state_dtype), state.ssm.to(state_dtype)
     if step_kind in ("kernel", "split", "pairs"):
         from mamba_agent.policies.mamba_split_kernel import SplitStepKernel  # Triton
         from mamba_agent.policies.mamba_step_kernel import StepKernel
@@ -244,6 +242,7 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
         make = StepKernel if step_kind == "kernel" else SplitStepKernel
         tiles = tiles or {"weight_dtype": "bfloat16"}  # without a sweep: the defaults, bf16 matmuls (the fastest)
         kernel, greedy = make(policy, precision=precision, **tiles), torch.zeros(batch, dtype=torch.int32, device=device)
+        state = kernel.init_state(batch, device, state_dtype)  # in the kernel's layouts
 
         def model(tokens):
             return kernel.greedy(tokens, state, greedy).long()
@@ -255,6 +254,7 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
         from mamba_agent.policies.mamba_cuda import FusedStep  # Triton, mamba-ssm
 
         fused = FusedStep(policy, _kernels().selective_state_update)
+        state = policy.init_state(batch, device)  # fp32, as the caller checked
 
         def model(tokens):
             return fused(tokens, state).argmax(-1)
@@ -319,10 +319,9 @@ TILE_GRID = ((16,), (16, 32), (2, 4), (1, 2, 3), ("bfloat16",))
 # SplitStepKernel: its matmul kernels' tiles (rows, _in_conv's channels, warps) with the SSM
 # kernel's at its defaults, then the SSM kernel's (channels, warps) with the matmuls' at theirs.
 # The ranges are those that compile without spilling for the H200 (registers counted offline);
-# (64, 32, 8) was the fastest matmul tile in every sweep of 2026-11-29 (16 and 128 rows, 64
-# channels: slower in sessions 7-8).
+# (64, 32, 8) was the fastest matmul tile in every sweep of 2026-11-29.
 SPLIT_TILE_GRID = (
-    [dict(block_m=m, block_c=c, num_warps=w) for m, c, w in ((32, 32, 4), (64, 32, 8))]
+    [dict(block_m=m, block_c=c, num_warps=w) for m, c, w in ((32, 32, 4), (64, 32, 8), (64, 64, 8), (128, 32, 8))]
     + [dict(ssm_block_c=c, ssm_warps=w) for c, w in ((128, 1), (128, 2), (256, 4))])
 
 
@@ -344,8 +343,7 @@ def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, preci
     if split:
         grid = grid or [{**tiles, "weight_dtype": "bfloat16"} for tiles in SPLIT_TILE_GRID]
 
-    state = policy.init_state(batch, device)
-    state.conv, state.ssm = state.conv.to(state_dtype), state.ssm.to(state_dtype)
+    state = make(policy).init_state(batch, device, state_dtype)  # the same layouts for every tile
     tokens = torch.full((2, batch), 48, dtype=torch.long, device=device)
     greedy = torch.zeros(batch, dtype=torch.int32, device=device)
     twos, ones = (torch.full((batch,), n, dtype=torch.int32, device=device) for n in (2, 1))

@@ -44,7 +44,7 @@ def test_same_logits_and_state_as_step(policy_of, make):
     policy = policy_of()
     B, steps = 19, 6  # a partial block of rows
     kernel = make(policy)
-    ref, state = policy.init_state(B), policy.init_state(B)
+    ref, state = policy.init_state(B), kernel.init_state(B)
     g = torch.Generator().manual_seed(0)
     greedy = torch.empty(B, dtype=torch.int32, device=DEVICE)
     for t in range(steps):
@@ -72,7 +72,7 @@ def test_pairs_of_tokens_as_two_steps(policy_of, make):
     policy = policy_of()
     B = 19
     kernel = make(policy)
-    ref, state = policy.init_state(B), policy.init_state(B)
+    ref, state = policy.init_state(B), kernel.init_state(B)
     g = torch.Generator().manual_seed(2)
     greedy = torch.empty(B, dtype=torch.int32, device=DEVICE)
     for t in range(5):
@@ -105,9 +105,7 @@ def test_bf16_state_stays_close(weight_dtype, make, atol):
     policy = load_checkpoint("builtin:addition-mamba", device=DEVICE)[0]
     B = 16
     kernel = make(policy, weight_dtype=weight_dtype)
-    ref = policy.init_state(B)
-    state = policy.init_state(B)
-    state.ssm, state.conv = state.ssm.bfloat16(), state.conv.bfloat16()
+    ref, state = policy.init_state(B), kernel.init_state(B, dtype=torch.bfloat16)
     tokens = torch.randint(0, VOCAB_SIZE, (B,), generator=torch.Generator().manual_seed(1)).to(DEVICE)
     for _ in range(4):
         expected = policy.step(tokens, ref)
@@ -131,8 +129,7 @@ def test_8bit_state_as_the_rounded_reference():
     policy = load_checkpoint("builtin:addition-mamba", device=DEVICE)[0]
     B = 19
     kernel = SplitStepKernel(policy)
-    ref, state = policy.init_state(B), policy.init_state(B)
-    state.conv, state.ssm = state.conv.to(FP8), state.ssm.to(FP8)
+    ref, state = policy.init_state(B), kernel.init_state(B, dtype=FP8)
     g = torch.Generator().manual_seed(3)
     for t in range(3):
         feed = torch.randint(0, VOCAB_SIZE, (2, B), generator=g).to(DEVICE)
@@ -162,10 +159,8 @@ def test_8bit_state_solves_additions():
     problems = [task.random_problem(rng, n) for n in (1, 4, 9, 16, 40, 100)]
     batch = PointerBatch([p.prompt for p in problems], [encode(p.reference) for p in problems], n_pointers=3,
                          max_tokens=max(task.max_tokens(p) for p in problems), device=DEVICE)
-    state = policy.init_state(len(problems))
-    state.conv, state.ssm = state.conv.to(FP8), state.ssm.to(FP8)
-    kernel, out = SplitStepKernel(policy, weight_dtype="bfloat16"), torch.zeros(len(problems), dtype=torch.int32,
-                                                                                device=DEVICE)
+    kernel = SplitStepKernel(policy, weight_dtype="bfloat16")
+    state, out = kernel.init_state(len(problems), dtype=FP8), torch.zeros(len(problems), dtype=torch.int32, device=DEVICE)
     decode(batch, lambda feed, n_feed: kernel.greedy_pair(feed, n_feed, state, out).long(), pair=True)
     assert batch.solved.all()
     assert batch.n_tokens.tolist() == [len(task.oracle(p).tokens) for p in problems]

@@ -95,8 +95,7 @@ def step_resources(step, module, policy, batch: int = 64, pair: bool = False,
     """Each distinct kernel (by name and options) of one greedy step of `step` (made from `policy`,
     its kernels defined in `module`) at `batch` rows with a `state_dtype` state; `pair`: a step
     that reads two tokens a row (SplitStepKernel.greedy_pair)."""
-    state = policy.init_state(batch)
-    state.conv, state.ssm = state.conv.to(state_dtype), state.ssm.to(state_dtype)
+    state = step.init_state(batch, dtype=state_dtype)
     out = torch.zeros(batch, dtype=torch.int32)
     if pair:  # tokens (2, B) and n_feed
         args = (torch.zeros(2, batch, dtype=torch.long), state, None, out, torch.full((batch,), 2, dtype=torch.int32))

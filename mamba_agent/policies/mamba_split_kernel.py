@@ -57,6 +57,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from mamba_agent.policies.mamba import MambaState
 from mamba_agent.policies.mamba_step_kernel import StepKernel, _logits_greedy, _mm
 
 
@@ -102,53 +103,56 @@ def _out_norm(y_ptr, w_out_ptr, tok_ptr, emb_ptr, res_ptr, xn_ptr, n_feed_ptr, B
 
 @triton.jit
 def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr, n_feed_ptr, B, D: tl.constexpr,
-             DP: tl.constexpr, DI: tl.constexpr, W: tl.constexpr, T: tl.constexpr, BLOCK_M: tl.constexpr,
-             BLOCK_C: tl.constexpr, PRECISION: tl.constexpr):
-    """x and z = in_proj(xn) for a block of rows and channels, then the causal conv step,
-    u = silu(conv x) and the gate silu(z); with T = 2, of both tokens of the rows that read two
-    (the second's conv window holds the first's x), the conv window moved on by 1 or 2."""
+             DP: tl.constexpr, DI: tl.constexpr, T: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
+             PRECISION: tl.constexpr):
+    """x and z = in_proj(xn) for a block of rows and channels, then the causal conv step (width
+    4), u = silu(conv x) and the gate silu(z); with T = 2, of both tokens of the rows that read
+    two (the second's conv window holds the first's x), the conv window moved on by 1 or 2."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < B
+    m = row_ok[:, None]
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     dcol = tl.arange(0, DP)
     d_ok = (dcol < D)[:, None]
     w_x = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + ch[None, :], mask=d_ok, other=0.0)
-    xn = tl.load(xn_ptr + rows[:, None] * DP + dcol[None, :], mask=row_ok[:, None], other=0.0)
+    xn = tl.load(xn_ptr + rows[:, None] * DP + dcol[None, :], mask=m, other=0.0)
+    # The conv window, this layer's (B, 4, DI): a row's 4 last inputs (the oldest first), each DI
+    # contiguous values, so that each is a plain (rows, channels) tile.
+    window = conv_ptr + rows[:, None] * 4 * DI + ch[None, :]
+    w1 = tl.load(window + DI, mask=m, other=0.0).to(tl.float32)
+    w2 = tl.load(window + 2 * DI, mask=m, other=0.0).to(tl.float32)
+    w3 = tl.load(window + 3 * DI, mask=m, other=0.0).to(tl.float32)
     if T == 2:  # read first, whether needed or not: their latency overlaps the first token's work
         two = row_ok & (tl.load(n_feed_ptr + rows, mask=row_ok, other=1) == 2)
-        xn2 = tl.load(xn_ptr + (B + rows[:, None]) * DP + dcol[None, :], mask=row_ok[:, None], other=0.0)
-    x = tl.dot(xn, w_x, input_precision=PRECISION)
-    # The conv window, this layer's (B, DI, W): a row's channels c0.. are BLOCK_C x W contiguous
-    # values, taken as one flat tile so a warp's loads and stores are contiguous.
-    j = tl.arange(0, BLOCK_C * W)
-    window = conv_ptr + (rows[:, None] * DI + tl.program_id(1) * BLOCK_C) * W + j[None, :]  # (M, C W)
-    last = (j % W == W - 1)[None, :]
-    older = tl.load(window + 1, mask=row_ok[:, None] & ~last, other=0.0).to(tl.float32)  # shifted left by one
-    x_at_last = tl.reshape(tl.broadcast_to(x[:, :, None], (BLOCK_M, BLOCK_C, W)), (BLOCK_M, BLOCK_C * W))
-    cw = tl.load(conv_w_ptr + tl.program_id(1) * BLOCK_C * W + j)  # (DI, W) weights, in the window's order
+        xn2 = tl.load(xn_ptr + (B + rows[:, None]) * DP + dcol[None, :], mask=m, other=0.0)
+    cw0 = tl.load(conv_w_ptr + ch)[None, :]  # (4, DI) weights, the oldest input's first
+    cw1 = tl.load(conv_w_ptr + DI + ch)[None, :]
+    cw2 = tl.load(conv_w_ptr + 2 * DI + ch)[None, :]
+    cw3 = tl.load(conv_w_ptr + 3 * DI + ch)[None, :]
     conv_b = tl.load(conv_b_ptr + ch)[None, :]
-    acc = tl.sum(tl.reshape(older * cw[None, :], (BLOCK_M, BLOCK_C, W)), axis=2)
-    acc += conv_b + x * tl.load(conv_w_ptr + ch * W + W - 1)[None, :]
+    x = tl.dot(xn, w_x, input_precision=PRECISION)
+    acc = conv_b + cw0 * w1 + cw1 * w2 + cw2 * w3 + cw3 * x
     at = rows[:, None] * DI + ch[None, :]
-    tl.store(u_ptr + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=row_ok[:, None])
-    moved = tl.where(last, x_at_last, older)  # the window after this token
+    tl.store(u_ptr + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=m)
+    s0, s1, s2, s3 = w1, w2, w3, x  # the window after this token
     # z after x is done with: fewer registers live at once (z first was no faster, 2026-11-29)
     w_z = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok, other=0.0)
     z = tl.dot(xn, w_z, input_precision=PRECISION)
-    tl.store(gate_ptr + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(gate_ptr + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=m)
     if T == 2:
         if tl.max(two.to(tl.int32)) > 0:  # in lockstep, all rows or none
-            x = tl.dot(xn2, w_x, input_precision=PRECISION)
-            # the window moved on by 2: the state's last W - 2, then the first token's x, then this x
-            older = tl.load(window + 2, mask=two[:, None] & (j % W < W - 2)[None, :], other=0.0).to(tl.float32)
-            x2_at_last = tl.reshape(tl.broadcast_to(x[:, :, None], (BLOCK_M, BLOCK_C, W)), (BLOCK_M, BLOCK_C * W))
-            moved2 = tl.where(last, x2_at_last, tl.where((j % W == W - 2)[None, :], x_at_last, older))
-            acc = conv_b + tl.sum(tl.reshape(moved2 * cw[None, :], (BLOCK_M, BLOCK_C, W)), axis=2)
+            x2 = tl.dot(xn2, w_x, input_precision=PRECISION)
+            acc = conv_b + cw0 * w2 + cw1 * w3 + cw2 * x + cw3 * x2  # the window moved on by 2
             tl.store(u_ptr + B * DI + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=two[:, None])
-            moved = tl.where(two[:, None], moved2, moved)
+            t = two[:, None]
+            s0, s1, s2, s3 = tl.where(t, w2, s0), tl.where(t, w3, s1), tl.where(t, x, s2), tl.where(t, x2, s3)
             z = tl.dot(xn2, w_z, input_precision=PRECISION)
             tl.store(gate_ptr + B * DI + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=two[:, None])
-    tl.store(window, moved.to(conv_ptr.dtype.element_ty), mask=row_ok[:, None])
+    st = conv_ptr.dtype.element_ty
+    tl.store(window, s0.to(st), mask=m)
+    tl.store(window + DI, s1.to(st), mask=m)
+    tl.store(window + 2 * DI, s2.to(st), mask=m)
+    tl.store(window + 3 * DI, s3.to(st), mask=m)
 
 
 @triton.jit
@@ -249,13 +253,12 @@ class SplitStepKernel(StepKernel):
         the largest power of 2 up to 256 that divides d_inner (256 for the shipped model)."""
         super().__init__(policy, block_m=block_m, block_c=block_c, precision=precision, num_warps=num_warps,
                          num_stages=1, weight_dtype=weight_dtype)
-        if self.config.d_conv & (self.config.d_conv - 1):
-            raise ValueError(f"d_conv ({self.config.d_conv}) must be a power of 2 for this kernel")
+        if self.config.d_conv != 4:
+            raise ValueError(f"d_conv ({self.config.d_conv}) must be 4 for this kernel")
         ssm_block_c = ssm_block_c or math.gcd(self.config.d_inner, 256)
         if self.config.d_inner % ssm_block_c:
             raise ValueError(f"ssm_block_c ({ssm_block_c}) must divide d_inner ({self.config.d_inner})")
         self.ssm_block_c, self.ssm_warps = ssm_block_c, (ssm_warps or 2, ssm_warps or 4)  # for 1 and 2 tokens
-        self.conv_w = self.conv_w.transpose(1, 2).contiguous()  # (L, DI, W), the conv state's order
         self.block_k = math.gcd(self.config.d_inner, 64)  # the reduction over channels, in chunks that divide it
         if self.block_k < 16:
             raise ValueError(f"d_inner ({self.config.d_inner}) must be a multiple of 16 for this kernel")
@@ -276,6 +279,9 @@ class SplitStepKernel(StepKernel):
         if state.ssm.numel() >= 2**31 or state.conv.numel() >= 2**31:  # offsets are int32 in the kernels
             raise ValueError(f"a state of {state.ssm.numel():,} values is too large for int32 offsets: use fewer rows")
         D, DI, N, DP, S = c.d_model, c.d_inner, c.d_state, self.DP, self.S
+        if state.conv.stride()[1:] != (4 * DI, 1, DI) or not state.ssm.is_contiguous():
+            raise ValueError("SplitStepKernel reads the conv window input-major ((L, B, 4, d_inner) in memory): "
+                             "make the state with SplitStepKernel.init_state")
         # Activations are token-major (row t B + b is row b's token t): any buffer of T B rows or
         # more serves, so steps of 1 and 2 tokens share one (a captured graph keeps its buffers).
         # u, the gate and y go through memory in the state's dtype, but not in 8 bits: an 8-bit
@@ -297,8 +303,7 @@ class SplitStepKernel(StepKernel):
             if i == c.n_layer:
                 break
             _in_conv[(rows, DI // self.block_c)](xn, self.w_in[i], self.conv_w[i], self.conv_b[i], state.conv[i], u,
-                                                 gate, n_feed, B, D=D, DP=DP, DI=DI, W=c.d_conv, T=T,
-                                                 BLOCK_C=self.block_c, **mm)
+                                                 gate, n_feed, B, D=D, DP=DP, DI=DI, T=T, BLOCK_C=self.block_c, **mm)
             _x_proj[(rows, T)](u, self.w_x[i], dbc, n_feed, B, DI=DI, S=S, BLOCK_K=self.block_k, **mm)
             _ssm[(B, DI // self.ssm_block_c)](
                 dbc, u, gate, self.w_dt[i], self.dt_b[i], self.A2[i], self.skip[i], state.ssm[i], y, n_feed, B, DI=DI,
@@ -306,6 +311,14 @@ class SplitStepKernel(StepKernel):
                 num_warps=self.ssm_warps[T - 1])
         _head[(rows,)](xn, self.head, greedy if logits is None else logits, greedy, n_feed, B, c.vocab_size, D=D,
                        DP=DP, VP=self.VP, T=T, BLOCK_V=self.block_v, STORE_LOGITS=logits is not None, **mm)
+
+    def init_state(self, batch_size: int, device=None, dtype: torch.dtype = torch.float32) -> MambaState:
+        """A zero state for this kernel, in `dtype` (float32, bfloat16 or float8_e4m3fn). The conv
+        window is the policy's (L, B, d_inner, 4), laid out input-major in memory ((L, B, 4,
+        d_inner)): each of a row's last 4 inputs is then one contiguous tile for `_in_conv`."""
+        c, device = self.config, device or self.w_in.device
+        conv = torch.zeros(c.n_layer, batch_size, c.d_conv, c.d_inner, device=device, dtype=dtype).transpose(2, 3)
+        return MambaState(conv, torch.zeros(c.n_layer, batch_size, c.d_inner, c.d_state, device=device, dtype=dtype))
 
     @torch.no_grad()
     def step_pair(self, feed: Tensor, n_feed: Tensor, state) -> Tensor:

@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from mamba_agent.policies.mamba import MambaState
 
 
 @triton.jit
@@ -176,6 +177,12 @@ class StepKernel:
         self.head = pad_rows(emb[: c.vocab_size] * bb.norm_f.weight.detach(), self.VP).t().to(weight_dtype).contiguous()  # (D, VP)
         self.eps = bb.norm_f.eps
         self.u = None  # scratch (B, DI), made for the batch size in use
+
+    def init_state(self, batch_size: int, device=None, dtype: torch.dtype = torch.float32) -> MambaState:
+        """A zero state for this kernel in `dtype` (float32 or bfloat16), in the policy's layouts."""
+        c, device = self.config, device or self.w_in.device
+        return MambaState(torch.zeros(c.n_layer, batch_size, c.d_inner, c.d_conv, device=device, dtype=dtype),
+                          torch.zeros(c.n_layer, batch_size, c.d_inner, c.d_state, device=device, dtype=dtype))
 
     def _launch(self, token: Tensor, state, logits: Tensor | None, greedy: Tensor) -> None:
         c, B = self.config, token.shape[0]
