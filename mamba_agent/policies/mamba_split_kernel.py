@@ -45,9 +45,10 @@ a program (to read A from L2 once) took 1.43 ms; `_ssm` with 26% fewer instructi
 log2(e), Δ's true rank: 1,328 -> 984 SASS instructions a thread, counted offline) left the step
 as it was (1.12 -> 1.13 ms at the same tiles); `_ssm` as fewer programs each walking its rows,
 Triton's pipeliner streaming the state 2 rows ahead, took 1.1 ms against 0.70 (reverted). With
-the fp8 state: 1.00 ms a token a step (`_ssm` 0.54), 1.89 in pairs of 2 (`_ssm` 1.11), 843-867
-additions a second a token a step; `_ssm` over blocks of 2-16 rows as 3D tiles (A and Δ's
-projection read once a block, not once a row) was slower at every shape (reverted).
+the fp8 state: 0.95-1.00 ms a token a step (`_ssm` 0.54), 1.89 in pairs of 2 (`_ssm` 1.11),
+844-874 additions a second a token a step; `_ssm` over blocks of 2-16 rows as 3D tiles (A and
+Δ's projection read once a block, not once a row) was slower at every shape (reverted); the conv
+window read input-major took `_in_conv` from 0.30 to 0.27 ms.
 """
 
 import math
