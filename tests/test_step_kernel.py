@@ -169,3 +169,16 @@ def test_8bit_state_solves_additions():
 def test_rejects_sizes_it_cannot_tile():
     with pytest.raises(ValueError, match="d_inner"):
         StepKernel(build_policy(MambaConfig(vocab_size=VOCAB_SIZE, d_model=20, d_state=8)))
+    with pytest.raises(ValueError, match="d_conv"):
+        SplitStepKernel(build_policy(MambaConfig(vocab_size=VOCAB_SIZE, d_model=32, d_conv=2)))
+
+
+def test_split_step_refuses_a_state_in_the_policys_layout():
+    """SplitStepKernel reads the conv window input-major; a state made by the policy (channels
+    first) would be read wrong, so it is refused with the way out."""
+    policy = random_policy(0, d_model=32, n_layer=1)
+    kernel = SplitStepKernel(policy)
+    with pytest.raises(ValueError, match="init_state"):
+        kernel(torch.zeros(3, dtype=torch.long, device=DEVICE), policy.init_state(3))
+    state = kernel.init_state(3)
+    assert state.conv.shape == policy.init_state(3).conv.shape and state.conv.stride()[2:] == (1, policy.config.d_inner)
