@@ -225,8 +225,8 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
     prompt token, an observation) in the same step as the token before it (26,032 steps instead
     of 38,048; the fastest with a bf16 state; `tiles`: its options), "split", SplitStepKernel a
     token a step (the fastest with an fp8 state), "kernel", StepKernel (the step in one kernel;
-    `tiles`: its options), or "fused", the runtime's FusedStep (6 kernels a layer, mamba-ssm's state update;
-    fp32 state) and an argmax. Compiling and capturing (one graph's steps on the first problems)
+    `tiles`: its options), or "fused", the runtime's FusedStep (6 kernels a layer, mamba-ssm's
+    state update; fp32 state) and an argmax. Compiling and capturing (one graph's steps on the first problems)
     is not timed; the wave is, from loading its problems to the verdicts."""
     task = get_task("addition")
     rng = np.random.default_rng(0)
@@ -364,7 +364,7 @@ def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, preci
             times.append((time.perf_counter() - t) / 20)
         return sorted(times)[2]
 
-    best = best_one = None  # the fastest in pairs (the split step) or a token a step (the one-kernel step), a token a step
+    best = best_one = None  # the fastest by cost (the split step: pairs, 2 + 1 tokens), and a token a step
     keys = ("block_m", "block_c", "num_warps", "num_stages", "weight_dtype")
     for tiles in grid or [dict(zip(keys, t)) for t in itertools.product(*TILE_GRID)]:
         try:

@@ -82,14 +82,19 @@ def test_same_tokens_and_verdicts_as_episode(seed, pair, kernel):
         assert bool(batch.solved[r]) == (ep.exit == FINISHED and ep.output == refs[r])
 
 
+def batch_of(problems) -> PointerBatch:
+    """The addition problems in a PointerBatch on the CPU, room for the longest's tokens."""
+    return PointerBatch([p.prompt for p in problems], [encode(p.reference) for p in problems],
+                        n_pointers=3, max_tokens=max(task.max_tokens(p) for p in problems))
+
+
 def test_shipped_model_solves_through_the_batch():
     """The shipped addition Mamba, stepping through PointerBatch on the CPU, solves what the
     oracle solves in exactly the oracle's number of tokens."""
     policy, _ = load_checkpoint("builtin:addition-mamba")
     rng = random.Random(1)
     problems = [task.random_problem(rng, n) for n in (1, 2, 3, 5, 8, 13, 21, 30)]
-    batch = PointerBatch([p.prompt for p in problems], [encode(p.reference) for p in problems],
-                         n_pointers=3, max_tokens=max(task.max_tokens(p) for p in problems))
+    batch = batch_of(problems)
     decoder = policy.decoder(len(problems))
     steps = decode(batch, lambda tokens: decoder.step(tokens.tolist()).argmax(-1))
     assert batch.solved.all()
@@ -113,8 +118,7 @@ def test_shipped_model_solves_in_pairs():
     policy, _ = load_checkpoint("builtin:addition-mamba")
     rng = random.Random(2)
     problems = [task.random_problem(rng, n) for n in (1, 3, 7, 12)]
-    batch = PointerBatch([p.prompt for p in problems], [encode(p.reference) for p in problems],
-                         n_pointers=3, max_tokens=max(task.max_tokens(p) for p in problems))
+    batch = batch_of(problems)
     state = policy.init_state(len(problems))
     with torch.no_grad():
         steps = decode(batch, lambda feed, n_feed: step_pair(policy, feed, n_feed, state).argmax(-1), pair=True)
@@ -131,8 +135,7 @@ def test_shipped_model_solves_with_an_8bit_state():
     policy, _ = load_checkpoint("builtin:addition-mamba")
     rng = random.Random(4)
     problems = [task.random_problem(rng, n) for n in (2, 9, 17, 30)]
-    batch = PointerBatch([p.prompt for p in problems], [encode(p.reference) for p in problems],
-                         n_pointers=3, max_tokens=max(task.max_tokens(p) for p in problems))
+    batch = batch_of(problems)
     state = policy.init_state(len(problems))
 
     def step(feed, n_feed):

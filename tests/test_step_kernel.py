@@ -160,7 +160,8 @@ def test_8bit_state_solves_additions():
     batch = PointerBatch([p.prompt for p in problems], [encode(p.reference) for p in problems], n_pointers=3,
                          max_tokens=max(task.max_tokens(p) for p in problems), device=DEVICE)
     kernel = SplitStepKernel(policy, weight_dtype="bfloat16")
-    state, out = kernel.init_state(len(problems), dtype=FP8), torch.zeros(len(problems), dtype=torch.int32, device=DEVICE)
+    state = kernel.init_state(len(problems), dtype=FP8)
+    out = torch.zeros(len(problems), dtype=torch.int32, device=DEVICE)
     decode(batch, lambda feed, n_feed: kernel.greedy_pair(feed, n_feed, state, out).long(), pair=True)
     assert batch.solved.all()
     assert batch.n_tokens.tolist() == [len(task.oracle(p).tokens) for p in problems]

@@ -245,7 +245,7 @@ class SplitStepKernel(StepKernel):
     rows a program in the matmul kernels (`num_warps` warps), `block_c` channels a program in
     `_in_conv`, `ssm_block_c` channels a program in `_ssm` (`ssm_warps` warps; by default 2 for a
     token a step, 4 for pairs, whose second token needs registers: the fastest of each on the
-    H200, 2026-11-29)."""
+    H200, 2026-11-29). Its states come from `init_state` (the conv window laid out for it)."""
 
     def __init__(self, policy, block_m: int = 64, block_c: int = 32, num_warps: int = 8,
                  ssm_block_c: int | None = None, ssm_warps: int | None = None, precision: str = "ieee",
