@@ -3,11 +3,13 @@
 Triton ships ptxas and cuobjdump, so a kernel compiles for sm_90 without a GPU. `launches` runs a
 step object's `_launch` with its module's kernels replaced by recorders (nothing executes; CPU
 tensors do), `resources` compiles each launch as Triton's JIT would (argument types, 16-byte
-alignment, ints equal to 1 as constants) and reads registers, spilled bytes and shared memory
-from the cubin, and how many warps of it an SM holds. Why it matters: StepKernel's program needs
-255 registers a thread, an SM holds 8 of its warps, and it waits on memory latency (22% of the
-bandwidth limit); the split step's kernels hold 16-32 warps an SM and the step moves its bytes at
-2/3 of it (Triton 3.6, the H200 machine's; other versions count registers differently).
+alignment, ints equal to 1 as constants) and reads registers, spilled bytes, shared memory and
+SASS instructions (MUFU among them) from the cubin, and how many warps of it an SM holds. Why it
+matters: StepKernel's program needs 255 registers a thread, an SM holds 8 of its warps, and it
+waits on memory latency (22% of the bandwidth limit); the split step's kernels hold 12-32 warps an
+SM and the step moves its bytes at 2/3 of it (Triton 3.6, the H200 machine's; other versions
+count registers differently). The instruction counts bound a kernel's issue time: `_ssm` with an
+fp8 state issues 864 a thread, 0.22 ms a step at 32,768 rows, of the 0.54 it takes.
 
     python -m mamba_agent.policies.kernel_resources   # the shipped model's step kernels
 """
@@ -35,6 +37,8 @@ class Usage:
     registers: int  # a thread
     spilled: int  # bytes of stack a thread (registers that did not fit)
     shared: int  # bytes a program
+    instructions: int  # SASS instructions in the kernel (for a kernel without loops, what a thread issues)
+    mufu: int  # of them, on the special-function units (exp2, rcp, ...: 16 lanes a clock an SM, FMA's 128)
 
     @property
     def warps_per_sm(self) -> int:
@@ -86,8 +90,11 @@ def resources(fn, bound: dict, options: dict, target: GPUTarget = H200) -> Usage
         f.write(kernel.asm["cubin"])
         f.flush()
         out = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True, check=True).stdout
     regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", out).groups()
-    return Usage(fn.__name__, kernel.metadata.num_warps, int(regs), int(stack), kernel.metadata.shared)
+    ops = re.findall(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_]+)", sass)  # opcodes, predicates skipped
+    return Usage(fn.__name__, kernel.metadata.num_warps, int(regs), int(stack), kernel.metadata.shared, len(ops),
+                 ops.count("MUFU"))
 
 
 def step_resources(step, module, policy, batch: int = 64, pair: bool = False,
@@ -138,7 +145,8 @@ def main() -> None:
     print("The shipped model's step kernels (bf16 matmuls, bf16 state unless said, default tiles), compiled for sm_90:")
     for r in rows:
         print(f"  {r['step']:<34} {r['kernel']:<12} {r['num_warps']} warps  {r['registers']:>3} registers  "
-              f"{r['spilled']:>5} B spilled  {r['shared']:>6} B shared  -> {r['warps_per_sm']} warps an SM")
+              f"{r['spilled']:>5} B spilled  {r['shared']:>6} B shared  -> {r['warps_per_sm']} warps an SM; "
+              f"{r['instructions']} instructions ({r['mufu']} MUFU)")
 
 
 if __name__ == "__main__":
