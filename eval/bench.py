@@ -226,8 +226,8 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
     of 38,048; the fastest with a bf16 state; `tiles`: its options), "split", SplitStepKernel a
     token a step (the fastest with an fp8 state), "kernel", StepKernel (the step in one kernel;
     `tiles`: its options), or "fused", the runtime's FusedStep (6 kernels a layer, mamba-ssm's
-    state update; fp32 state) and an argmax. Compiling and capturing (one graph's steps on the first problems)
-    is not timed; the wave is, from loading its problems to the verdicts."""
+    state update; fp32 state) and an argmax. Compiling and capturing (one graph's steps on the
+    first problems) is not timed; the wave is, from loading its problems to the verdicts."""
     task = get_task("addition")
     rng = np.random.default_rng(0)
     prompts, refs = addition_problems(rng, batch, digits)
@@ -329,7 +329,7 @@ TILE_NAMES = ("block_m", "block_c", "num_warps", "num_stages", "ssm_block_c", "s
 
 
 def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, precision: str, emit,
-                     grid=None, split: bool = False) -> dict | None:
+                     grid=None, split: bool = False) -> tuple[dict | None, dict | None]:
     """The one-kernel step alone (greedy ids out, no tools) at each tile shape: rows per program,
     channels per block, warps, pipeline stages, weight dtype (`grid`: a list of StepKernel options;
     default TILE_GRID); `split`: SplitStepKernel instead, over SPLIT_TILE_GRID, each tile also

@@ -29,7 +29,8 @@ def _advance(
     tape_len = tl.load(tape_len_ptr + rows, mask=m, other=0)
     live = ~done
     # The next token is forced by the prompt, then by a pending observation, else the model's.
-    in_prompt = fed < tl.load(prompt_len_ptr + rows, mask=m, other=0)
+    prompt_len = tl.load(prompt_len_ptr + rows, mask=m, other=0)
+    in_prompt = fed < prompt_len
     has_obs = pending >= 0
     prompt_token = tl.load(tape + tl.minimum(fed - 1, sink), mask=m, other=0)
     token = tl.where(in_prompt, prompt_token, tl.where(has_obs, pending, tl.load(sampled_ptr + rows, mask=m, other=0)))
@@ -73,7 +74,7 @@ def _advance(
     tl.store(done_ptr + rows, done, mask=m)
     tl.store(tokens_ptr + rows, token, mask=m)
     if PAIR:  # the token after, where it is forced too (PointerBatch.advance says why)
-        in_prompt = fed < tl.load(prompt_len_ptr + rows, mask=m, other=0)
+        in_prompt = fed < prompt_len
         forced = ~done & (in_prompt | (pending >= 0))
         prompt_token = tl.load(tape + tl.minimum(fed - 1, sink), mask=m, other=0)
         tl.store(tokens_ptr + B + rows, tl.where(forced, tl.where(in_prompt, prompt_token, pending), PAD), mask=m)
