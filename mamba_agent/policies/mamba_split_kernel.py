@@ -52,6 +52,7 @@ window read input-major took `_in_conv` from 0.30 to 0.27 ms.
 """
 
 import math
+import os
 
 import torch
 import triton
@@ -60,6 +61,8 @@ from torch import Tensor
 
 from mamba_agent.policies.mamba import MambaState
 from mamba_agent.policies.mamba_step_kernel import StepKernel, _logits_greedy, _mm
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # as Triton reads it: no inline PTX then
 
 
 @triton.jit
@@ -189,12 +192,30 @@ def _ssm_inputs(at, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, ch, n, DI: tl.
 
 
 @triton.jit
-def _ssm_update(h, dt, b, c, u, gate, a2_ptr, skip_ptr, y_ptr, at, ch, n, DI: tl.constexpr, N: tl.constexpr):
+def _exp2_half(x, ASM: tl.constexpr):
+    """2^x of an fp16 tile: ex2.approx.f16x2 compiled (no fp32 round trip); through fp32 in
+    Triton's interpreter, which cannot run PTX."""
+    if ASM:
+        return tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x], dtype=tl.float16, is_pure=True,
+                                         pack=2)
+    return tl.exp2(x.to(tl.float32)).to(tl.float16)
+
+
+@triton.jit
+def _ssm_update(h, dt, b, c, u, gate, a2_ptr, skip_ptr, y_ptr, at, ch, n, DI: tl.constexpr, N: tl.constexpr,
+                HALF: tl.constexpr, ASM: tl.constexpr):
     """h = exp2(Δ A2) h + Δ B u (A2 = A log2(e), prepared once: one multiply less an element than
-    exp(Δ A)); stores y = (C h + D u) gate of token row `at`; returns h."""
+    exp(Δ A)); stores y = (C h + D u) gate of token row `at`; returns h. HALF: h, A2 and the
+    update in fp16 (two values an instruction, half the registers of fp32), for an 8-bit state."""
     a2 = tl.load(a2_ptr + ch[:, None] * N + n[None, :])
-    h = h * tl.exp2(dt[:, None] * a2) + (dt * u)[:, None] * b[None, :]
-    y = (tl.sum(h * c[None, :], axis=1) + tl.load(skip_ptr + ch) * u) * gate
+    if HALF:
+        h = h * _exp2_half(dt.to(tl.float16)[:, None] * a2, ASM) + (dt * u).to(tl.float16)[:, None] * b.to(
+            tl.float16)[None, :]
+        y = tl.sum(h * c.to(tl.float16)[None, :], axis=1).to(tl.float32)
+    else:
+        h = h * tl.exp2(dt[:, None] * a2) + (dt * u)[:, None] * b[None, :]
+        y = tl.sum(h * c[None, :], axis=1)
+    y = (y + tl.load(skip_ptr + ch) * u) * gate
     tl.store(y_ptr + at * DI + ch, y.to(y_ptr.dtype.element_ty))
     return h
 
@@ -202,7 +223,7 @@ def _ssm_update(h, dt, b, c, u, gate, a2_ptr, skip_ptr, y_ptr, at, ch, n, DI: tl
 @triton.jit
 def _ssm(dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a2_ptr, skip_ptr, ssm_ptr, y_ptr, n_feed_ptr, B,
          DI: tl.constexpr, N: tl.constexpr, R: tl.constexpr, RANK: tl.constexpr, S: tl.constexpr,
-         T: tl.constexpr, BLOCK_C: tl.constexpr):
+         T: tl.constexpr, BLOCK_C: tl.constexpr, HALF: tl.constexpr, ASM: tl.constexpr):
     """The SSM step for one row's block of channels, over the row's 1 or 2 tokens: the state is
     read and written once. The second token's inputs are loaded before its step is known to be
     needed, so that their latency overlaps the first token's work."""
@@ -210,16 +231,18 @@ def _ssm(dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, a2_ptr, skip_ptr, ssm_ptr
     ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     n = tl.arange(0, N)
     h_ptrs = ssm_ptr + (row * DI + ch[:, None]) * N + n[None, :]
-    h = tl.load(h_ptrs).to(tl.float32)  # (C, N)
+    h = tl.load(h_ptrs).to(tl.float16 if HALF else tl.float32)  # (C, N)
     dt, b, c, u, gate = _ssm_inputs(row, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, ch, n, DI, N, R, RANK, S)
     if T == 2:
         two = tl.load(n_feed_ptr + row) == 2
         dt2, b2, c2, u2, gate2 = _ssm_inputs(B + row, dbc_ptr, u_ptr, gate_ptr, w_dt_ptr, dt_b_ptr, ch, n, DI, N, R,
                                              RANK, S)
-    h = _ssm_update(h, dt, b, c, u, gate, a2_ptr, skip_ptr, y_ptr, row, ch, n, DI, N)
+    h = _ssm_update(h, dt, b, c, u, gate, a2_ptr, skip_ptr, y_ptr, row, ch, n, DI, N, HALF, ASM)
     if T == 2:
         if two:
-            h = _ssm_update(h, dt2, b2, c2, u2, gate2, a2_ptr, skip_ptr, y_ptr, B + row, ch, n, DI, N)
+            h = _ssm_update(h, dt2, b2, c2, u2, gate2, a2_ptr, skip_ptr, y_ptr, B + row, ch, n, DI, N, HALF, ASM)
+    if HALF and not ASM:  # Triton's interpreter rounds fp16 subnormals to fp8 wrongly (3.6), fp32 right
+        h = h.to(tl.float32)
     tl.store(h_ptrs, h.to(ssm_ptr.dtype.element_ty))
 
 
@@ -248,10 +271,12 @@ class SplitStepKernel(StepKernel):
     H200, 2026-11-29). Its states come from `init_state` (the conv window laid out for it)."""
 
     def __init__(self, policy, block_m: int = 64, block_c: int = 32, num_warps: int = 8,
-                 ssm_block_c: int | None = None, ssm_warps: int | None = None, precision: str = "ieee",
-                 weight_dtype: str = "float32"):
+                 ssm_block_c: int | None = None, ssm_warps: int | None = None, ssm_math: str | None = None,
+                 precision: str = "ieee", weight_dtype: str = "float32"):
         """The default tiles were the fastest on the H200 at 32,768 rows; `ssm_block_c` by default
-        the largest power of 2 up to 256 that divides d_inner (256 for the shipped model)."""
+        the largest power of 2 up to 256 that divides d_inner (256 for the shipped model);
+        `ssm_math` the SSM update's dtype ("float16" or "float32"), by default fp16 for an 8-bit
+        state (its 3 mantissa bits are far coarser than fp16's 10) and fp32 for any other."""
         super().__init__(policy, block_m=block_m, block_c=block_c, precision=precision, num_warps=num_warps,
                          num_stages=1, weight_dtype=weight_dtype)
         if self.config.d_conv != 4:
@@ -268,6 +293,9 @@ class SplitStepKernel(StepKernel):
         w_x = torch.cat([self.w_xdt, self.w_xb, self.w_xc], dim=2)
         self.w_x = torch.cat([w_x, w_x.new_zeros(*w_x.shape[:2], self.S - w_x.shape[2])], dim=2).contiguous()
         self.A2 = self.A * math.log2(math.e)  # exp(Δ A) as exp2(Δ A2): one multiply less an element
+        if ssm_math not in (None, "float16", "float32"):
+            raise ValueError(f"ssm_math ({ssm_math!r}) must be 'float16' or 'float32'")
+        self.ssm_math, self.A2_half = ssm_math, self.A2.half()
         self.scratch = None  # made for the batch size and state dtype in use
 
     def _launch(self, token: Tensor, state, logits: Tensor | None, greedy: Tensor,
@@ -298,6 +326,9 @@ class SplitStepKernel(StepKernel):
         rows = triton.cdiv(B, self.block_m)
         mm = dict(BLOCK_M=self.block_m, PRECISION=self.precision, num_warps=self.num_warps)
         n_feed = token if n_feed is None else n_feed  # (not read when T is 1)
+        half = (self.ssm_math or ("float16" if state.ssm.dtype.itemsize == 1 else "float32")) == "float16"
+        ssm = dict(N=N, R=self.R, RANK=c.dt_rank, S=S, T=T, BLOCK_C=self.ssm_block_c, HALF=half, ASM=not INTERPRETED,
+                   num_warps=self.ssm_warps[T - 1])
         for i in range(c.n_layer + 1):
             _out_norm[(rows, T)](y, self.w_out[i - 1], token, self.embedding, res, xn, n_feed, B, self.eps, D=D,
                                  DP=DP, DI=DI, FIRST=i == 0, BLOCK_K=self.block_k, **mm)
@@ -307,9 +338,8 @@ class SplitStepKernel(StepKernel):
                                                  gate, n_feed, B, D=D, DP=DP, DI=DI, T=T, BLOCK_C=self.block_c, **mm)
             _x_proj[(rows, T)](u, self.w_x[i], dbc, n_feed, B, DI=DI, S=S, BLOCK_K=self.block_k, **mm)
             _ssm[(B, DI // self.ssm_block_c)](
-                dbc, u, gate, self.w_dt[i], self.dt_b[i], self.A2[i], self.skip[i], state.ssm[i], y, n_feed, B, DI=DI,
-                N=N, R=self.R, RANK=c.dt_rank, S=S, T=T, BLOCK_C=self.ssm_block_c,
-                num_warps=self.ssm_warps[T - 1])
+                dbc, u, gate, self.w_dt[i], self.dt_b[i], (self.A2_half if half else self.A2)[i], self.skip[i],
+                state.ssm[i], y, n_feed, B, DI=DI, **ssm)
         _head[(rows,)](xn, self.head, greedy if logits is None else logits, greedy, n_feed, B, c.vocab_size, D=D,
                        DP=DP, VP=self.VP, T=T, BLOCK_V=self.block_v, STORE_LOGITS=logits is not None, **mm)
 
