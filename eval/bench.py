@@ -323,6 +323,7 @@ TILE_GRID = ((16,), (16, 32), (2, 4), (1, 2, 3), ("bfloat16",))
 SPLIT_TILE_GRID = (
     [dict(block_m=m, block_c=c, num_warps=w) for m, c, w in ((32, 32, 4), (64, 32, 8), (64, 64, 8), (128, 32, 8))]
     + [dict(ssm_block_c=c, ssm_warps=w) for c, w in ((64, 1), (128, 1), (128, 2), (256, 4), (256, 8))]
+    + [dict(block_m=128, block_c=32, num_warps=8, ssm_block_c=c, ssm_warps=w) for c, w in ((128, 1), (256, 4))]
     + [dict(ssm_math="float32")])  # the SSM update in fp32 (the default for an 8-bit state: fp16)
 
 
