@@ -547,6 +547,7 @@ def report(meta: dict, records: list[dict]) -> str:
             stages = r.get("num_stages", "")
             if r.get("split"):  # SplitStepKernel; the 2026-11-29 atomic version had no SSM kernel of its own
                 stages = f"split; SSM {r['ssm_block_c']} ch, {r['ssm_warps']} warps" if "ssm_block_c" in r else "split"
+                stages += f", {r['ssm_math']} update" if r.get("ssm_math") else ""  # None: the state dtype's default
             lines.append(f"| {r['batch']:,} | {r['state_dtype']} | {r['weight_dtype']} | {r['block_m']} | {r['block_c']} | "
                          f"{r['num_warps']} | {stages} | {fmt(r['ms_per_step'])} | {100 * r['fraction_of_limit']:.1f}% | "
                          + (f"{fmt(r['ms_per_step_2_tokens'])} / {fmt(r['ms_per_step_1_tokens'])} |"

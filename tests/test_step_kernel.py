@@ -120,15 +120,17 @@ FP8 = torch.float8_e4m3fn
 FP8_STATE_ERROR = 0.1 if DEVICE == "cuda" else 0.25
 
 
-def test_8bit_state_as_the_rounded_reference():
-    """A float8_e4m3fn state (SplitStepKernel computes in fp32 and rounds the state once a step)
-    close to the reference pair step's with its state rounded the same way, and the logits close.
+@pytest.mark.parametrize("ssm_math", [None, "float32"], ids=["fp16 update (default)", "fp32 update"])
+def test_8bit_state_as_the_rounded_reference(ssm_math):
+    """A float8_e4m3fn state (SplitStepKernel rounds the state once a step; by default its update
+    is computed in fp16) close to the reference pair step's with its state rounded the same way,
+    and the logits close.
     Exact it cannot be: u and the gate go through memory in bf16, which moves values across fp8
     rounding boundaries (a step of fp8 is 1/16 to 1/8 of a value; rounding alone is ~7% of the
     state's norm here)."""
     policy = load_checkpoint("builtin:addition-mamba", device=DEVICE)[0]
     B = 19
-    kernel = SplitStepKernel(policy)
+    kernel = SplitStepKernel(policy, ssm_math=ssm_math)
     ref, state = policy.init_state(B), kernel.init_state(B, dtype=FP8)
     g = torch.Generator().manual_seed(3)
     for t in range(3):
@@ -172,6 +174,8 @@ def test_rejects_sizes_it_cannot_tile():
         StepKernel(build_policy(MambaConfig(vocab_size=VOCAB_SIZE, d_model=20, d_state=8)))
     with pytest.raises(ValueError, match="d_conv"):
         SplitStepKernel(build_policy(MambaConfig(vocab_size=VOCAB_SIZE, d_model=32, d_conv=2)))
+    with pytest.raises(ValueError, match="ssm_math"):
+        SplitStepKernel(random_policy(0, d_model=32, n_layer=1), ssm_math="bfloat16")
 
 
 def test_split_step_refuses_a_state_in_the_policys_layout():

@@ -27,9 +27,11 @@ take both tokens of their rows, loading the second's inputs before they know it 
 latency then overlaps the first token's work). A 1,000-digit addition takes 26,032 steps
 instead of 38,048.
 
-The state may be stored in 8 bits (a float8_e4m3fn SSM state and conv window: computed in fp32,
-rounded once a step when stored; u, the gate and y stay bf16): 20 KiB a row instead of 40, and
-the shipped model still solves every 1,000-digit addition (eval/README.md, "An 8-bit state").
+The state may be stored in 8 bits (a float8_e4m3fn SSM state and conv window, rounded once a step
+when stored; u, the gate and y stay bf16): 20 KiB a row instead of 40, and the shipped model
+still solves every 1,000-digit addition (eval/README.md, "An 8-bit state"). `_ssm` then updates
+the state in fp16, two values an instruction (its 10 mantissa bits against the state's 3): 96
+registers a thread instead of 154, so an SM holds 20 of its warps, not 12.
 
 Measured on the H200 (2026-11-29, bf16 state and matmuls, eval/results/2026-11-29-throughput-h200/
 6 to 16): 1.07-1.10 ms a step at 32,768 rows (StepKernel 2.52), of it `_ssm` 0.66-0.71,
@@ -48,7 +50,9 @@ Triton's pipeliner streaming the state 2 rows ahead, took 1.1 ms against 0.70 (r
 the fp8 state: 0.95-1.00 ms a token a step (`_ssm` 0.54), 1.89 in pairs of 2 (`_ssm` 1.11),
 844-874 additions a second a token a step; `_ssm` over blocks of 2-16 rows as 3D tiles (A and
 Δ's projection read once a block, not once a row) was slower at every shape (reverted); the conv
-window read input-major took `_in_conv` from 0.30 to 0.27 ms.
+window read input-major took `_in_conv` from 0.30 to 0.27 ms. The fp16 update took `_ssm` from
+0.54 to 0.38 ms (eval/results/2026-11-29-throughput-h200/22 to 24): 0.77-0.80 ms a step,
+1,044-1,066 additions a second.
 """
 
 import math
