@@ -124,10 +124,9 @@ FP8_STATE_ERROR = 0.1 if DEVICE == "cuda" else 0.25
 def test_8bit_state_as_the_rounded_reference(ssm_math):
     """A float8_e4m3fn state (SplitStepKernel rounds the state once a step; by default its update
     is computed in fp16) close to the reference pair step's with its state rounded the same way,
-    and the logits close.
-    Exact it cannot be: u and the gate go through memory in bf16, which moves values across fp8
-    rounding boundaries (a step of fp8 is 1/16 to 1/8 of a value; rounding alone is ~7% of the
-    state's norm here)."""
+    and the logits close. Exact it cannot be: u and the gate go through memory in bf16, which
+    moves values across fp8 rounding boundaries (a step of fp8 is 1/16 to 1/8 of a value;
+    rounding alone is ~7% of the state's norm here)."""
     policy = load_checkpoint("builtin:addition-mamba", device=DEVICE)[0]
     B = 19
     kernel = SplitStepKernel(policy, ssm_math=ssm_math)

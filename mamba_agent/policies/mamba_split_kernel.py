@@ -213,9 +213,9 @@ def _ssm_update(h, dt, b, c, u, gate, a2_ptr, skip_ptr, y_ptr, at, ch, n, DI: tl
     update in fp16 (two values an instruction, half the registers of fp32), for an 8-bit state."""
     a2 = tl.load(a2_ptr + ch[:, None] * N + n[None, :])
     if HALF:
-        h = h * _exp2_half(dt.to(tl.float16)[:, None] * a2, ASM) + (dt * u).to(tl.float16)[:, None] * b.to(
-            tl.float16)[None, :]
-        y = tl.sum(h * c.to(tl.float16)[None, :], axis=1).to(tl.float32)
+        dt_h, dtu_h, b_h, c_h = dt.to(tl.float16), (dt * u).to(tl.float16), b.to(tl.float16), c.to(tl.float16)
+        h = h * _exp2_half(dt_h[:, None] * a2, ASM) + dtu_h[:, None] * b_h[None, :]
+        y = tl.sum(h * c_h[None, :], axis=1).to(tl.float32)
     else:
         h = h * tl.exp2(dt[:, None] * a2) + (dt * u)[:, None] * b[None, :]
         y = tl.sum(h * c[None, :], axis=1)
@@ -285,6 +285,8 @@ class SplitStepKernel(StepKernel):
                          num_stages=1, weight_dtype=weight_dtype)
         if self.config.d_conv != 4:
             raise ValueError(f"d_conv ({self.config.d_conv}) must be 4 for this kernel")
+        if ssm_math not in (None, "float16", "float32"):
+            raise ValueError(f"ssm_math ({ssm_math!r}) must be 'float16' or 'float32'")
         ssm_block_c = ssm_block_c or math.gcd(self.config.d_inner, 256)
         if self.config.d_inner % ssm_block_c:
             raise ValueError(f"ssm_block_c ({ssm_block_c}) must divide d_inner ({self.config.d_inner})")
@@ -297,8 +299,6 @@ class SplitStepKernel(StepKernel):
         w_x = torch.cat([self.w_xdt, self.w_xb, self.w_xc], dim=2)
         self.w_x = torch.cat([w_x, w_x.new_zeros(*w_x.shape[:2], self.S - w_x.shape[2])], dim=2).contiguous()
         self.A2 = self.A * math.log2(math.e)  # exp(Δ A) as exp2(Δ A2): one multiply less an element
-        if ssm_math not in (None, "float16", "float32"):
-            raise ValueError(f"ssm_math ({ssm_math!r}) must be 'float16' or 'float32'")
         self.ssm_math, self.A2_half = ssm_math, self.A2.half()
         self.scratch = None  # made for the batch size and state dtype in use
 
