@@ -326,13 +326,11 @@ SPLIT_TILE_GRID = (
     [dict(block_m=m, block_c=c, num_warps=w) for m, c, w in ((32, 32, 4), (64, 32, 8), (64, 64, 8), (128, 32, 8))]
     + [dict(ssm_block_c=c, ssm_warps=w) for c, w in ((64, 1), (128, 1), (128, 2), (256, 4), (256, 8))]
     + [dict(block_m=128, block_c=32, num_warps=8, ssm_block_c=c, ssm_warps=w) for c, w in ((128, 1), (256, 4))]
-    + [dict(conv_blocks=b, conv_stages=st) for b, st in ((2, 1), (4, 1), (8, 1), (4, 2), (4, 3))]
     + [dict(ssm_math="float32")])  # (the default for an 8-bit state: fp16)
 
 
 # As the kernels name them.
-TILE_NAMES = ("block_m", "block_c", "num_warps", "num_stages", "conv_blocks", "conv_stages", "ssm_block_c", "ssm_warps",
-              "ssm_math")
+TILE_NAMES = ("block_m", "block_c", "num_warps", "num_stages", "ssm_block_c", "ssm_warps", "ssm_math")
 
 
 def bench_step_tiles(policy, device, batch: int, state_dtype: torch.dtype, precision: str, emit,

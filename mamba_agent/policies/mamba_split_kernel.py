@@ -112,57 +112,55 @@ def _out_norm(y_ptr, w_out_ptr, tok_ptr, emb_ptr, res_ptr, xn_ptr, n_feed_ptr, B
 @triton.jit
 def _in_conv(xn_ptr, w_in_ptr, conv_w_ptr, conv_b_ptr, conv_ptr, u_ptr, gate_ptr, n_feed_ptr, B, D: tl.constexpr,
              DP: tl.constexpr, DI: tl.constexpr, T: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr,
-             BLOCKS: tl.constexpr, PRECISION: tl.constexpr):
-    """x and z = in_proj(xn) for a block of rows and BLOCKS blocks of channels (xn read once for
-    them), then the causal conv step (width 4), u = silu(conv x) and the gate silu(z); with T = 2,
-    of both tokens of the rows that read two (the second's conv window holds the first's x), the
-    conv window moved on by 1 or 2."""
+             PRECISION: tl.constexpr):
+    """x and z = in_proj(xn) for a block of rows and channels, then the causal conv step (width
+    4), u = silu(conv x) and the gate silu(z); with T = 2, of both tokens of the rows that read
+    two (the second's conv window holds the first's x), the conv window moved on by 1 or 2."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < B
     m = row_ok[:, None]
+    ch = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     dcol = tl.arange(0, DP)
     d_ok = (dcol < D)[:, None]
+    w_x = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + ch[None, :], mask=d_ok, other=0.0)
     xn = tl.load(xn_ptr + rows[:, None] * DP + dcol[None, :], mask=m, other=0.0)
+    # The conv window, this layer's (B, 4, DI): a row's 4 last inputs (the oldest first), each DI
+    # contiguous values, so that each is a plain (rows, channels) tile.
+    window = conv_ptr + rows[:, None] * 4 * DI + ch[None, :]
+    w1 = tl.load(window + DI, mask=m, other=0.0).to(tl.float32)
+    w2 = tl.load(window + 2 * DI, mask=m, other=0.0).to(tl.float32)
+    w3 = tl.load(window + 3 * DI, mask=m, other=0.0).to(tl.float32)
     if T == 2:  # read first, whether needed or not: their latency overlaps the first token's work
         two = row_ok & (tl.load(n_feed_ptr + rows, mask=row_ok, other=1) == 2)
         xn2 = tl.load(xn_ptr + (B + rows[:, None]) * DP + dcol[None, :], mask=m, other=0.0)
-    for j in range(BLOCKS):
-        ch = (tl.program_id(1) * BLOCKS + j) * BLOCK_C + tl.arange(0, BLOCK_C)
-        w_x = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + ch[None, :], mask=d_ok, other=0.0)
-        # The conv window, this layer's (B, 4, DI): a row's 4 last inputs (the oldest first), each DI
-        # contiguous values, so that each is a plain (rows, channels) tile.
-        window = conv_ptr + rows[:, None] * 4 * DI + ch[None, :]
-        w1 = tl.load(window + DI, mask=m, other=0.0).to(tl.float32)
-        w2 = tl.load(window + 2 * DI, mask=m, other=0.0).to(tl.float32)
-        w3 = tl.load(window + 3 * DI, mask=m, other=0.0).to(tl.float32)
-        cw0 = tl.load(conv_w_ptr + ch)[None, :]  # (4, DI) weights, the oldest input's first
-        cw1 = tl.load(conv_w_ptr + DI + ch)[None, :]
-        cw2 = tl.load(conv_w_ptr + 2 * DI + ch)[None, :]
-        cw3 = tl.load(conv_w_ptr + 3 * DI + ch)[None, :]
-        conv_b = tl.load(conv_b_ptr + ch)[None, :]
-        x = tl.dot(xn, w_x, input_precision=PRECISION)
-        acc = conv_b + cw0 * w1 + cw1 * w2 + cw2 * w3 + cw3 * x
-        at = rows[:, None] * DI + ch[None, :]
-        tl.store(u_ptr + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=m)
-        s0, s1, s2, s3 = w1, w2, w3, x  # the window after this token
-        # z after x is done with: fewer registers live at once (z first was no faster, 2026-11-29)
-        w_z = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok, other=0.0)
-        z = tl.dot(xn, w_z, input_precision=PRECISION)
-        tl.store(gate_ptr + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=m)
-        if T == 2:
-            if tl.max(two.to(tl.int32)) > 0:  # in lockstep, all rows or none
-                x2 = tl.dot(xn2, w_x, input_precision=PRECISION)
-                acc = conv_b + cw0 * w2 + cw1 * w3 + cw2 * x + cw3 * x2  # the window moved on by 2
-                tl.store(u_ptr + B * DI + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=two[:, None])
-                t = two[:, None]
-                s0, s1, s2, s3 = tl.where(t, w2, s0), tl.where(t, w3, s1), tl.where(t, x, s2), tl.where(t, x2, s3)
-                z = tl.dot(xn2, w_z, input_precision=PRECISION)
-                tl.store(gate_ptr + B * DI + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=two[:, None])
-        st = conv_ptr.dtype.element_ty
-        tl.store(window, s0.to(st), mask=m)
-        tl.store(window + DI, s1.to(st), mask=m)
-        tl.store(window + 2 * DI, s2.to(st), mask=m)
-        tl.store(window + 3 * DI, s3.to(st), mask=m)
+    cw0 = tl.load(conv_w_ptr + ch)[None, :]  # (4, DI) weights, the oldest input's first
+    cw1 = tl.load(conv_w_ptr + DI + ch)[None, :]
+    cw2 = tl.load(conv_w_ptr + 2 * DI + ch)[None, :]
+    cw3 = tl.load(conv_w_ptr + 3 * DI + ch)[None, :]
+    conv_b = tl.load(conv_b_ptr + ch)[None, :]
+    x = tl.dot(xn, w_x, input_precision=PRECISION)
+    acc = conv_b + cw0 * w1 + cw1 * w2 + cw2 * w3 + cw3 * x
+    at = rows[:, None] * DI + ch[None, :]
+    tl.store(u_ptr + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=m)
+    s0, s1, s2, s3 = w1, w2, w3, x  # the window after this token
+    # z after x is done with: fewer registers live at once (z first was no faster, 2026-11-29)
+    w_z = tl.load(w_in_ptr + dcol[:, None] * 2 * DI + DI + ch[None, :], mask=d_ok, other=0.0)
+    z = tl.dot(xn, w_z, input_precision=PRECISION)
+    tl.store(gate_ptr + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=m)
+    if T == 2:
+        if tl.max(two.to(tl.int32)) > 0:  # in lockstep, all rows or none
+            x2 = tl.dot(xn2, w_x, input_precision=PRECISION)
+            acc = conv_b + cw0 * w2 + cw1 * w3 + cw2 * x + cw3 * x2  # the window moved on by 2
+            tl.store(u_ptr + B * DI + at, (acc * tl.sigmoid(acc)).to(u_ptr.dtype.element_ty), mask=two[:, None])
+            t = two[:, None]
+            s0, s1, s2, s3 = tl.where(t, w2, s0), tl.where(t, w3, s1), tl.where(t, x, s2), tl.where(t, x2, s3)
+            z = tl.dot(xn2, w_z, input_precision=PRECISION)
+            tl.store(gate_ptr + B * DI + at, (z * tl.sigmoid(z)).to(gate_ptr.dtype.element_ty), mask=two[:, None])
+    st = conv_ptr.dtype.element_ty
+    tl.store(window, s0.to(st), mask=m)
+    tl.store(window + DI, s1.to(st), mask=m)
+    tl.store(window + 2 * DI, s2.to(st), mask=m)
+    tl.store(window + 3 * DI, s3.to(st), mask=m)
 
 
 @triton.jit
@@ -277,8 +275,8 @@ class SplitStepKernel(StepKernel):
     H200, 2026-11-29). Its states come from `init_state` (the conv window laid out for it)."""
 
     def __init__(self, policy, block_m: int = 64, block_c: int = 32, num_warps: int = 8,
-                 conv_blocks: int = 1, conv_stages: int = 3, ssm_block_c: int | None = None, ssm_warps: int | None = None,
-                 ssm_math: str | None = None, precision: str = "ieee", weight_dtype: str = "float32"):
+                 ssm_block_c: int | None = None, ssm_warps: int | None = None, ssm_math: str | None = None,
+                 precision: str = "ieee", weight_dtype: str = "float32"):
         """The default tiles were the fastest on the H200 at 32,768 rows; `ssm_block_c` by default
         the largest power of 2 up to 256 that divides d_inner (256 for the shipped model);
         `ssm_math` the SSM update's dtype ("float16" or "float32"), by default fp16 for an 8-bit
@@ -289,10 +287,6 @@ class SplitStepKernel(StepKernel):
             raise ValueError(f"d_conv ({self.config.d_conv}) must be 4 for this kernel")
         if ssm_math not in (None, "float16", "float32"):
             raise ValueError(f"ssm_math ({ssm_math!r}) must be 'float16' or 'float32'")
-        if self.config.d_inner % (block_c * conv_blocks):
-            raise ValueError(f"block_c x conv_blocks ({block_c} x {conv_blocks}) must divide d_inner "
-                             f"({self.config.d_inner})")
-        self.conv_blocks, self.conv_stages = conv_blocks, conv_stages
         ssm_block_c = ssm_block_c or math.gcd(self.config.d_inner, 256)
         if self.config.d_inner % ssm_block_c:
             raise ValueError(f"ssm_block_c ({ssm_block_c}) must divide d_inner ({self.config.d_inner})")
@@ -344,9 +338,8 @@ class SplitStepKernel(StepKernel):
                                  DP=DP, DI=DI, FIRST=i == 0, BLOCK_K=self.block_k, **mm)
             if i == c.n_layer:
                 break
-            _in_conv[(rows, DI // (self.block_c * self.conv_blocks))](
-                xn, self.w_in[i], self.conv_w[i], self.conv_b[i], state.conv[i], u, gate, n_feed, B, D=D, DP=DP, DI=DI,
-                T=T, BLOCK_C=self.block_c, BLOCKS=self.conv_blocks, num_stages=self.conv_stages, **mm)
+            _in_conv[(rows, DI // self.block_c)](xn, self.w_in[i], self.conv_w[i], self.conv_b[i], state.conv[i], u,
+                                                 gate, n_feed, B, D=D, DP=DP, DI=DI, T=T, BLOCK_C=self.block_c, **mm)
             _x_proj[(rows, T)](u, self.w_x[i], dbc, n_feed, B, DI=DI, S=S, BLOCK_K=self.block_k, **mm)
             _ssm[(B, DI // self.ssm_block_c)](
                 dbc, u, gate, self.w_dt[i], self.dt_b[i], (self.A2_half if half else self.A2)[i], self.skip[i],
