@@ -216,6 +216,15 @@ def addition_problems(rng: np.random.Generator, count: int, digits: int) -> tupl
     return list(prompts), references
 
 
+def addition_max_tokens(prompts: list, references: list, digits: int) -> int:
+    """The task's token budget for additions of `digits` digits, after checking the first of
+    `addition_problems` against the task's own problem."""
+    task = get_task("addition")
+    check = task.problem({"a": decode(prompts[0][1 : digits + 1]), "b": decode(prompts[0][digits + 2 : -1])})
+    assert decode(references[0]) == check.reference, "addition_problems disagrees with the task"
+    return task.max_tokens(check)
+
+
 def bench_device_additions(policy, device, batch: int, digits: int, state_dtype: torch.dtype,
                            precision: str, steps_per_graph: int, emit, tiles: dict | None = None,
                            step_kind: str = "pairs") -> None:
@@ -228,13 +237,9 @@ def bench_device_additions(policy, device, batch: int, digits: int, state_dtype:
     `tiles`: its options), or "fused", the runtime's FusedStep (6 kernels a layer, mamba-ssm's
     state update; fp32 state) and an argmax. Compiling and capturing (one graph's steps on the
     first problems) is not timed; the wave is, from loading its problems to the verdicts."""
-    task = get_task("addition")
     rng = np.random.default_rng(0)
     prompts, refs = addition_problems(rng, batch, digits)
-    check = task.problem({"a": decode(prompts[0][1 : digits + 1]), "b": decode(prompts[0][digits + 2 : -1])})
-    assert decode(refs[0]) == check.reference, "addition_problems disagrees with the task"
-    max_tokens = task.max_tokens(check)
-    pb = PointerBatch(prompts, refs, n_pointers=3, max_tokens=max_tokens, device=device)
+    pb = PointerBatch(prompts, refs, n_pointers=3, max_tokens=addition_max_tokens(prompts, refs, digits), device=device)
     if step_kind in ("kernel", "split", "pairs"):
         from mamba_agent.policies.mamba_split_kernel import SplitStepKernel  # Triton
         from mamba_agent.policies.mamba_step_kernel import StepKernel

@@ -13,11 +13,9 @@ import time
 import numpy as np
 import torch
 
-from mamba_agent.eval.bench import addition_problems
+from mamba_agent.eval.bench import addition_max_tokens, addition_problems
 from mamba_agent.checkpoint import load_checkpoint
 from mamba_agent.pointer_batch import PointerBatch, decode
-from mamba_agent.tasks import get_task
-from mamba_agent.vocab import decode as detokenize
 
 
 def main() -> None:
@@ -30,11 +28,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     policy, _ = load_checkpoint("builtin:addition-mamba")
-    task = get_task("addition")
     prompts, refs = addition_problems(np.random.default_rng(args.seed), args.rows, args.digits)
-    d = args.digits
-    example = task.problem({"a": detokenize(prompts[0][1 : d + 1]), "b": detokenize(prompts[0][d + 2 : -1])})
-    batch = PointerBatch(prompts, refs, n_pointers=3, max_tokens=task.max_tokens(example))
+    batch = PointerBatch(prompts, refs, n_pointers=3, max_tokens=addition_max_tokens(prompts, refs, args.digits))
     state = policy.init_state(args.rows)
     rounded = ((state.ssm, getattr(torch, args.ssm)), (state.conv, getattr(torch, args.conv)))
 
