@@ -130,8 +130,9 @@ def test_shipped_model_solves_in_pairs():
 
 def test_shipped_model_solves_with_an_8bit_state():
     """The state stored in 8 bits (fp8 e4m3, what SplitStepKernel reads and writes when given a
-    float8_e4m3fn state: rounded once a step, computed in fp32) loses no addition: the
-    reference pair step with its state rounded after each step. (1,000 digits: eval/README.md.)"""
+    float8_e4m3fn state: rounded once a step; the kernel's fp16 update is finer than that) loses
+    no addition: the reference pair step with its state rounded after each step. (1,000 digits:
+    eval/README.md.)"""
     policy, _ = load_checkpoint("builtin:addition-mamba")
     rng = random.Random(4)
     problems = [task.random_problem(rng, n) for n in (2, 9, 17, 30)]
