@@ -54,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=100, help="problems per size")
     p.add_argument("--batch-size", type=int, default=100, help="episodes decoded together")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--stop-at-divergence", action="store_true",
+                   help="end each episode at its first token off the oracle: exact trajectory only, no checker verdict (cheaper for failing policies)")
     p.add_argument("--out", default="eval/results/results.jsonl", help="results JSONL (appended)")
 
     p = sub.add_parser("report", help="tables (paper notation) and plots from eval results")
@@ -223,7 +225,8 @@ def evaluate(args) -> int:
     results = []
     for ckpt in args.checkpoints:
         try:
-            results += run_eval(ckpt, sizes, args.samples, args.out, args.batch_size, args.device)
+            results += run_eval(ckpt, sizes, args.samples, args.out, args.batch_size, args.device,
+                                stop_at_divergence=args.stop_at_divergence)
         except CheckpointError as e:
             raise UsageError(str(e)) from None
     print(make_report([r for r in results if r["size"] in sizes]))

@@ -41,6 +41,7 @@ class Task:
     name: str
     Input: type[BaseModel]  # schema of a task file's `input:` section
     train_max_size: int  # the largest size in the training distribution (marked in reports)
+    version: int  # of the oracle trajectory: bumped whenever it changes (CHANGELOG.md); checkpoints record it
 
     def problem(self, input: dict) -> Problem:
         """A problem from a task file's `input:` (raises pydantic.ValidationError)."""

@@ -64,6 +64,7 @@ def column_sum(a: str, b: str) -> str:
 
 class Addition(Task):
     name = "addition"
+    version = 1
     Input = AdditionInput
     train_max_size = 5  # the paper trains on 1..5-digit operands
 

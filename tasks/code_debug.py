@@ -193,6 +193,7 @@ class Workspace:
 
 class CodeDebug(Task):
     name = "code_debug"
+    version = 1
     Input = CodeDebugInput
     train_sizes = (4, 16)  # the paper trains on n in 4..16
     train_max_size = 16

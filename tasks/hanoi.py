@@ -136,6 +136,7 @@ def format_moves(moves) -> str:
 
 class Hanoi(Task):
     name = "hanoi"
+    version = 1
     Input = HanoiInput
     train_max_size = 8  # the paper trains on up to 8 disks and tests to 12
 

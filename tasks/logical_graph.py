@@ -188,6 +188,7 @@ def random_program(rng: random.Random, n: int, pool: int = 26_000) -> str:
 
 class LogicalGraph(Task):
     name = "logical_graph"
+    version = 2
     Input = LogicalGraphInput
     train_max_size = 10  # training draws n uniformly from 1..10, as the paper; tests go to 1,000
 

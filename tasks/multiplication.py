@@ -102,6 +102,7 @@ class Multiplication(Task):
     """n x 1 and n x 2 mixed: random and training problems draw b's length from `b_digits`."""
 
     name = "multiplication"
+    version = 1
     Input = MultiplicationInput
     b_digits: tuple[int, ...] = (1, 2)
     # Training draws a with 1..train_max_size digits, as in the paper (which found 20 more
