@@ -28,6 +28,10 @@ from mamba_agent.tasks import get_task
 
 
 def eval_problem(task, size: int, index: int):
+    """Problem `index` of `size`: the task's edge cases first, then random ones (seeded)."""
+    edges = task.edge_cases(size)
+    if index < len(edges):
+        return edges[index]
     return task.random_problem(random.Random(f"eval-{task.name}-{size}-{index}"), size)
 
 

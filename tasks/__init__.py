@@ -55,6 +55,11 @@ class Task:
         """A problem from the training distribution."""
         raise NotImplementedError
 
+    def edge_cases(self, size: int) -> list[Problem]:
+        """Problems every evaluation at `size` starts with (carry chains, zero digits), before
+        the random ones; none by default."""
+        return []
+
     def tools(self, problem: Problem) -> list[Tool]:
         raise NotImplementedError
 
