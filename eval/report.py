@@ -40,16 +40,16 @@ def labelled(results: list[dict]) -> list[dict]:
 
 
 def accuracy(results: list[dict], metric: str = "exact") -> dict[tuple[str, str, int], tuple[int, int]]:
-    """(task, label, size) -> (hits, total) of `metric` ("exact" or "correct"), over the rows
-    that have it (a row cut at its divergence has no `correct`)."""
-    acc = defaultdict(lambda: [0, 0])
+    """(task, label, size) -> (hits, total) of `metric` ("exact" or "correct"); a cell where
+    any row lacks the metric (`correct` of an episode cut at its divergence) is left out."""
+    acc, missing = defaultdict(lambda: [0, 0]), set()
     for r in results:
+        key = (r["task"], r["label"], r["size"])
         if r.get(metric) is None:
-            continue
-        cell = acc[(r["task"], r["label"], r["size"])]
-        cell[0] += bool(r[metric])
-        cell[1] += 1
-    return {k: tuple(v) for k, v in acc.items()}
+            missing.add(key)
+        acc[key][0] += bool(r.get(metric))
+        acc[key][1] += 1
+    return {k: tuple(v) for k, v in acc.items() if k not in missing}
 
 
 def _train_max(task: str) -> int | None:
