@@ -272,7 +272,7 @@ def test_bad_input_names_the_field(bad, field):
 
 def test_example_task_file():
     tf, p = load_taskfile(EXAMPLE)
-    assert tf.task == "code_debug" and p.size == 32 and p.input == {"size": 32, "seed": 3}
+    assert tf.task == "code_debug" and p.size == 32 and p.input == {"size": 32, "seed": 0}
     assert task.oracle(p).output_text() == ANSWER
 
 
