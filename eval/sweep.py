@@ -51,6 +51,8 @@ def evaluate(checkpoint: str, sizes: list[int], samples: int, out: str | Path, b
     out.parent.mkdir(parents=True, exist_ok=True)
     policy, meta = load_checkpoint(checkpoint, device=device)
     task = get_task(meta["task"])
+    if why := next(filter(None, map(task.size_error, sizes)), None):
+        raise ValueError(why)
     label, sha = label or checkpoint, meta["checkpoint_sha256"]
     provenance = {"checkpoint_sha256": sha, "task_version": meta["task_version"], "commit": commit()}
     done = {(r["size"], r["index"]) for r in load_results(out) if r["label"] == label and r.get("checkpoint_sha256") == sha}

@@ -13,7 +13,7 @@ with [ERR]. Too many in a row ends the episode.
 import time
 from collections.abc import Callable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mamba_agent.tools import Tool
 from mamba_agent.trajectory import COMMAND, INPUT, OBSERVATION, OUTPUT, THOUGHT, Trajectory, TrajectoryWriter
@@ -30,11 +30,11 @@ DIVERGED = "diverged"  # evaluation only: the model left the oracle trajectory
 class Limits(BaseModel, use_attribute_docstrings=True):
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int | None = None
+    max_tokens: int | None = Field(None, gt=0)
     """Most tokens in the whole trajectory (input included); None: the task's own default."""
-    max_seconds: float = 3600.0
+    max_seconds: float = Field(3600.0, gt=0)
     """Wall-clock limit for one episode, in seconds."""
-    max_format_errors: int = 20
+    max_format_errors: int = Field(20, ge=1)
     """Malformed commands in a row before the episode ends."""
 
 
@@ -70,9 +70,12 @@ class Episode:
         self.output: list[int] = []
         self.n_tokens, self.n_model_tokens, self.format_errors = 0, 0, 0
         self.exit: str | None = None
+        self.n_fed = 0  # prompt and observation tokens the runtime has fed to the policy so far
         self.started = time.monotonic()
         for t in prompt:
             self._record(t, INPUT)
+        if self.n_tokens >= max_tokens:  # the question alone is over the limit: never read it
+            self.exit = TOKEN_LIMIT
 
     @property
     def done(self) -> bool:

@@ -67,6 +67,7 @@ class Addition(Task):
     version = 1
     Input = AdditionInput
     train_max_size = 5  # the paper trains on 1..5-digit operands
+    max_size = 10_000_000  # digits; a run of that size is ~380M tokens
 
     def problem(self, input: dict) -> Problem:
         x = AdditionInput.model_validate(input)

@@ -197,6 +197,7 @@ class CodeDebug(Task):
     Input = CodeDebugInput
     train_sizes = (4, 16)  # the paper trains on n in 4..16
     train_max_size = 16
+    max_size = 1000  # functions f0..f999 and foo
     single_turn = False  # True: `solve` drives the single-turn oracle instead
 
     def __init__(self, backend: str = "bubblewrap", limits: SandboxLimits | None = None,

@@ -110,6 +110,7 @@ class Multiplication(Task):
     # stable). Locality makes 10 enough in principle: every context of 9...9 x 99 at 1,000 digits
     # already occurs at 10 digits.
     train_max_size = 10
+    max_size = 10_000_000  # digits of a
 
     def problem(self, input: dict) -> Problem:
         x = MultiplicationInput.model_validate(input, context={"b_digits": self.b_digits})
