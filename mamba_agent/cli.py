@@ -368,6 +368,11 @@ def report(args) -> int:
 
     if not Path(args.results).is_file():
         raise UsageError(f"{args.results}: no such results file")
+    if args.out_dir:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--out-dir: plots need matplotlib: pip install 'mamba-agent[plots]'") from None
     try:
         text = make_report(args.results, args.out_dir)
         if args.out_dir:
