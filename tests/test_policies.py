@@ -16,6 +16,7 @@ from mamba_agent.policies import (
     TransformerConfig,
     build_policy,
 )
+from mamba_agent.steppers import choose_step, make_stepper
 
 # Every neural policy, by test id: its config fields beyond the tiny sizes below.
 CASES = {
@@ -26,6 +27,11 @@ CASES = {
     "gru": {"kind": "gru", "hidden": 48},
 }
 KINDS = list(CASES)
+
+
+def auto_stepper(policy, batch_size: int):
+    """The stepper the runtime picks for `policy` on the CPU."""
+    return make_stepper(choose_step(policy, "cpu", tensor_rows=False), policy, batch_size)
 FIXED_STATE = ["mamba", "transformer-window", "lstm", "gru"]
 VOCAB = 300
 ATOL = 1e-4
@@ -75,16 +81,16 @@ def test_chunked_prefill_equals_forward_and_step_continues(kind, chunk):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_decoder_prefills_a_long_prompt_in_chunks(kind):
-    """The decoder splits a prefill into calls of at most prefill_row_tokens row-tokens; the
+def test_stepper_prefills_a_long_prompt_in_chunks(kind):
+    """The stepper splits a prefill into calls of at most prefill_row_tokens row-tokens; the
     logits after the prompt and the next step are those of one whole forward."""
     policy, seq = tiny(kind), tokens(3, 41)
     with torch.no_grad():
         full = policy(seq)
-        decoder = policy.decoder(3)
-        decoder.prefill_row_tokens = 3 * 7  # chunks of 7 tokens: 6 calls for 40
-        after_prompt = decoder.prefill(seq[:, :40].tolist()).clone()
-        after_step = decoder.step(seq[:, 40].tolist())
+        stepper = auto_stepper(policy, 3)
+        stepper.prefill_row_tokens = 3 * 7  # chunks of 7 tokens: 6 calls for 40
+        after_prompt = stepper.prefill(seq[:, :40]).clone()
+        after_step = stepper.logits(seq[:, 40])
     torch.testing.assert_close(after_prompt, full[:, 39], atol=ATOL, rtol=0)
     torch.testing.assert_close(after_step, full[:, 40], atol=ATOL, rtol=0)
 
@@ -255,58 +261,61 @@ def test_decoding_under_inference_mode_leaves_the_policy_trainable(kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_decoder_equals_forward_and_resets_one_row(kind):
-    """Each policy's runtime decoder (Mamba's on the CPU: NumPy with prepared weights) gives the
+def test_stepper_equals_forward_and_resets_one_row(kind):
+    """Each policy's runtime stepper (Mamba's on the CPU: NumPy with prepared weights) gives the
     parallel forward's logits through prefill and step; a row reset starts that row afresh."""
     policy, seq = tiny(kind), tokens(3, 40)
     with torch.no_grad():
         full = policy(seq)  # (3, 40, VOCAB)
-        decoder = policy.decoder(3)
-        got = [decoder.prefill(seq[:, :10].tolist())]
-        got += [decoder.step(seq[:, t].tolist()).clone() for t in range(10, 40)]
+        stepper = auto_stepper(policy, 3)
+        got = [stepper.prefill(seq[:, :10])]
+        got += [stepper.logits(seq[:, t]).clone() for t in range(10, 40)]
         torch.testing.assert_close(torch.stack(got, dim=1), full[:, 9:], atol=ATOL, rtol=0)
         if kind.startswith("transformer"):
             with pytest.raises(NotImplementedError):
-                decoder.reset_row(1)  # every row shares the cache's positions
+                stepper.reset_row(1)  # every row shares the cache's positions
             return
-        decoder.reset_row(1)
+        stepper.reset_row(1)
         fresh = policy(seq[1:2, :5])[0]  # (5, VOCAB): row 1's tokens from an empty history
-        steps = torch.stack([decoder.step(seq[:, t].tolist())[1].clone() for t in range(5)])
+        steps = torch.stack([stepper.logits(seq[:, t])[1].clone() for t in range(5)])
     torch.testing.assert_close(steps, fresh, atol=ATOL, rtol=0)
 
 
-def test_mamba_cpu_decoder_prefills_after_any_number_of_steps():
-    """The CPU decoder keeps the conv state as a ring between prefills (a step writes over the
+def test_mamba_numpy_stepper_prefills_after_any_number_of_steps():
+    """The NumPy stepper keeps the conv state as a ring between prefills (a step writes over the
     oldest input); a prefill after 1, 2, ... steps puts it back in order and continues exactly."""
     policy, seq = tiny("mamba"), tokens(2, 40)
     with torch.no_grad():
         full = policy(seq)
-        decoder = policy.decoder(2)
-        t, got, want = 3, [decoder.prefill(seq[:, :3].tolist()).clone()], [full[:, 2]]
+        stepper = auto_stepper(policy, 2)
+        t, got, want = 3, [stepper.prefill(seq[:, :3]).clone()], [full[:, 2]]
         for steps in (1, 2, 3, 4, 5, 6):  # every ring position, with d_conv 4
             for _ in range(steps):
-                got.append(decoder.step(seq[:, t].tolist()).clone())
+                got.append(stepper.logits(seq[:, t]).clone())
                 want.append(full[:, t])
                 t += 1
-            got.append(decoder.prefill(seq[:, t : t + 2].tolist()).clone())
+            got.append(stepper.prefill(seq[:, t : t + 2]).clone())
             want.append(full[:, t + 1])
             t += 2
     torch.testing.assert_close(torch.stack(got), torch.stack(want), atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_decoder_step_greedy_is_the_argmax_of_step(kind):
-    """step_greedy may skip work that does not change the argmax (the CPU Mamba skips the final
-    norm's scale); it must pick what step's logits pick, row by row, as the state goes on."""
+def test_stepper_greedy_is_the_argmax_of_its_logits(kind):
+    """greedy may skip work that does not change the argmax (the CPU Mamba skips the final
+    norm's scale); it must pick what the logits pick, row by row, as the state goes on."""
     policy, seq = tiny(kind), tokens(3, 12)
     with torch.no_grad():
-        a, b = policy.decoder(3), policy.decoder(3)
-        a.prefill(seq[:, :4].tolist()), b.prefill(seq[:, :4].tolist())
+        a, b = auto_stepper(policy, 3), auto_stepper(policy, 3)
+        a.prefill(seq[:, :4]), b.prefill(seq[:, :4])
         for t in range(4, 12):
-            assert b.step_greedy(seq[:, t].tolist()) == a.step(seq[:, t].tolist()).argmax(-1).tolist()
+            assert b.greedy(seq[:, t]).tolist() == a.logits(seq[:, t]).argmax(-1).tolist()
 
 
-def test_mamba_cpu_decoder_is_the_fast_path():
-    from mamba_agent.policies.mamba import CPUDecoder
+def test_the_cpu_steps_chosen():
+    """On the CPU Mamba steps in NumPy, every other policy through its own step."""
+    from mamba_agent.policies.mamba_cpu import NumpyStepper
 
-    assert isinstance(tiny("mamba").decoder(1), CPUDecoder)
+    assert isinstance(auto_stepper(tiny("mamba"), 1), NumpyStepper)
+    for kind in ("transformer", "gru"):
+        assert choose_step(tiny(kind), "cpu", tensor_rows=True) == "reference"

@@ -1,11 +1,8 @@
 """Mamba's decode step for large batches: four Triton kernels a layer, each shaped for what it moves.
 
-StepKernel (mamba_step_kernel.py) takes 16 rows through the whole step in one program. Compiled
-for the H200 it needs 255 registers a thread and spills (the residual, its norm, the out_proj
-sum and a 16 x 16 x 16 block of the SSM state are live at once), so an SM holds only 8 warps and
-the step is latency-bound (22% of the bandwidth limit at 32,768 rows). Here the step is split
-where its shape changes, every kernel's program small enough that an SM holds 16-32 warps of it
-(Triton 3.6; `kernel_resources.py` counts them):
+The step is split where its shape changes, every kernel's program small enough that an SM holds
+16-32 warps of it (Triton 3.6; eval/kernel_resources.py counts them; the whole step in one
+kernel needed 255 registers a thread, spilled, and was 2.3x slower):
   1. `_out_norm`, over blocks of rows: the residual entering the layer (the embedding, or the
      residual plus out_proj(y) of the layer before) and its RMSNorm xn.
   2. `_in_conv`, over (rows, channels) like a GEMM tile: x, z = in_proj(xn), the causal conv step
@@ -15,44 +12,23 @@ where its shape changes, every kernel's program small enough that an SM holds 16
      h = exp(Δ A) h + Δ B u, y = (C h + D u) gate. It streams the SSM state, 4/5 of the bytes.
 `_head` takes the logits of the final norm and the greedy pick: 4 L + 2 launches a step. u, the
 gate and y go through memory in the state's dtype, xn in the weights'; no atomics, so the
-results do not depend on scheduling.
+results do not depend on scheduling. Weights are prepared once (transposed, the norm gains
+folded in).
 
 Pairs (`greedy_pair`, `step_pair`): a row may read two tokens in one step where the second is
-forced (a prompt token, or the observation of the read that the first one is:
-`PointerBatch.advance(..., pair=True)`); the model's choice after the first would be ignored, so
-it is never made, and the conv window and the SSM state are read and written once for both.
-Activations are token-major (row t B + b); `_out_norm` and `_x_proj` run over (row blocks,
-tokens), a block of second tokens that no row reads returning at once; `_in_conv` and `_ssm`
-take both tokens of their rows, loading the second's inputs before they know it is read (their
-latency then overlaps the first token's work). A 1,000-digit addition takes 26,032 steps
-instead of 38,048.
+forced (a prompt token, or the observation of the read that the first one is: the tensor rows'
+`pairs`); the model's choice after the first would be ignored, so it is never made, and the
+conv window and the SSM state are read and written once for both. Activations are token-major
+(row t B + b); `_out_norm` and `_x_proj` run over (row blocks, tokens), a block of second tokens
+that no row reads returning at once; `_in_conv` and `_ssm` take both tokens of their rows,
+loading the second's inputs before they know it is read (their latency then overlaps the first
+token's work). A 1,000-digit addition takes 26,032 steps instead of 38,048.
 
-The state may be stored in 8 bits (a float8_e4m3fn SSM state and conv window, rounded once a step
-when stored; u, the gate and y stay bf16): 20 KiB a row instead of 40, and the shipped model
-still solves every 1,000-digit addition (eval/README.md, "An 8-bit state"). `_ssm` then updates
-the state in fp16, two values an instruction (its 10 mantissa bits against the state's 3): 96
-registers a thread instead of 154, so an SM holds 20 of its warps, not 12.
-
-Measured on the H200 (2026-11-29, bf16 state and matmuls, eval/results/2026-11-29-throughput-h200/
-6 to 16): 1.07-1.10 ms a step at 32,768 rows (StepKernel 2.52), of it `_ssm` 0.66-0.71,
-`_in_conv` 0.27-0.29, `_out_norm` 0.10, `_x_proj` 0.03; 778-782 1,000-digit additions a second
-with the tools on the GPU, 800-813 in pairs. The step moves its ~3.3 GB at 2/3 of the memory
-bandwidth, yet it is bound by latency more than by bytes: a pair step costs 1.75 ms with every
-row reading two tokens (`_ssm` 0.94, `_in_conv` 0.56, `_out_norm` 0.19), though the second
-token moves ~0.5 GB, not 3.3, and 1.34 ms with every row reading one. On the way: a split with
-atomic partial sums took 3.72 ms; two kernels a layer 1.98 ms (the matmul kernel was
-latency-bound); the conv window read and written as W accesses a channel (each using 2 of every
-8 bytes it touched) cost 1.1 ms of the step until it became one flat tile; `_ssm` taking 8 rows
-a program (to read A from L2 once) took 1.43 ms; `_ssm` with 26% fewer instructions (exp2 of A
-log2(e), Δ's true rank: 1,328 -> 984 SASS instructions a thread, counted offline) left the step
-as it was (1.12 -> 1.13 ms at the same tiles); `_ssm` as fewer programs each walking its rows,
-Triton's pipeliner streaming the state 2 rows ahead, took 1.1 ms against 0.70 (reverted). With
-the fp8 state: 0.95-1.00 ms a token a step (`_ssm` 0.54), 1.89 in pairs of 2 (`_ssm` 1.11),
-844-874 additions a second a token a step; `_ssm` over blocks of 2-16 rows as 3D tiles (A and
-Δ's projection read once a block, not once a row) was slower at every shape (reverted); the conv
-window read input-major took `_in_conv` from 0.30 to 0.27 ms. The fp16 update took `_ssm` from
-0.54 to 0.38 ms (eval/results/2026-11-29-throughput-h200/22 to 24): 0.77-0.80 ms a step,
-1,044-1,066 additions a second.
+The state may be fp32, bf16, or stored in 8 bits (a float8_e4m3fn SSM state and conv window,
+rounded once a step when stored; u, the gate and y stay bf16): 20 KiB a row instead of 80. `_ssm`
+then updates the state in fp16, two values an instruction (its 10 mantissa bits against the
+state's 3): 96 registers a thread instead of 154. Where the time goes on the H200, tile by tile
+and kernel by kernel: eval/README.md ("A split step" to "An fp16 SSM update").
 """
 
 import math
@@ -64,9 +40,37 @@ import triton.language as tl
 from torch import Tensor
 
 from mamba_agent.policies.mamba import MambaState
-from mamba_agent.policies.mamba_step_kernel import StepKernel, _logits_greedy, _mm
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"  # as Triton reads it: no inline PTX then
+
+
+@triton.jit
+def _mm(a, b, PRECISION: tl.constexpr):
+    """a @ b with a cast to b's dtype (the weights': fp32, or bf16 for half the bytes)."""
+    return tl.dot(a.to(b.dtype), b, input_precision=PRECISION)
+
+
+@triton.jit
+def _logits_greedy(xn, head_ptr, logits_ptr, greedy_ptr, rows, row_ok, dcol, d_ok, V, VP: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_V: tl.constexpr, STORE_LOGITS: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    """Logits of the normed residual xn (head: (D, VP), the final norm's gain folded in), stored if
+    STORE_LOGITS, and the greedy pick: the first maximum, as torch.argmax."""
+    best = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    best_id = tl.zeros((BLOCK_M,), tl.int32)
+    for v0 in range(0, VP, BLOCK_V):
+        v = v0 + tl.arange(0, BLOCK_V)
+        logits = _mm(xn, tl.load(head_ptr + dcol[:, None] * VP + v[None, :], mask=d_ok[:, None], other=0.0),
+                     PRECISION)
+        logits = tl.where(v[None, :] < V, logits, float("-inf"))
+        if STORE_LOGITS:
+            tl.store(logits_ptr + rows[:, None] * V + v[None, :], logits, mask=row_ok[:, None] & (v[None, :] < V))
+        m = tl.max(logits, axis=1)
+        i = tl.argmax(logits, axis=1) + v0
+        better = m > best
+        best_id = tl.where(better, i, best_id)
+        best = tl.where(better, m, best)
+    tl.store(greedy_ptr + rows, best_id, mask=row_ok)
 
 
 @triton.jit
@@ -267,12 +271,24 @@ def _head(xn_ptr, head_ptr, logits_ptr, greedy_ptr, n_feed_ptr, B, V, D: tl.cons
                    STORE_LOGITS, PRECISION)
 
 
-class SplitStepKernel(StepKernel):
-    """StepKernel's interface and prepared weights; the step in 4 L + 2 kernels. Tiles: `block_m`
-    rows a program in the matmul kernels (`num_warps` warps), `block_c` channels a program in
-    `_in_conv`, `ssm_block_c` channels a program in `_ssm` (`ssm_warps` warps; by default 2 for a
-    token a step, 4 for pairs, whose second token needs registers: the fastest of each on the
-    H200, 2026-11-29). Its states come from `init_state` (the conv window laid out for it)."""
+def split_error(config) -> str | None:
+    """Why SplitStepKernel cannot run a Mamba of this config (None: it can)."""
+    if config.d_conv != 4:
+        return f"the split step needs d_conv 4, not {config.d_conv}"
+    if config.d_inner % 16:
+        return f"the split step needs d_inner a multiple of 16, not {config.d_inner}"
+    if config.d_state < 16 or config.d_state & (config.d_state - 1):
+        return f"the split step needs d_state a power of 2, at least 16, not {config.d_state}"
+    return None
+
+
+class SplitStepKernel:
+    """`__call__(token, state) -> logits` with `policy.step`'s signature, `greedy(token, state,
+    out)` (only the argmax ids written), and their pairs. Tiles: `block_m` rows a program in the
+    matmul kernels (`num_warps` warps), `block_c` channels a program in `_in_conv`, `ssm_block_c`
+    channels a program in `_ssm` (`ssm_warps` warps; by default 2 for a token a step, 4 for pairs,
+    whose second token needs registers: the fastest of each on the H200, 2026-11-29). Its states
+    come from `init_state` (the conv window laid out for it). Weights are copied when this is made."""
 
     def __init__(self, policy, block_m: int = 64, block_c: int = 32, num_warps: int = 8,
                  ssm_block_c: int | None = None, ssm_warps: int | None = None, ssm_math: str | None = None,
@@ -280,27 +296,64 @@ class SplitStepKernel(StepKernel):
         """The default tiles were the fastest on the H200 at 32,768 rows; `ssm_block_c` by default
         the largest power of 2 up to 256 that divides d_inner (256 for the shipped model);
         `ssm_math` the SSM update's dtype ("float16" or "float32"), by default fp16 for an 8-bit
-        state (its 3 mantissa bits are far coarser than fp16's 10) and fp32 for any other."""
-        super().__init__(policy, block_m=block_m, block_c=block_c, precision=precision, num_warps=num_warps,
-                         num_stages=1, weight_dtype=weight_dtype)
-        if self.config.d_conv != 4:
-            raise ValueError(f"d_conv ({self.config.d_conv}) must be 4 for this kernel")
+        state (its 3 mantissa bits are far coarser than fp16's 10) and fp32 for any other.
+        `precision`: of fp32 matmuls, "ieee" (exact) or "tf32"; `weight_dtype` "bfloat16" runs
+        the matmuls in bf16 (the SSM arithmetic stays fp32 or fp16)."""
+        c, bb = policy.config, policy.backbone
+        if why := split_error(c):
+            raise ValueError(why)
         if ssm_math not in (None, "float16", "float32"):
             raise ValueError(f"ssm_math ({ssm_math!r}) must be 'float16' or 'float32'")
-        ssm_block_c = ssm_block_c or math.gcd(self.config.d_inner, 256)
-        if self.config.d_inner % ssm_block_c:
-            raise ValueError(f"ssm_block_c ({ssm_block_c}) must divide d_inner ({self.config.d_inner})")
+        ssm_block_c = ssm_block_c or math.gcd(c.d_inner, 256)
+        if c.d_inner % block_c or c.d_inner % ssm_block_c:
+            raise ValueError(f"block_c ({block_c}) and ssm_block_c ({ssm_block_c}) must divide d_inner ({c.d_inner})")
+        self.config, self.block_m, self.block_c, self.num_warps, self.precision = c, block_m, block_c, num_warps, precision
         self.ssm_block_c, self.ssm_warps = ssm_block_c, (ssm_warps or 2, ssm_warps or 4)  # for 1 and 2 tokens
-        self.block_k = math.gcd(self.config.d_inner, 64)  # the reduction over channels, in chunks that divide it
-        if self.block_k < 16:
-            raise ValueError(f"d_inner ({self.config.d_inner}) must be a multiple of 16 for this kernel")
-        # x_proj as one matrix (L, DI, S): [Δ low rank (R) | B (N) | C (N) | zeros], S a power of 2.
-        self.S = triton.next_power_of_2(self.R + 2 * self.config.d_state)
-        w_x = torch.cat([self.w_xdt, self.w_xb, self.w_xc], dim=2)
-        self.w_x = torch.cat([w_x, w_x.new_zeros(*w_x.shape[:2], self.S - w_x.shape[2])], dim=2).contiguous()
-        self.A2 = self.A * math.log2(math.e)  # exp(Δ A) as exp2(Δ A2): one multiply less an element
+        self.block_k = math.gcd(c.d_inner, 64)  # the reduction over channels, in chunks that divide it
+        D, DI, N, R = c.d_model, c.d_inner, c.d_state, c.dt_rank
+        self.R = max(16, triton.next_power_of_2(R))  # Δ's rank, zero-padded to a tl.dot size
+        self.DP = triton.next_power_of_2(D)
+        self.block_v = 64
+        self.VP = triton.cdiv(c.vocab_size, self.block_v) * self.block_v
+        weight_dtype = getattr(torch, weight_dtype)
+
+        def stack(f, dtype=torch.float32):
+            return torch.stack([f(layer.mixer, layer.norm) for layer in bb.layers]).detach().to(dtype).contiguous()
+
+        def pad_rows(t: Tensor, rows: int) -> Tensor:
+            return torch.cat([t, t.new_zeros(rows - t.shape[0], *t.shape[1:])])
+
+        self.w_in = stack(lambda m, norm: (m.in_proj.weight * norm.weight).t(), weight_dtype)  # (L, D, 2 DI)
+        self.conv_w = stack(lambda m, _: m.conv1d.weight[:, 0].t())  # (L, W, DI)
+        self.conv_b = stack(lambda m, _: m.conv1d.bias)
+        # x_proj as one matrix (L, DI, S): [Δ low rank (R, padded) | B (N) | C (N) | zeros], S a power of 2.
+        self.S = triton.next_power_of_2(self.R + 2 * N)
+        w_x = stack(lambda m, _: torch.cat([pad_rows(m.x_proj.weight[:R], self.R), m.x_proj.weight[R:]]).t())
+        self.w_x = torch.cat([w_x, w_x.new_zeros(*w_x.shape[:2], self.S - w_x.shape[2])], dim=2).to(weight_dtype).contiguous()
+        self.w_dt = stack(lambda m, _: pad_rows(m.dt_proj.weight.t(), self.R), weight_dtype)  # (L, R, DI)
+        self.dt_b = stack(lambda m, _: m.dt_proj.bias)
+        # exp(Δ A) as exp2(Δ A2), A2 = A log2(e): one multiply less an element
+        self.A2 = stack(lambda m, _: -torch.exp(m.A_log.float())) * math.log2(math.e)  # (L, DI, N)
         self.ssm_math, self.A2_half = ssm_math, self.A2.half()
+        self.skip = stack(lambda m, _: m.D)  # D, the skip term (L, DI)
+        self.w_out = stack(lambda m, _: m.out_proj.weight.t(), weight_dtype)  # (L, DI, D)
+        emb = bb.embedding.weight.detach().float()
+        self.embedding = emb.contiguous()
+        self.head = pad_rows(emb[: c.vocab_size] * bb.norm_f.weight.detach(), self.VP).t().to(weight_dtype).contiguous()  # (D, VP)
+        self.eps = bb.norm_f.eps
         self.scratch = None  # made for the batch size and state dtype in use
+
+    @torch.no_grad()
+    def __call__(self, token: Tensor, state) -> Tensor:
+        logits = torch.empty(token.shape[0], self.config.vocab_size, device=token.device, dtype=torch.float32)
+        self._launch(token, state, logits, torch.empty_like(token, dtype=torch.int32))
+        return logits
+
+    @torch.no_grad()
+    def greedy(self, token: Tensor, state, out: Tensor) -> Tensor:
+        """out (B,) int32: the argmax ids after `token`; nothing else is written but the state."""
+        self._launch(token, state, None, out)
+        return out
 
     def _launch(self, token: Tensor, state, logits: Tensor | None, greedy: Tensor,
                 n_feed: Tensor | None = None) -> None:

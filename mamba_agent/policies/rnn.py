@@ -15,7 +15,7 @@ import torch
 from pydantic import PositiveInt
 from torch import Tensor, nn
 
-from mamba_agent.policies.base import CUDAGraphDecoder, Decoder, Policy, PolicyConfig
+from mamba_agent.policies.base import Policy, PolicyConfig
 
 
 class _RNNConfig(PolicyConfig):
@@ -57,6 +57,7 @@ class RNNPolicy(Policy):
     """Embedding, a stacked LSTM or GRU (by `config.kind`), and a linear head."""
 
     config: LSTMConfig | GRUConfig
+    static_state = True
 
     def __init__(self, config: LSTMConfig | GRUConfig):
         super().__init__(config)
@@ -110,7 +111,3 @@ class RNNPolicy(Policy):
         state.h[:, row].zero_()
         if state.c is not None:
             state.c[:, row].zero_()
-
-    def decoder(self, batch_size: int, device: torch.device | str | None = None) -> Decoder:
-        device = torch.device(device) if device is not None else self.head.weight.device
-        return (CUDAGraphDecoder if device.type == "cuda" else Decoder)(self, batch_size, device)

@@ -5,14 +5,14 @@ step object's `_launch` with its module's kernels replaced by recorders (nothing
 tensors do), `resources` compiles each launch as Triton's JIT would (argument types, 16-byte
 alignment, ints equal to 1 as constants) and reads registers, spilled bytes, shared memory and
 SASS instructions (MUFU among them) from the cubin, and how many warps of it an SM holds. Why it
-matters: StepKernel's program needs 255 registers a thread, an SM holds 8 of its warps, and it
-waits on memory latency (22% of the bandwidth limit); the split step's kernels hold 12-32 warps an
-SM and the step moves its bytes at 2/3 of it (Triton 3.6, the H200 machine's; other versions
-count registers differently). The instruction counts bound a kernel's issue time: `_ssm` with an
+matters: the whole step in one kernel (deleted since; eval/README.md) needed 255 registers a
+thread, an SM held 8 of its warps, and it waited on memory latency (22% of the bandwidth limit);
+the split step's kernels hold 12-32 warps an SM and the step moves its bytes at 2/3 of it
+(Triton 3.6, the H200 machine's; other versions count registers differently). The instruction counts bound a kernel's issue time: `_ssm` with an
 fp8 state and an fp32 update issued 864 a thread, 0.22 ms a step at 32,768 rows, of the 0.54 it
 took; with the fp16 update 752 and 96 registers instead of 154 (20 warps an SM, not 12): 0.38 ms.
 
-    python -m mamba_agent.policies.kernel_resources   # the shipped model's step kernels
+    python -m mamba_agent.eval.kernel_resources   # the shipped model's step kernels
 """
 
 import os
@@ -124,7 +124,7 @@ def main() -> None:
     import json
 
     from mamba_agent.checkpoint import load_checkpoint
-    from mamba_agent.policies import mamba_split_kernel, mamba_step_kernel
+    from mamba_agent.policies import mamba_split_kernel
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--json", action="store_true", help="one JSON list of {step, kernel, ...} instead of a table")
@@ -132,14 +132,11 @@ def main() -> None:
     policy = load_checkpoint("builtin:addition-mamba")[0]
     rows = []
     bf16, fp8 = torch.bfloat16, torch.float8_e4m3fn
-    for module, make, pair, state in ((mamba_step_kernel, mamba_step_kernel.StepKernel, False, bf16),
-                                      (mamba_split_kernel, mamba_split_kernel.SplitStepKernel, False, bf16),
-                                      (mamba_split_kernel, mamba_split_kernel.SplitStepKernel, True, bf16),
-                                      (mamba_split_kernel, mamba_split_kernel.SplitStepKernel, False, fp8)):
-        step = make(policy, weight_dtype="bfloat16", precision="tf32")  # as eval/bench.py times them
-        name = make.__name__ + (" (pairs)" if pair else "") + (", fp8 state" if state == fp8 else "")
+    for pair, state in ((False, bf16), (True, bf16), (False, fp8)):
+        step = mamba_split_kernel.SplitStepKernel(policy, weight_dtype="bfloat16")  # as `--state-dtype` runs it
+        name = "SplitStepKernel" + (" (pairs)" if pair else "") + (", fp8 state" if state == fp8 else "")
         rows += [{"step": name, **vars(u), "warps_per_sm": u.warps_per_sm}
-                 for u in step_resources(step, module, policy, pair=pair, state_dtype=state)]
+                 for u in step_resources(step, mamba_split_kernel, policy, pair=pair, state_dtype=state)]
     if args.json:
         print(json.dumps(rows))
         return

@@ -1,0 +1,248 @@
+"""`TensorRows.advance` as one Triton kernel: Episode's rules and a memory tool for every row.
+
+A lane per row for pointer memory (BLOCK rows a program); a program per row for search memory,
+whose `[FIND]` scans the row's whole memory in blocks of SCAN tokens. The state is
+tensor_rows.py's (per-row counters in `ints`, flags in `flags`, the token buffers); the rules are
+Episode's, tested against it token by token (tests/test_tensor_rows.py, in Triton's interpreter
+without a GPU). What a row reads next is, in order: its prompt, the observation it is owed, else
+the model's token, which is carried out now.
+"""
+
+import triton
+import triton.language as tl
+
+from mamba_agent.episode import DIVERGED, FINISHED, FORMAT_ERRORS, TIME_LIMIT, TOKEN_LIMIT
+from mamba_agent.vocab import ANS, EDGE, END, EOS, ERR, FIND, OBS_END, PAD
+
+# The per-row state: `ints` (int32) and `flags` (int8), one row of each per field, in this order
+# (the kernel takes each field as its own pointer, named `<field>_ptr`).
+INT_FIELDS = ("prompt_len", "tape_len", "fed", "n_forced", "n_tokens", "n_model", "format_errors", "ans_at",
+              "diverged_at", "expected_len", "max_tokens", "max_format_errors", "obs_len", "obs_pos", "arg_len",
+              "log_slot")
+(PROMPT_LEN, TAPE_LEN, FED, N_FORCED, N_TOKENS, N_MODEL, N_FORMAT_ERRORS, ANS_AT, DIVERGED_AT, EXPECTED_LEN,
+ MAX_TOKENS, MAX_FORMAT_ERRORS, OBS_LEN, OBS_POS, ARG_LEN, LOG_SLOT) = range(len(INT_FIELDS))
+FLAG_FIELDS = ("exit", "after_ans", "stop_at_divergence", "arg_open", "arg_nl")
+EXIT, AFTER_ANS, STOP_AT_DIVERGENCE, ARG_OPEN, ARG_NL = range(len(FLAG_FIELDS))
+# Exit codes (flags[EXIT]): 0 while live; the host sets TIME_LIMIT's; IDLE marks a row with no episode.
+EXIT_CODES = {FINISHED: 1, TOKEN_LIMIT: 2, FORMAT_ERRORS: 3, DIVERGED: 4, TIME_LIMIT: 5}
+EXIT_NAMES = {code: name for name, code in EXIT_CODES.items()}
+IDLE = 6
+POINTER, SEARCH = 0, 1
+
+
+@triton.jit
+def _max(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _previous_newline(mem, idx, inside, carry):
+    """For each position, the last newline before it (-1: none), given the last one before the block."""
+    before = tl.load(mem + idx - 1, mask=inside & (idx > 0), other=0) == 10
+    return tl.maximum(carry, tl.associative_scan(tl.where(before, idx - 1, -1), 0, _max))
+
+
+@triton.jit
+def _find(mem, mem_len, arg, plen, obs, line, SCAN: tl.constexpr, OBS_END: tl.constexpr):
+    """SearchMemory.command for one row: every line of mem[:mem_len] that holds arg[:plen] (a
+    non-empty pattern without a newline), each with a newline, then [/OBS], into obs; returns its
+    length. Pass 1 marks each line (at its first position, in `line`) that holds a match; pass 2
+    copies the marked lines in order."""
+    last_nl = mem_len * 0 - 1  # the last newline before the block (a scalar of mem_len's type)
+    last_hit = last_nl  # the last match before the block
+    for start in range(0, mem_len, SCAN):
+        idx = start + tl.arange(0, SCAN)
+        inside = idx < mem_len
+        tok = tl.load(mem + idx, mask=inside, other=0)
+        hit = inside & (idx + plen <= mem_len)
+        k = 0
+        while (k < plen) & (tl.max(hit.to(tl.int32), 0) > 0):
+            hit &= tl.load(mem + idx + k, mask=hit, other=-1) == tl.load(arg + k)
+            k += 1
+        prev_nl = _previous_newline(mem, idx, inside, last_nl)
+        hit_upto = tl.maximum(last_hit, tl.associative_scan(tl.where(hit, idx, -1), 0, _max))
+        newline = inside & (tok == 10)
+        tl.store(line + prev_nl + 1, (hit_upto > prev_nl).to(tl.int8), mask=newline)  # the line it ends
+        last_nl = tl.maximum(last_nl, tl.max(tl.where(newline, idx, -1), 0))
+        last_hit = tl.maximum(last_hit, tl.max(tl.where(hit, idx, -1), 0))
+    tail_hit = (last_nl + 1 < mem_len) & (last_hit > last_nl)  # the unfinished last line
+    tl.store(line + last_nl + 1, tail_hit.to(tl.int8), mask=last_nl + 1 < mem_len)
+    tl.debug_barrier()  # pass 2 reads what every thread stored
+    count = mem_len * 0
+    last_nl = count - 1
+    for start in range(0, mem_len, SCAN):
+        idx = start + tl.arange(0, SCAN)
+        inside = idx < mem_len
+        tok = tl.load(mem + idx, mask=inside, other=0)
+        prev_nl = _previous_newline(mem, idx, inside, last_nl)
+        keep = inside & (tl.load(line + prev_nl + 1, mask=inside, other=0) != 0)
+        tl.store(obs + count + tl.cumsum(keep.to(tl.int32), 0) - 1, tok, mask=keep)
+        count += tl.sum(keep.to(tl.int32), 0)
+        last_nl = tl.maximum(last_nl, tl.max(tl.where(inside & (tok == 10), idx, -1), 0))
+    tl.store(obs + count, 10, mask=tail_hit)  # grep shows a last line without its newline with one
+    count += tail_hit.to(tl.int32)
+    tl.store(obs + count, OBS_END)
+    tl.debug_barrier()  # the first observation token is read below, maybe by another thread
+    return count + 1
+
+
+@triton.jit
+def _advance(
+    sampled_ptr, feed_ptr, n_feed_ptr, tape_ptr, obs_ptr, expected_ptr, log_ptr, pos_ptr, pointer_of_ptr,
+    move_of_ptr, arg_ptr, line_ptr,
+    prompt_len_ptr, tape_len_ptr, fed_ptr, n_forced_ptr, n_tokens_ptr, n_model_ptr, format_errors_ptr, ans_at_ptr,
+    diverged_at_ptr, expected_len_ptr, max_tokens_ptr, max_format_errors_ptr, obs_len_ptr, obs_pos_ptr,
+    arg_len_ptr, log_slot_ptr,
+    exit_ptr, after_ans_ptr, stop_at_divergence_ptr, arg_open_ptr, arg_nl_ptr,
+    B, W, OW, E, LW,
+    TOOL: tl.constexpr, P: tl.constexpr, PAIR: tl.constexpr, BLOCK: tl.constexpr, SCAN: tl.constexpr,
+    ANS: tl.constexpr, EDGE: tl.constexpr, END: tl.constexpr, EOS: tl.constexpr, ERR: tl.constexpr,
+    FIND: tl.constexpr, OBS_END: tl.constexpr, PAD: tl.constexpr,
+):
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    m = rows < B
+    tape = tape_ptr + rows.to(tl.int64) * W
+    obs = obs_ptr + rows.to(tl.int64) * OW
+    exit_code = tl.load(exit_ptr + rows, mask=m, other=6).to(tl.int32)  # masked lanes: IDLE
+    live = m & (exit_code == 0)
+    after_ans = tl.load(after_ans_ptr + rows, mask=m, other=0) != 0
+    fed = tl.load(fed_ptr + rows, mask=m, other=0)
+    prompt_len = tl.load(prompt_len_ptr + rows, mask=m, other=0)
+    obs_len = tl.load(obs_len_ptr + rows, mask=m, other=0)
+    obs_pos = tl.load(obs_pos_ptr + rows, mask=m, other=0)
+    tape_len = tl.load(tape_len_ptr + rows, mask=m, other=0)
+    n_tokens = tl.load(n_tokens_ptr + rows, mask=m, other=0)
+    n_model = tl.load(n_model_ptr + rows, mask=m, other=0)
+    format_errors = tl.load(format_errors_ptr + rows, mask=m, other=0)
+
+    # What the row reads now: its prompt (tape[i - 1] is prompt[i]), an observation it is owed, or
+    # the model's token, which is carried out.
+    in_prompt = fed < prompt_len
+    has_obs = ~in_prompt & (obs_pos < obs_len)
+    prompt_token = tl.load(tape + tl.maximum(fed - 1, 0), mask=m & in_prompt, other=0).to(tl.int32)
+    obs_token = tl.load(obs + obs_pos, mask=m & has_obs, other=0).to(tl.int32)
+    sampled = tl.load(sampled_ptr + rows, mask=m, other=0).to(tl.int32)
+    token = tl.where(in_prompt, prompt_token, tl.where(has_obs, obs_token, sampled))
+    acts = live & ~in_prompt & ~has_obs
+    obs_pos += (live & has_obs).to(tl.int32)
+
+    # The oracle: the first model token that differs from it is where the row diverged; with
+    # stop_at_divergence the row ends there, the token recorded and not carried out.
+    expected_len = tl.load(expected_len_ptr + rows, mask=m, other=-1)
+    diverged_at = tl.load(diverged_at_ptr + rows, mask=m, other=0)
+    checks = acts & (expected_len >= 0) & (diverged_at < 0)
+    want = tl.load(expected_ptr + rows.to(tl.int64) * E + tl.minimum(n_model, E - 1), mask=checks, other=-1)
+    diverges = checks & ((n_model >= expected_len) | (want.to(tl.int32) != token))
+    diverged_at = tl.where(diverges, n_model, diverged_at)
+    stop = diverges & (tl.load(stop_at_divergence_ptr + rows, mask=m, other=0) != 0)
+    slot = tl.load(log_slot_ptr + rows, mask=m, other=-1)  # a row whose model tokens the host replays
+    tl.store(log_ptr + slot.to(tl.int64) * LW + n_model, token.to(tl.int16), mask=acts & (slot >= 0))
+    n_model += acts.to(tl.int32)
+    carry = acts & ~stop
+
+    # Thoughts and outputs (bytes, and the first [ANS]) are written to the memory, outside an argument.
+    if TOOL == 1:  # SEARCH
+        arg_open = tl.load(arg_open_ptr + rows, mask=m, other=0) != 0
+    else:
+        arg_open = rows < 0
+    free = carry & ~arg_open
+    writes = free & ((token < 256) | ((token == ANS) & ~after_ans))
+    tl.store(tape + tape_len, token.to(tl.int16), mask=writes)
+    ans_at = tl.load(ans_at_ptr + rows, mask=m, other=-1)
+    ans_at = tl.where(writes & (token == ANS), tape_len, ans_at)
+    after_ans |= writes & (token == ANS)
+    eos = free & (token == EOS)
+    made = tl.zeros_like(fed)  # observation tokens made this step
+
+    if TOOL == 0:  # POINTER: a read answers the cell (or [EDGE]); a move stops one past either end.
+        p = tl.where(free, tl.load(pointer_of_ptr + token, mask=m, other=P), P)
+        ok = p < P
+        at_ptr = pos_ptr + rows * (P + 1) + p
+        at = tl.load(at_ptr, mask=m, other=0)
+        move = tl.load(move_of_ptr + token, mask=m, other=0)
+        read = ok & (move == 0)
+        cell = tl.load(tape + tl.minimum(tl.maximum(at, 0), W - 1), mask=read, other=0)
+        tl.store(at_ptr, tl.minimum(tl.maximum(at + move, -1), tape_len), mask=ok)
+        tl.store(obs, tl.where((at >= 0) & (at < tape_len), cell, EDGE).to(tl.int16), mask=read)
+        made += read.to(tl.int32)
+        malformed = free & ~ok & ~writes & ~eos
+    else:  # SEARCH: [FIND] opens an argument of bytes up to [END], which runs the search; any other
+        # special token inside it is malformed (and drops it).
+        arg_len = tl.load(arg_len_ptr + rows, mask=m, other=0)
+        arg_nl = tl.load(arg_nl_ptr + rows, mask=m, other=0) != 0
+        inside = carry & arg_open
+        byte = inside & (token < 256)
+        ok = inside & (token == END)
+        opens = free & (token == FIND)
+        tl.store(arg_ptr + rows.to(tl.int64) * W + arg_len, token.to(tl.int16), mask=byte)
+        arg_len = tl.where(opens, 0, arg_len + byte.to(tl.int32))
+        arg_nl = (arg_nl & ~opens) | (byte & (token == 10))
+        malformed = (free & ~opens & ~writes & ~eos) | (inside & ~byte & ~ok)
+        tl.store(arg_open_ptr + rows, ((arg_open & ~inside) | byte | opens).to(tl.int8), mask=m)
+        tl.store(arg_len_ptr + rows, arg_len, mask=m)
+        tl.store(arg_nl_ptr + rows, arg_nl.to(tl.int8), mask=m)
+        if tl.max(ok.to(tl.int32), 0) > 0:  # BLOCK is 1: this row's search
+            row = tl.max(rows, 0).to(tl.int64)
+            plen = tl.max(arg_len, 0)
+            out = obs_ptr + row * OW
+            if plen == 0:  # grep would answer everything: never useful
+                tl.store(out, ERR)
+                tl.store(out + 1, OBS_END)
+                n = plen + 2
+            elif tl.max(arg_nl.to(tl.int32), 0) > 0:  # no line holds a newline
+                tl.store(out, OBS_END)
+                n = plen * 0 + 1
+            else:
+                n = _find(tape_ptr + row * W, tl.max(tape_len, 0), arg_ptr + row * W, plen, out, line_ptr + row * W,
+                          SCAN, OBS_END)
+            made += n
+    tl.store(obs, ERR, mask=malformed)
+    made += malformed.to(tl.int32)
+    new_obs = made > 0
+    obs_len = tl.where(new_obs, made, obs_len)
+    obs_pos = tl.where(new_obs, 0, obs_pos)
+    format_errors = tl.where(malformed, format_errors + 1, tl.where(writes | ok, 0, format_errors))
+    n_tokens += acts.to(tl.int32) + made
+    max_tokens = tl.load(max_tokens_ptr + rows, mask=m, other=0)
+    max_format_errors = tl.load(max_format_errors_ptr + rows, mask=m, other=0)
+    exit_code = tl.where(stop, 4, tl.where(eos, 1, tl.where(  # EXIT_CODES: diverged, finished,
+        acts & (n_tokens >= max_tokens), 2, tl.where(  # token_limit,
+            acts & (format_errors >= max_format_errors), 3, exit_code))))  # format_errors
+    n_forced = tl.load(n_forced_ptr + rows, mask=m, other=0) + (live & ~acts).to(tl.int32)
+    fed += live.to(tl.int32)
+    tl.store(feed_ptr + rows, token, mask=m)
+    if PAIR:  # the token after it, where that one is forced too: read in the same step
+        in_prompt = fed < prompt_len
+        second = (exit_code == 0) & (in_prompt | (obs_pos < obs_len))
+        token = tl.where(in_prompt, tl.load(tape + tl.maximum(fed - 1, 0), mask=m & in_prompt, other=0),
+                         tl.load(obs + obs_pos, mask=m & second & ~in_prompt, other=0)).to(tl.int32)
+        tl.store(feed_ptr + B + rows, tl.where(second, token, PAD), mask=m)
+        tl.store(n_feed_ptr + rows, 1 + second.to(tl.int32), mask=m)
+        obs_pos += (second & ~in_prompt).to(tl.int32)
+        fed += second.to(tl.int32)
+        n_forced += second.to(tl.int32)
+    tl.store(fed_ptr + rows, fed, mask=m)
+    tl.store(n_forced_ptr + rows, n_forced, mask=m)
+    tl.store(obs_len_ptr + rows, obs_len, mask=m)
+    tl.store(obs_pos_ptr + rows, obs_pos, mask=m)
+    tl.store(tape_len_ptr + rows, tape_len + writes.to(tl.int32), mask=m)
+    tl.store(n_tokens_ptr + rows, n_tokens, mask=m)
+    tl.store(n_model_ptr + rows, n_model, mask=m)
+    tl.store(format_errors_ptr + rows, format_errors, mask=m)
+    tl.store(ans_at_ptr + rows, ans_at, mask=m)
+    tl.store(diverged_at_ptr + rows, diverged_at, mask=m)
+    tl.store(exit_ptr + rows, exit_code.to(tl.int8), mask=m)
+    tl.store(after_ans_ptr + rows, after_ans.to(tl.int8), mask=m)
+
+
+def advance(rows, sampled, block: int = 256, scan: int = 1024) -> None:
+    """One step of every row of `rows` (a TensorRows), in place: `sampled` (B,) the model's ids."""
+    r = rows
+    search = r.tool == SEARCH
+    _advance[(r.B,) if search else (triton.cdiv(r.B, block),)](
+        sampled, r.feed, r.n_feed, r.tape, r.obs, r.expected, r.log, r.pos, r.pointer_of, r.move_of, r.arg, r.line,
+        *r.ints, *r.flags,
+        r.B, r.tape.shape[1], r.obs.shape[1], r.expected.shape[1], r.log.shape[1],
+        TOOL=r.tool, P=r.n_pointers, PAIR=r.pairs, BLOCK=1 if search else block, SCAN=scan,
+        ANS=ANS, EDGE=EDGE, END=END, EOS=EOS, ERR=ERR, FIND=FIND, OBS_END=OBS_END, PAD=PAD,
+    )
