@@ -1,21 +1,41 @@
 """Does the shipped addition Mamba still solve when its state is stored in fewer bits?
 
-The CPU reference for SplitStepKernel's 8-bit state: PyTorch's step in fp32, the SSM state and
-the conv window rounded to a dtype after every step (what the kernel stores), the pointer tool
-as PointerBatch. Prints how many of the problems were solved exactly.
+The CPU reference for the split step's 8-bit state: PyTorch's step in fp32, the SSM state and
+the conv window rounded to a dtype after every step (what the kernel stores), through the
+runtime (the tools in Python). Prints how many of the problems were solved exactly.
 
     python -m mamba_agent.eval.state_rounding --digits 1000 --rows 16 --ssm float8_e4m3fn --conv float8_e4m3fn
 """
 
 import argparse
+import random
 import time
 
-import numpy as np
 import torch
 
-from mamba_agent.eval.bench import addition_max_tokens, addition_problems
 from mamba_agent.checkpoint import load_checkpoint
-from mamba_agent.pointer_batch import PointerBatch, decode
+from mamba_agent.runtime import EpisodeRows, Sampler, run
+from mamba_agent.steppers import Stepper
+from mamba_agent.tasks import get_task
+
+
+class Rounded(Stepper):
+    """The reference step, its state rounded to `ssm` and `conv` dtypes after every token."""
+
+    def __init__(self, policy, batch_size: int, ssm: torch.dtype, conv: torch.dtype):
+        super().__init__(policy, batch_size)
+        self.rounded = ((self.state.ssm, ssm), (self.state.conv, conv))
+
+    def logits(self, feed, n_feed=None):
+        logits = super().logits(feed)
+        for s, dtype in self.rounded:
+            s.copy_(s.to(dtype).float())
+        return logits
+
+    def prefill(self, tokens):  # token by token, rounded after each as the kernel would
+        for t in range(tokens.shape[1]):
+            logits = self.logits(tokens[:, t])
+        return logits
 
 
 def main() -> None:
@@ -28,22 +48,16 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     policy, _ = load_checkpoint("builtin:addition-mamba")
-    prompts, refs = addition_problems(np.random.default_rng(args.seed), args.rows, args.digits)
-    batch = PointerBatch(prompts, refs, n_pointers=3, max_tokens=addition_max_tokens(prompts, refs, args.digits))
-    state = policy.init_state(args.rows)
-    rounded = ((state.ssm, getattr(torch, args.ssm)), (state.conv, getattr(torch, args.conv)))
-
-    @torch.no_grad()
-    def step(tokens):
-        logits = policy.step(tokens, state)
-        for s, dtype in rounded:
-            s.copy_(s.to(dtype).float())
-        return logits.argmax(-1)
-
+    task = get_task("addition")
+    rng = random.Random(args.seed)
+    problems = [task.random_problem(rng, args.digits) for _ in range(args.rows)]
+    episodes = [task.episode(p, expected=task.oracle_tokens(p)) for p in problems]
+    stepper = Rounded(policy, args.rows, getattr(torch, args.ssm), getattr(torch, args.conv))
     start = time.perf_counter()
-    steps = decode(batch, step)
-    print(f"{args.digits} digits, SSM state {args.ssm}, conv window {args.conv}: solved {int(batch.solved.sum())} "
-          f"of {args.rows} ({steps:,} steps, {time.perf_counter() - start:.0f} s)")
+    with torch.inference_mode():
+        run(EpisodeRows(stepper, episodes, Sampler()))
+    print(f"{args.digits} digits, SSM state {args.ssm}, conv window {args.conv}: exact {sum(ep.exact for ep in episodes)} "
+          f"of {args.rows} ({time.perf_counter() - start:.0f} s)")
 
 
 if __name__ == "__main__":

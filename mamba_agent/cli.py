@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="override policy.checkpoint (a folder or builtin:<name>)")
     p.add_argument("--device", type=_device, help="override policy.device (cpu, cuda, cuda:N)")
     p.add_argument("--trajectory", help="override where the trajectory JSONL is written")
+    _runtime_flags(p)
 
     p = command("train", "train a policy on oracle trajectories (resumes an interrupted --out)")
     p.add_argument("--task", default="addition", help=f"one of: {tasks}")
@@ -132,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-at-divergence", action="store_true",
                    help="end each episode at its first token off the oracle: exact trajectory only, no checker verdict (cheaper for failing policies)")
     p.add_argument("--out", default="eval-results.jsonl", help="results JSONL (appended)")
+    _runtime_flags(p)
+    p.add_argument("--state-dtype", default="float32", choices=["float32", "bfloat16", "float8_e4m3fn"],
+                   help="the split step's state: fewer bits are faster and not exact (float32: the policy's)")
+    p.add_argument("--trajectories", metavar="DIR", help="write each problem's trajectory JSONL into DIR")
+    p.add_argument("--trajectory-sample", type=_whole(1), metavar="K",
+                   help="with --trajectories: only the first K problems of each size")
 
     p = command("report", "tables (paper notation) and plots from eval results")
     p.add_argument("results", help="results JSONL written by `mamba-agent eval` (or .jsonl.gz)")
@@ -142,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", type=_sizes, help="comma-separated problem sizes (default: 1 to two beyond the training sizes)")
     p.add_argument("--per-size", type=_whole(1), default=50, help="trajectories per size")
     return parser
+
+
+def _runtime_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rows", default="auto", choices=["auto", "python", "tensor"],
+                   help="where the tools run: python (any task), tensor (pointer and search memory, on the "
+                        "model's device); auto: tensor on CUDA where the task has them")
+    p.add_argument("--step", default="auto", choices=["auto", "reference", "numpy", "fused", "split"],
+                   help="how the model steps; auto: the fastest exact one for the policy and device")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,6 +198,7 @@ def solve(args) -> int:
     from mamba_agent.checkpoint import DEFAULT_CHECKPOINTS, CheckpointError, load_checkpoint
     from mamba_agent.provenance import commit
     from mamba_agent.runtime import Sampler, run_episodes
+    from mamba_agent.steppers import ChoiceError
     from mamba_agent.taskfile import TaskFileError, load_taskfile
     from mamba_agent.tasks import get_task
     from mamba_agent.trajectory import TrajectoryWriter
@@ -214,15 +230,18 @@ def solve(args) -> int:
         raise UsageError(f"trajectory: cannot write {path} ({e.strerror or e}); give a writable file path (--trajectory)") from None
     max_tokens = tf.limits.max_tokens or task.max_tokens(problem)
     sampler = Sampler(tf.policy.temperature, tf.policy.seed)
+    how = dict(device=device, rows=args.rows, step=args.step)  # the runtime's choice by default
     try:
         if args.json:
             episode = task.episode(problem, max_tokens=max_tokens, limits=tf.limits, writer=writer)
-            run_episodes(policy, [episode], sampler)
+            run_episodes(policy, [episode], sampler, **how)
         else:
             with _LiveView(tf.task, checkpoint, max_tokens) as view:
                 episode = task.episode(problem, max_tokens=max_tokens, limits=tf.limits, writer=writer,
                                        on_tool_call=view.tool_call)
-                run_episodes(policy, [episode], sampler, on_progress=lambda: view.update(episode))
+                run_episodes(policy, [episode], sampler, on_progress=lambda: view.update(episode), **how)
+    except ChoiceError as e:  # before any step: the trajectory ends with exit error
+        raise UsageError(f"--rows/--step: {e}") from None
     except (KeyboardInterrupt, Terminated):
         print(f"\nthe trajectory so far is in {path}", file=sys.stderr)
         raise
@@ -340,24 +359,32 @@ def evaluate(args) -> int:
     from mamba_agent.checkpoint import CheckpointError
     from mamba_agent.eval.report import report as make_report
     from mamba_agent.eval.sweep import evaluate as run_eval
+    from mamba_agent.steppers import ChoiceError
 
     if args.out.endswith(".gz"):
         raise UsageError(f"--out {args.out}: results are appended to plain JSONL; gunzip it and give the .jsonl")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: CUDA is not available here; use cpu")
+    if args.trajectory_sample and not args.trajectories:
+        raise UsageError("--trajectory-sample: give --trajectories DIR too")
     torch.set_num_threads(1)  # as solve: one token a row at a time, threads cost more than they give
     results = []
     for ckpt in args.checkpoints:
         try:
             results += run_eval(ckpt, args.sizes, args.samples, args.out, args.batch_size, args.device,
-                                stop_at_divergence=args.stop_at_divergence)
+                                stop_at_divergence=args.stop_at_divergence, rows=args.rows, step=args.step,
+                                state_dtype=args.state_dtype, trajectories=args.trajectories,
+                                trajectory_sample=args.trajectory_sample)
         except CheckpointError as e:
             raise UsageError(f"{ckpt}: {e}") from None
+        except ChoiceError as e:
+            raise UsageError(f"--rows/--step/--state-dtype: {e}") from None
         except ValueError as e:  # a size the checkpoint's task does not take
             raise UsageError(f"--sizes: {e}") from None
         except OSError as e:
             raise UsageError(f"--out {args.out}: cannot write it ({e.strerror or e})") from None
-    print(make_report([r for r in results if r["size"] in args.sizes]))
+    if results:  # rank 0 (torchrun's other ranks leave the report to it)
+        print(make_report([r for r in results if r["size"] in args.sizes]))
     return 0
 
 

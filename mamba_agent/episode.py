@@ -75,8 +75,7 @@ class Episode:
         self.end: dict | None = None  # the end record, once closed
         self.n_fed = 0  # prompt and observation tokens the runtime has fed to the policy so far
         self.started = time.monotonic()
-        for t in prompt:
-            self._record(t, INPUT)
+        self._record_run(prompt, INPUT)
         if self.n_tokens >= max_tokens:  # the question alone is over the limit: never read it
             self.exit = TOKEN_LIMIT
 
@@ -111,8 +110,7 @@ class Episode:
                     return []
         self.n_model_tokens += 1
         obs = self._carry_out(token)
-        for t in obs:
-            self._record(t, OBSERVATION)
+        self._record_run(obs, OBSERVATION)
         if self.exit is None:
             if self.n_tokens >= self.max_tokens:
                 self.exit = TOKEN_LIMIT
@@ -185,6 +183,14 @@ class Episode:
         if self.trajectory is not None:
             self.trajectory.tokens.append(token)
             self.trajectory.roles.append(role)
+
+    def _record_run(self, tokens: list[int], role: int) -> None:
+        self.n_tokens += len(tokens)
+        if self.writer is not None:
+            self.writer.add_run(tokens, role)
+        if self.trajectory is not None:
+            self.trajectory.tokens += tokens
+            self.trajectory.roles += [role] * len(tokens)
 
     def close(self, correct: bool | None, error: str | None = None) -> dict:
         """End record (also written to the trajectory file): exit, answer, verdict, size, time,

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from mamba_agent.episode import ERROR, INTERRUPTED, Episode
-from mamba_agent.steppers import Stepper, choose_step, graphed, make_stepper
+from mamba_agent.steppers import ChoiceError, Stepper, choose_step, graphed, make_stepper, step_error
 from mamba_agent.vocab import PAD
 
 PREFILL_SLICE = 4096  # forced tokens a row prefills per call: a long prompt still reports progress
@@ -206,25 +206,27 @@ def run(rows, on_progress: Callable[[], None] | None = None, progress_seconds: f
 def plan(policy, first: Episode | None, device, temperature: float, rows: str = "auto", step: str = "auto"):
     """(rows, step): how the episodes are held and how the model steps, for episodes like
     `first`. `auto` rows: tensors on CUDA where the episode has a tensor form and decoding is
-    greedy, else Python; `auto` step: `choose_step`'s. Raises ValueError for a choice that
-    cannot run (the message says why)."""
+    greedy, else Python; `auto` step: `choose_step`'s. Raises ChoiceError for a choice that
+    cannot run."""
     from mamba_agent.tensor_rows import tensor_form
 
     device = torch.device(device)
     if rows not in ("auto", *ROWS):
-        raise ValueError(f"unknown rows {rows!r}; valid: auto, {', '.join(ROWS)}")
+        raise ChoiceError(f"unknown rows {rows!r}; valid: auto, {', '.join(ROWS)}")
     formed = first is not None and tensor_form(first) is not None
     if rows == "tensor" and not formed:
-        raise ValueError("this task's episodes have no tensor form (tools in Python only): use --rows python")
+        raise ChoiceError("this task's tools have no tensor form (they run in Python): use --rows python")
     if rows == "tensor" and temperature:
-        raise ValueError("tensor rows decode greedily: use temperature 0 or --rows python")
+        raise ChoiceError("tensor rows decode greedily: use temperature 0 or --rows python")
+    static = getattr(policy, "static_state", False)  # rows reset in place, many steps in one graph
+    if rows == "tensor" and not static:
+        raise ChoiceError("tensor rows need a policy with a fixed-size state (mamba, lstm, gru): use --rows python")
     if rows == "auto":
-        rows = "tensor" if formed and device.type == "cuda" and not temperature and policy_static(policy) else "python"
-    return rows, choose_step(policy, device, rows == "tensor") if step == "auto" else step
-
-
-def policy_static(policy) -> bool:
-    return getattr(policy, "static_state", False)
+        rows = "tensor" if formed and device.type == "cuda" and not temperature and static else "python"
+    step = choose_step(policy, device, rows == "tensor") if step == "auto" else step
+    if why := step_error(step, policy, device):
+        raise ChoiceError(why)
+    return rows, step
 
 
 @torch.inference_mode()
@@ -237,14 +239,13 @@ def run_episodes(
     on_done: Callable[[Episode], None] | None = None,
     progress_seconds: float = 0.1,
     device: torch.device | str | None = None,
-    rows: str = "python",
+    rows: str = "auto",
     step: str = "auto",
     state_dtype: str = "float32",
 ) -> Stepper:
     """Decode every episode to its end. `episodes` may be a lazy iterable: each is taken when a
     row frees up. `batch_size` (default: all of them) rows decode together. `rows` and `step`:
-    `plan`'s (default: the tools in Python, the fastest exact step); `state_dtype`: the split
-    step's state. `on_done(episode)` runs as each one ends; `on_progress()` every
+    `plan`'s (by default its choice); `state_dtype`: the split step's state. `on_done(episode)` runs as each one ends; `on_progress()` every
     `progress_seconds` and once at the end. Returns the stepper (its state, for measurements)."""
     from mamba_agent.tensor_rows import TensorRows, tensor_form
 
@@ -256,8 +257,13 @@ def run_episodes(
     first = next(episodes, None)
     episodes = itertools.chain([first] if first is not None else [], episodes)
     device = torch.device(device) if device is not None else None
-    rows, step = plan(policy, first, device or _device_of(policy), sampler.temperature, rows, step)
-    stepper = make_stepper(step, policy, batch_size, device, state_dtype)
+    try:
+        rows, step = plan(policy, first, device or _device_of(policy), sampler.temperature, rows, step)
+        stepper = make_stepper(step, policy, batch_size, device, state_dtype)
+    except ChoiceError as e:  # nothing ran: the episode taken to plan by still ends its trajectory
+        if first is not None:
+            first.abort(ERROR, e)
+        raise
     if rows == "tensor":
         held = TensorRows(stepper, episodes, tensor_form(first), on_done)
     else:

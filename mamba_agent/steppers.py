@@ -22,6 +22,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+class ChoiceError(ValueError):
+    """A row form or step that cannot run this policy, task or device (the message says why)."""
+
+
 STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float8_e4m3fn": torch.float8_e4m3fn}
 
 
@@ -191,11 +195,11 @@ def choose_step(policy, device: torch.device | str, tensor_rows: bool) -> str:
 
 
 def make_stepper(name: str, policy, batch_size: int, device=None, state_dtype: str = "float32") -> Stepper:
-    """Stepper `name` (a key of STEPPERS) for `batch_size` rows. Raises ValueError when it cannot
-    run this policy there (the message says why)."""
+    """Stepper `name` (a key of STEPPERS) for `batch_size` rows. Raises ChoiceError when it cannot
+    run this policy there."""
     device = torch.device(device) if device is not None else _device_of(policy)
     if why := step_error(name, policy, device, state_dtype):
-        raise ValueError(why)
+        raise ChoiceError(why)
     if name == "split":
         return SplitStepper(policy, batch_size, device, state_dtype)
     return STEPPERS[name](policy, batch_size, device)

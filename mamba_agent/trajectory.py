@@ -64,6 +64,13 @@ class TrajectoryWriter:
             self._role = role
         self._run.append(token)
 
+    def add_run(self, tokens: list[int], role: int) -> None:
+        if tokens:
+            if role != self._role:
+                self._emit_run()
+                self._role = role
+            self._run.extend(tokens)
+
     def close(self, end: dict) -> None:
         self._emit_run()
         self._write({"end": end})

@@ -83,6 +83,12 @@ class Task:
         """The oracle: drive `episode` (through `act`, like a policy) to the reference answer."""
         raise NotImplementedError
 
+    def oracle_tokens(self, problem: Problem):
+        """The oracle's model tokens (list or int array): what an evaluation compares a policy's
+        with. A task may make them faster than running the oracle (tests/test_oracles.py checks
+        they are the oracle's)."""
+        return self.oracle(problem).model_tokens()
+
     def episode(self, problem: Problem, **kwargs) -> Episode:
         kwargs.setdefault("max_tokens", self.max_tokens(problem))
         return Episode(problem.prompt, self.tools(problem), **kwargs)

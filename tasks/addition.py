@@ -20,7 +20,9 @@ carry (`007+5` gives `012`). The checker compares values, so `12` is accepted to
 """
 
 import random
+import sys
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator
 
 from mamba_agent.episode import Episode
@@ -50,8 +52,11 @@ class AdditionInput(BaseModel):
 
 
 def column_sum(a: str, b: str) -> str:
-    """a + b by column addition, keeping max(len a, len b) digits (no int(): any length)."""
+    """a + b by column addition, keeping max(len a, len b) digits; any length (Python's int()
+    reads at most sys.get_int_max_str_digits() digits, 4,300 by default)."""
     n = max(len(a), len(b))
+    if n < (sys.get_int_max_str_digits() or n + 1):  # 0: no limit
+        return str(int(a) + int(b)).zfill(n)
     a, b = a.rjust(n, "0"), b.rjust(n, "0")
     out, carry = [], 0
     for x, y in zip(reversed(a), reversed(b)):
@@ -97,6 +102,32 @@ class Addition(Task):
     def check(self, problem: Problem, answer: str, tools=()) -> bool:
         return same_number(answer, problem.reference)
 
+    def oracle_tokens(self, problem: Problem) -> np.ndarray:
+        """`solve`'s model tokens without running it (25,000 at 1,000 digits in 0.1 ms, not 40):
+        the walks, a column [P1.read] [P2.read] s c and the steps left, [ANS], P3's walk and
+        the output. tests/test_addition.py checks them against the oracle."""
+        a, b = (np.frombuffer(problem.input[k].encode()[::-1], np.uint8) - ZERO for k in "ab")  # lowest first
+        la, lb, n = len(a), len(b), problem.size
+        x, y = np.pad(a, (0, n - la)).astype(np.int64), np.pad(b, (0, n - lb)).astype(np.int64)
+        s = np.frombuffer(problem.reference.encode()[::-1], np.uint8).astype(np.int64) - ZERO  # the sum's digits
+        cols = len(s)  # n, or n + 1 with a final carry
+        carry = np.zeros(cols, np.int64)  # out of each column: what the next column's sum shows
+        carry[: n - 1] = (s[1:n] - x[1:] - y[1:]) % 10
+        carry[n - 1] = cols > n
+        column = np.full((cols, 6), -1, np.int64)  # [P1.read] [P2.read] s c, then the steps left
+        column[:, 0], column[:, 1], column[:, 2], column[:, 3] = READ[1], READ[2], ZERO + s, ZERO + carry
+        column[:la, 4], column[:lb, 5] = LEFT[1], LEFT[2]
+        ans_at = la + lb + 2 + 2 * cols  # where P3 finds [ANS]: after a+b= and the thoughts
+        out = np.empty((cols, 5), np.int64)  # per column, highest first: over c to s, read it, output it
+        out[:] = [LEFT[3], READ[3], LEFT[3], READ[3], 0]
+        out[:, 4] = ZERO + s[::-1]
+        return np.concatenate([
+            np.tile([READ[1], RIGHT[1]], la), [READ[1], LEFT[1]],
+            np.tile([READ[2], RIGHT[2]], la + 1 + lb), [READ[2], LEFT[2]],
+            column[column >= 0], [READ[1], READ[2], ANS],
+            np.tile([READ[3], RIGHT[3]], ans_at), [READ[3]], out.ravel(), [LEFT[3], READ[3], EOS],
+        ]).astype(np.int16)
+
     def solve(self, episode: Episode, problem: Problem) -> None:
         act = episode.act
 
@@ -133,6 +164,22 @@ class Addition(Task):
 
 
 def _number(rng: random.Random, n: int) -> str:
-    """n random digits, the first nonzero unless n == 1."""
-    first = str(rng.randint(1, 9) if n > 1 else rng.randint(0, 9))
-    return first + "".join(rng.choice("0123456789") for _ in range(n - 1))
+    """n random digits, the first nonzero unless n == 1: what `rng.randint(1, 9)` (or (0, 9))
+    and then `rng.choice("0123456789")` n - 1 times draw, read from the generator's words in bulk
+    (0.05 ms for 1,000 digits, not 1.5). Each draw takes a 32-bit word's top 4 bits and draws again
+    at or above its bound (CPython's _randbelow); `getrandbits(32 k)` is k words, the first lowest."""
+    saved, k = rng.getstate(), 2 * n + 64
+    while True:
+        words = np.frombuffer(rng.getrandbits(32 * k).to_bytes(4 * k, "little"), np.uint32)
+        nibbles = (words >> 28).astype(np.int64)
+        first = np.flatnonzero(nibbles < (9 if n > 1 else 10))[:1]
+        rest = first[0] + 1 + np.flatnonzero(nibbles[first[0] + 1 :] < 10)[: n - 1] if len(first) else []
+        if len(first) and len(rest) == n - 1:
+            break
+        rng.setstate(saved)
+        k *= 2
+    used = int(rest[-1] if n > 1 else first[0]) + 1
+    rng.setstate(saved)
+    rng.getrandbits(32 * used)  # the words the draws used, and no more
+    digits = np.r_[nibbles[first] + (n > 1), nibbles[rest]]
+    return (digits + ZERO).astype(np.uint8).tobytes().decode()

@@ -51,7 +51,7 @@ interactive tool would have answered.
 import dataclasses
 
 from mamba_agent.episode import Episode
-from mamba_agent.tasks import Problem
+from mamba_agent.tasks import Problem, Task
 from mamba_agent.tasks.addition import READ, Addition
 from mamba_agent.tools import Tool
 from mamba_agent.tools.calculator import Calculator
@@ -63,6 +63,7 @@ from mamba_agent.vocab import ANS, END, EOS, OBS_END, RUN, encode, pointer_comma
 class AdditionNoCoT(Addition):
     name = "addition-nocot"
     version = 1
+    oracle_tokens = Task.oracle_tokens  # not addition's trajectory
 
     def tools(self, problem: Problem) -> list:
         return []
@@ -131,6 +132,7 @@ class _MirroredTape:
 class AdditionCoTNoTool(Addition):
     name = "addition-cot-notool"
     version = 1
+    oracle_tokens = Task.oracle_tokens  # not addition's trajectory
 
     def tools(self, problem: Problem) -> list:
         return [Unanswered(n_pointers=3)]
@@ -146,6 +148,7 @@ class AdditionCoTNoTool(Addition):
 class AdditionCalculator(Addition):
     name = "addition-calculator"
     version = 1
+    oracle_tokens = Task.oracle_tokens  # not addition's trajectory
 
     def problem(self, input: dict) -> Problem:
         p = super().problem(input)

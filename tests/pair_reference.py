@@ -1,4 +1,4 @@
-"""The reference for a step that reads two tokens a row (SplitStepKernel.greedy_pair, PointerBatch
+"""The reference for a step that reads two tokens a row (SplitStepKernel.greedy_pair, tensor rows'
 pairs): two steps of policy.step, the second kept only for the rows that read two."""
 
 import torch

@@ -43,10 +43,39 @@ def test_oracle_edge_cases(a, b):
     assert answer == column_sum(a, b) == p.reference
     assert int(answer) == int(a) + int(b)
     assert len(answer) == max(len(a), len(b)) + (int(answer[0]) > 0 and len(answer) > max(len(a), len(b)))
+    assert task.oracle_tokens(p).tolist() == task.oracle(p).model_tokens()
 
 
+def test_oracle_tokens_are_the_oracles():
+    """The oracle's model tokens made without running it (eval's fast path) are the oracle's:
+    random sizes, operands of different lengths, every edge case eval starts with."""
+    rng = random.Random(1)
+    problems = [task.random_problem(rng, n) for n in list(range(1, 30)) + [100, 1000]]
+    problems += [task.problem({"a": task.random_problem(rng, n).input["a"], "b": "9" * m}) for n, m in ((3, 7), (8, 2))]
+    problems += task.edge_cases(12) + task.edge_cases(1)
+    for p in problems:
+        assert task.oracle_tokens(p).tolist() == task.oracle(p).model_tokens(), p.input
 
 
+def test_random_digits_are_those_of_randint_and_choice():
+    """Addition's digits, drawn in bulk, are what randint and choice draw one by one, and leave
+    the generator where those would (eval's problems and training's stream are unchanged)."""
+    from mamba_agent.tasks.addition import _number
+
+    for seed, n in enumerate([1, 1, 2, 3, 10, 64, 1000, 5000] * 3):
+        fast, slow = random.Random(seed), random.Random(seed)
+        first = str(slow.randint(1, 9) if n > 1 else slow.randint(0, 9))
+        assert _number(fast, n) == first + "".join(slow.choice("0123456789") for _ in range(n - 1))
+        assert fast.random() == slow.random()
+
+
+def test_column_sum_past_the_int_digit_limit():
+    sys.set_int_max_str_digits(4300)  # Python's default
+    try:
+        assert column_sum("9" * 5000, "1") == "1" + "0" * 5000
+        assert column_sum("007", "5") == "012" and column_sum("99", "9") == "108"
+    finally:
+        sys.set_int_max_str_digits(0)
 
 
 def test_trajectory_is_local():

@@ -176,6 +176,36 @@ def test_train_on_two_ranks_with_torchrun_and_a_time_budget(tmp_path):
     assert training["world_size"] == 2 and 1 <= training["steps"] < 10000
 
 
+def test_eval_on_two_ranks_with_torchrun_leaves_each_problem_once(tmp_path):
+    """Two CPU ranks (gloo) split the problems; OUT holds each once and no part is left; a part
+    left by a stopped run is folded in by the next, which then runs only what is missing."""
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "results.jsonl"
+
+    def run() -> list[dict]:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "mamba_agent.cli", "eval", "builtin:addition-mamba", "--sizes", "1,4", "--samples", "3",
+               "--batch-size", "2", "--out", str(out)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert not list(tmp_path.glob("results.jsonl.rank*"))
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    rows = run()
+    assert sorted((r["size"], r["index"]) for r in rows) == [(n, i) for n in (1, 4) for i in range(3)]
+    assert all(r["exact"] and r["correct"] for r in rows)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows[:-2]))  # a stopped run: two rows in a part
+    (tmp_path / "results.jsonl.rank1").write_text(json.dumps(rows[-1]) + "\n")
+    again = run()
+    assert sorted((r["size"], r["index"]) for r in again) == sorted((r["size"], r["index"]) for r in rows)
+
+
 def test_train_rejects_bad_policy_field(tmp_path, capsys):
     assert main(["train", "--set", "d_modle=32", "--out", str(tmp_path / "x")]) == 2
     assert "d_modle" in capsys.readouterr().err

@@ -6,7 +6,7 @@ import pytest
 
 from mamba_agent.episode import DIVERGED
 from mamba_agent.runtime import run_episodes
-from mamba_agent.tasks import get_task
+from mamba_agent.tasks import TASKS, get_task
 from mamba_agent.trajectory import COMMAND, OBSERVATION, OUTPUT
 from mamba_agent.vocab import pointer_command
 from tests.scripted import ScriptedPolicy, replay_oracles
@@ -34,6 +34,14 @@ def test_divergence_is_detected(name):
     ep = task.episode(p, keep=True, expected=task.oracle(p).model_tokens())
     run_episodes(ScriptedPolicy([task.oracle(q)]), [ep])
     assert ep.exit == DIVERGED
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_oracle_tokens_are_the_oracles(name):
+    """What evaluations compare with, however a task makes it, is its oracle's model tokens."""
+    task, rng = get_task(name), random.Random(3)
+    for p in [task.random_problem(rng, n) for n in (1, 2, 5)] + task.edge_cases(5)[:2]:
+        assert list(task.oracle_tokens(p)) == task.oracle(p).model_tokens()
 
 
 def test_a_diverging_token_is_recorded_but_not_carried_out():

@@ -176,22 +176,36 @@ def _prefill_state(policy, seq):
     return state
 
 
-@pytest.mark.parametrize("kind", ["mamba", "gru"])
-def test_cuda_graph_decoder_equals_forward_and_resets_rows(kind):
-    from mamba_agent.policies.base import CUDAGraphDecoder
+@pytest.mark.parametrize("kind, step", [("mamba", "fused"), ("mamba", "split"), ("mamba", "reference"),
+                                        ("gru", "reference")])
+def test_a_captured_step_equals_forward_and_resets_rows(kind, step):
+    """Each CUDA stepper, its step captured in a CUDA graph as the runtime captures it, gives the
+    parallel forward's logits after a prefill; a row reset starts that row afresh."""
+    from mamba_agent.steppers import graphed, make_stepper, step_error
 
     policy, seq = tiny(kind), tokens(3, 40)
+    if why := step_error(step, policy, "cuda"):
+        pytest.skip(why)
     with torch.no_grad():
         full = policy(seq)
-        decoder = policy.decoder(3)
-        assert isinstance(decoder, CUDAGraphDecoder)
-        got = [decoder.prefill(seq[:, :10].tolist())]
-        got += [decoder.step(seq[:, t].tolist()).clone() for t in range(10, 40)]
+        stepper = make_stepper(step, policy, 3)
+        feed, out = torch.zeros(3, dtype=torch.long, device="cuda"), torch.zeros(3, VOCAB, device="cuda")
+        replay = graphed(lambda: out.copy_(stepper.logits(feed)), torch.device("cuda"))
+        stepper.reset()  # the warm-up stepped it
+        got = [stepper.prefill(seq[:, :10]).clone()]
+        for t in range(10, 40):
+            feed.copy_(seq[:, t])
+            replay()
+            got.append(out.clone())
         torch.testing.assert_close(torch.stack(got, dim=1), full[:, 9:], **TOL)
-        decoder.reset_row(1)
+        stepper.reset_row(1)
         fresh = policy(seq[1:2, :5])[0]
-        steps = torch.stack([decoder.step(seq[:, t].tolist())[1].clone() for t in range(5)])
-    torch.testing.assert_close(steps, fresh, **TOL)
+        steps = []
+        for t in range(5):
+            feed.copy_(seq[:, t])
+            replay()
+            steps.append(out[1].clone())
+    torch.testing.assert_close(torch.stack(steps), fresh, **TOL)
 
 
 @pytest.mark.parametrize("sizes", [dict(d_model=64, n_layer=2), dict(d_model=128, n_layer=4), dict(d_model=768, n_layer=2)])
@@ -220,8 +234,8 @@ def test_fused_cuda_step_equals_policy_step(sizes):
 
 
 def test_gpu_checkpoint_decodes_the_same_on_the_cpu(tmp_path):
-    """Trained on the GPU (a few steps here), saved, loaded on the CPU: the NumPy decoder and
-    the CUDA-graph decoder give the same logits."""
+    """Trained on the GPU (a few steps here), saved, loaded on the CPU: the NumPy step and the
+    step the runtime picks on CUDA give the same logits."""
     from mamba_agent.checkpoint import load_checkpoint, save_checkpoint
 
     policy, seq = tiny("mamba"), tokens(2, 30)
@@ -234,10 +248,13 @@ def test_gpu_checkpoint_decodes_the_same_on_the_cpu(tmp_path):
     policy.eval()
     save_checkpoint(policy, tmp_path / "ckpt", "addition", {})
     cpu_policy, _ = load_checkpoint(str(tmp_path / "ckpt"), device="cpu")
+    from mamba_agent.steppers import choose_step, make_stepper
+
     with torch.no_grad():
-        gpu_dec, cpu_dec = policy.decoder(2), cpu_policy.decoder(2)
+        gpu = make_stepper(choose_step(policy, "cuda", tensor_rows=False), policy, 2)
+        cpu = make_stepper("numpy", cpu_policy, 2)
         for t in range(30):
-            a, b = gpu_dec.step(seq[:, t].tolist()).cpu(), cpu_dec.step(seq[:, t].tolist())
+            a, b = gpu.logits(seq[:, t]).cpu(), cpu.logits(seq[:, t].cpu())
             torch.testing.assert_close(a, b, **TOL)
 
 

@@ -219,15 +219,13 @@ def test_an_episode_that_cannot_finish_still_ends_its_trajectory(tmp_path):
         def command(self, token, argument=None):
             raise self.error
 
-    script = Episode([BOS], [], max_tokens=50, keep=True)
-    for t in [RUN, ord("x"), END, EOS]:
-        script.act(t)
+    script = Trajectory([BOS, RUN, ord("x"), END, EOS], [])  # the scripted policy reads only the tokens
     for error, reason in [(OSError(5, "the engine is gone"), ERROR), (KeyboardInterrupt(), INTERRUPTED)]:
         paths = [tmp_path / f"{reason}-{i}.jsonl" for i in range(2)]
         episodes = [Episode([BOS], [Broken(error)], max_tokens=50, writer=TrajectoryWriter(p, {}))
                     for p in paths]
         with pytest.raises(type(error)):
-            run_episodes(ScriptedPolicy([script.trajectory] * 2), episodes)
+            run_episodes(ScriptedPolicy([script] * 2), episodes)
         for path in paths:
             _, _, end = read_trajectory(path)
             assert end is not None and end["exit"] == reason and end["correct"] is None

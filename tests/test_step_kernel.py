@@ -1,6 +1,6 @@
-"""The Triton Mamba steps against policy.step: StepKernel (the step in one kernel) and
-SplitStepKernel (4 kernels a layer). Without a GPU they run in Triton's interpreter on the CPU
-(TRITON_INTERPRET=1), which executes the same kernel code."""
+"""The Triton Mamba step (SplitStepKernel, 4 kernels a layer) against policy.step. Without a GPU
+it runs in Triton's interpreter on the CPU (TRITON_INTERPRET=1), which executes the same kernel
+code."""
 
 import os
 import random
@@ -16,13 +16,12 @@ triton = pytest.importorskip("triton")
 from mamba_agent.checkpoint import load_checkpoint  # noqa: E402
 from mamba_agent.policies import MambaConfig, build_policy  # noqa: E402
 from mamba_agent.policies.mamba_split_kernel import SplitStepKernel  # noqa: E402
-from mamba_agent.policies.mamba_step_kernel import StepKernel  # noqa: E402
 from mamba_agent.vocab import VOCAB_SIZE  # noqa: E402
 from tests.pair_reference import step_pair  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-KERNELS = {  # the split step also with tiles smaller than d_inner's blocks by default
-    "one kernel": StepKernel, "split": SplitStepKernel, "split, small tiles": partial(SplitStepKernel, block_c=16, ssm_block_c=32),
+KERNELS = {  # also with tiles smaller than d_inner's blocks by default
+    "split": SplitStepKernel, "split, small tiles": partial(SplitStepKernel, block_c=16, ssm_block_c=32),
 }
 
 
@@ -98,19 +97,18 @@ def test_pairs_of_tokens_as_two_steps(policy_of, make):
         DEVICE == "cpu", reason="Triton 3.6's interpreter gets fp32 -> bf16 casts before tl.dot wrong "
         "(a 16 x 16 product off by 1e10); checked on the GPU")),
 ])
-@pytest.mark.parametrize("make, atol", [(StepKernel, 0.05), (SplitStepKernel, 0.1)], ids=["one kernel", "split"])
-def test_bf16_state_stays_close(weight_dtype, make, atol):
+def test_bf16_state_stays_close(weight_dtype):
     """Logits within `atol` of the fp32 step's; the split step rounds u, the gate and y to the
     state's dtype as well (1,000-digit additions with it: all correct, eval/README.md)."""
     policy = load_checkpoint("builtin:addition-mamba", device=DEVICE)[0]
     B = 16
-    kernel = make(policy, weight_dtype=weight_dtype)
+    kernel = SplitStepKernel(policy, weight_dtype=weight_dtype)
     ref, state = policy.init_state(B), kernel.init_state(B, dtype=torch.bfloat16)
     tokens = torch.randint(0, VOCAB_SIZE, (B,), generator=torch.Generator().manual_seed(1)).to(DEVICE)
     for _ in range(4):
         expected = policy.step(tokens, ref)
         logits = kernel(tokens, state)
-        torch.testing.assert_close(logits, expected, rtol=0.05, atol=atol)
+        torch.testing.assert_close(logits, expected, rtol=0.05, atol=0.1)
     assert state.ssm.dtype == torch.bfloat16
 
 
@@ -146,31 +144,28 @@ def test_8bit_state_as_the_rounded_reference(ssm_math):
 
 
 @pytest.mark.skipif(DEVICE == "cpu", reason="Triton's interpreter takes ~2 s a step here; "
-                    "on the CPU test_pointer_batch.py solves with the rounded reference instead")
+                    "on the CPU test_tensor_rows.py solves with the rounded reference instead")
 def test_8bit_state_solves_additions():
-    """The split step in pairs with a float8_e4m3fn state, through PointerBatch, solves additions
-    in the oracle's tokens."""
-    from mamba_agent.pointer_batch import PointerBatch, decode
+    """The split step in pairs with a float8_e4m3fn state, the tools as tensors (what `eval
+    --state-dtype float8_e4m3fn` runs on CUDA), solves additions in the oracle's tokens."""
+    from mamba_agent.runtime import run_episodes
     from mamba_agent.tasks import get_task
-    from mamba_agent.vocab import encode
 
     task = get_task("addition")
     policy = load_checkpoint("builtin:addition-mamba", device=DEVICE)[0]
     rng = random.Random(5)
     problems = [task.random_problem(rng, n) for n in (1, 4, 9, 16, 40, 100)]
-    batch = PointerBatch([p.prompt for p in problems], [encode(p.reference) for p in problems], n_pointers=3,
-                         max_tokens=max(task.max_tokens(p) for p in problems), device=DEVICE)
-    kernel = SplitStepKernel(policy, weight_dtype="bfloat16")
-    state = kernel.init_state(len(problems), dtype=FP8)
-    out = torch.zeros(len(problems), dtype=torch.int32, device=DEVICE)
-    decode(batch, lambda feed, n_feed: kernel.greedy_pair(feed, n_feed, state, out).long(), pair=True)
-    assert batch.solved.all()
-    assert batch.n_tokens.tolist() == [len(task.oracle(p).tokens) for p in problems]
+    episodes = [task.episode(p, expected=task.oracle_tokens(p)) for p in problems]
+    run_episodes(policy, episodes, device=DEVICE, rows="tensor", step="split", state_dtype="float8_e4m3fn")
+    assert all(ep.exact for ep in episodes)
+    assert [ep.n_tokens for ep in episodes] == [len(task.oracle(p).tokens) for p in problems]
 
 
 def test_rejects_sizes_it_cannot_tile():
     with pytest.raises(ValueError, match="d_inner"):
-        StepKernel(build_policy(MambaConfig(vocab_size=VOCAB_SIZE, d_model=20, d_state=8)))
+        SplitStepKernel(build_policy(MambaConfig(vocab_size=VOCAB_SIZE, d_model=20, d_state=16)))
+    with pytest.raises(ValueError, match="d_state"):
+        SplitStepKernel(build_policy(MambaConfig(vocab_size=VOCAB_SIZE, d_model=32, d_state=8)))
     with pytest.raises(ValueError, match="d_conv"):
         SplitStepKernel(build_policy(MambaConfig(vocab_size=VOCAB_SIZE, d_model=32, d_conv=2)))
     with pytest.raises(ValueError, match="ssm_math"):

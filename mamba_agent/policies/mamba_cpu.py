@@ -79,6 +79,9 @@ class NumpyStepper(Stepper):
         self.delta, self.y, self.tmp = (np.zeros((B, di), f32) for _ in range(3))
         self.dA, self.dBx = np.zeros((B, di, N), f32), np.zeros((B, di, N), f32)
         self.logits_out = np.zeros((B, c.vocab_size), f32)
+        self.ids = torch.zeros(B, dtype=torch.long)  # greedy's answer, a tensor over NumPy's buffer
+        self.ids_out = self.ids.numpy()
+        self.feed, self.feed_in = None, None  # the last feed tensor and its NumPy view (the runtime keeps one)
         # Views into those buffers, made once: the step only fills them.
         xz, dbc = self.xz, self.dbc
         self.views = (
@@ -100,7 +103,8 @@ class NumpyStepper(Stepper):
 
     def greedy(self, feed: Tensor, n_feed: Tensor | None = None) -> Tensor:
         # The final norm scales each row's logits by a positive number: the argmax is the same without it.
-        return torch.from_numpy(self._unnormed_logits(feed).argmax(-1))
+        np.argmax(self._unnormed_logits(feed), -1, self.ids_out)
+        return self.ids
 
     def _unnormed_logits(self, feed: Tensor) -> np.ndarray:
         """The layers, then head(residual): the logits times the final norm's divisor."""
@@ -111,7 +115,9 @@ class NumpyStepper(Stepper):
         )
         x, z, x_proj_out, B, C, dt, delta_col, y_col = self.views
         slot = self.slot = (self.slot + 1) % self.d_conv  # over the oldest input
-        np.take(self.embedding, feed.numpy(), 0, res)
+        if feed is not self.feed:
+            self.feed, self.feed_in = feed, feed.numpy()
+        np.take(self.embedding, self.feed_in, 0, res)
         for in_w, conv_w, conv_b, x_w, dt_w, A, D, out_w, conv, conv_slots, h in self.layers:
             matmul(res, in_w, xz)
             div(xz, self._norm_scale(res), xz)  # [x | z / 2] = in_proj(norm(res))

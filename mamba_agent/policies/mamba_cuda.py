@@ -1,4 +1,4 @@
-"""Mamba's decode step on CUDA in few kernels, for the CUDA graph of `CUDAGraphDecoder`.
+"""Mamba's decode step on CUDA in few kernels: the `fused` stepper (mamba_agent/steppers.py).
 
 At batch 1 a step of a small model is launch-bound: inside a graph each kernel costs ~2 us
 whatever it computes, so the step's time is its kernel count. `policy.step` takes ~10 a layer
@@ -6,7 +6,7 @@ whatever it computes, so the step's time is its kernel count. `policy.step` take
 step takes 6: residual add + RMSNorm (one Triton kernel, below), in_proj, the convolution step +
 SiLU (one Triton kernel, below), x_proj with Δ's projection folded in (dt_proj.weight @
 x_proj.weight[:R], made once), mamba-ssm's selective_state_update, out_proj. The weights are
-prepared when the decoder is made: a decoder made before training steps would use old weights.
+prepared when the stepper is made: one made before training steps would use old weights.
 Imported only on CUDA (Triton); the GPU tests compare it with `policy.step`.
 """
 
