@@ -5,9 +5,9 @@ runtime must force into the model next. The runtime loop, the oracles and the te
 episodes through this one method, so a replayed oracle goes through exactly the code a policy does.
 
 Malformed model output never raises: a token only tools may produce ([EDGE], [ERR], [/OBS], ...),
-a command no tool of this task answers, a second [ANS], an [END] with no open argument, or a
-special token inside an argument (which drops the argument) is recorded as a command and answered
-with [ERR]. Too many in a row ends the episode.
+a command no tool of this task answers, a second [ANS], or an [END] with no open argument is
+recorded as a command and answered with [ERR]. Too many in a row ends the episode. An argument
+may hold special tokens (a search pattern may); a tool that takes text answers them with an error.
 """
 
 import time
@@ -127,13 +127,9 @@ class Episode:
         if self._open_arg is not None:  # inside an argument: ordinary tokens until [END]
             self._record(token, COMMAND)
             command, tool, argument = self._open_arg
-            if token < 256:
+            if token != END:
                 argument.append(token)
                 return []
-            if token != END:  # a special token inside an argument: the command is malformed
-                self._open_arg = None
-                self.format_errors += 1
-                return [ERR]
             self._open_arg = None
             obs = tool.command(command, argument)
             if self.on_tool_call is not None:

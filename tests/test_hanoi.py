@@ -209,5 +209,5 @@ def test_bad_input_fields():
 def test_random_size_beyond_the_limit_is_a_clear_error(size, tmp_path):
     path = tmp_path / "big.yaml"
     path.write_text(f"task: hanoi\nsize: {size}\n")
-    with pytest.raises(TaskFileError, match=f"at most 20 disks .*got {size}"):
+    with pytest.raises(TaskFileError, match=f"size: hanoi takes sizes 1..20, got {size}"):
         load_taskfile(path)
