@@ -174,6 +174,10 @@ class Episode:
             "tokens": self.n_tokens,
             "seconds": round(self.seconds, 4),
         }
+        if self.exit == DIVERGED:  # the token that left the oracle is the last one recorded
+            i = self.n_model_tokens - 1
+            end["diverged_at"] = self.n_tokens - 1
+            end["oracle_token"] = decode(self.expected[i : i + 1]) if i < len(self.expected) else None
         if self.writer is not None:
             self.writer.close(end)
         return end
