@@ -65,9 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", help="comma-separated problem sizes (default: 1 to two beyond the training sizes)")
     p.add_argument("--per-size", type=int, default=50, help="trajectories per size")
 
+    p = sub.add_parser("view", help="write a trajectory as one self-contained HTML page to read in a browser")
+    p.add_argument("trajectory", help="trajectory JSONL (what solve writes)")
+    p.add_argument("--out", help="HTML file to write (default: the trajectory's path with .html)")
+
     args = parser.parse_args(argv)
     try:
-        return {"solve": solve, "train": train, "eval": evaluate, "report": report, "locality": locality}[args.command](args)
+        return {"solve": solve, "train": train, "eval": evaluate, "report": report, "locality": locality,
+                "view": view}[args.command](args)
     except UsageError as e:
         print(f"mamba-agent {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -264,6 +269,24 @@ def locality(args) -> int:
     trajs += [task.oracle(task.training_problem(rng)) for _ in range(args.per_size * 10)]
     k = smallest_local_k(trajs)
     print(json.dumps({"task": task.name, "sizes": sizes, "trajectories": len(trajs), "k": k}))
+    return 0
+
+
+def view(args) -> int:
+    from pathlib import Path
+
+    from mamba_agent.trajectory import TrajectoryError
+    from mamba_agent.view import write_view
+
+    out = Path(args.out or Path(args.trajectory).with_suffix(".html"))
+    if out.resolve() == Path(args.trajectory).resolve():
+        raise UsageError(f"--out {out}: that is the trajectory itself; give another file")
+    try:
+        print(write_view(args.trajectory, out))
+    except TrajectoryError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"--out {out}: {e.strerror}; give a file path in a writable folder") from None
     return 0
 
 
