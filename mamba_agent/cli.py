@@ -69,10 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("trajectory", help="trajectory JSONL (what solve writes)")
     p.add_argument("--out", help="HTML file to write (default: the trajectory's path with .html)")
 
+    p = sub.add_parser("replay", help="replay a trajectory's model tokens through fresh tools; check every observation and the verdict")
+    p.add_argument("trajectory", help="trajectory JSONL (what solve writes)")
+
     args = parser.parse_args(argv)
     try:
         return {"solve": solve, "train": train, "eval": evaluate, "report": report, "locality": locality,
-                "view": view}[args.command](args)
+                "view": view, "replay": replay}[args.command](args)
     except UsageError as e:
         print(f"mamba-agent {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -288,6 +291,18 @@ def view(args) -> int:
     except OSError as e:
         raise UsageError(f"--out {out}: {e.strerror}; give a file path in a writable folder") from None
     return 0
+
+
+def replay(args) -> int:
+    from mamba_agent.replay import replay as run_replay
+    from mamba_agent.trajectory import TrajectoryError
+
+    try:
+        same, message = run_replay(args.trajectory)
+    except TrajectoryError as e:
+        raise UsageError(str(e)) from None
+    print(message, file=sys.stdout if same else sys.stderr)
+    return 0 if same else 1
 
 
 if __name__ == "__main__":
