@@ -66,6 +66,20 @@ def test_the_page_is_self_contained(tmp_path):
     assert not re.search(r"\b(src|href)\s*=|url\(|@import|https?:|<link", html)  # nothing to fetch
 
 
+def test_out_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    task = get_task("hanoi")
+    path = tmp_path / "t.jsonl"
+    record(task, task.problem({"disks": [2, 1]}), path)
+    assert main(["view", str(path), "--out", str(tmp_path / "page.html")]) == 0
+    assert (tmp_path / "page.html").read_text().startswith("<!doctype html>")
+    capsys.readouterr()
+    for out, why in [(tmp_path, "Is a directory"), (tmp_path / "no" / "x.html", "No such file"),
+                     (path, "that is the trajectory itself")]:
+        assert main(["view", str(path), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"mamba-agent view: error: --out {out}: {why}" in err
+
+
 def test_roles_in_colour_answer_and_verdict(browser, tmp_path, capsys):
     task = get_task("hanoi")
     url, end = page(tmp_path, "hanoi", task, task.problem({"disks": [83, 61, 47, 30, 12, 5]}), capsys)
