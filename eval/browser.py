@@ -56,6 +56,8 @@ class Chromium:
         self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1,
                   mobile=False, session=True)
+        self.errors: list[str] = []  # uncaught JavaScript exceptions of the pages, as they happen
+        self.send("Runtime.enable", session=True)
 
     def send(self, method: str, session: bool = False, **params) -> dict:
         """One protocol command; its result (events in between are skipped)."""
@@ -76,6 +78,9 @@ class Chromium:
                 self._buffer += chunk
             line, self._buffer = self._buffer.split(b"\0", 1)
             answer = json.loads(line)
+            if answer.get("method") == "Runtime.exceptionThrown":
+                details = answer["params"]["exceptionDetails"]
+                self.errors.append(details.get("exception", {}).get("description") or details.get("text", "?"))
             if answer.get("id") == self._id:
                 if "error" in answer:
                     raise RuntimeError(f"{method}: {answer['error']}")

@@ -16,7 +16,7 @@ from PIL import Image
 from mamba_agent.cli import main
 from mamba_agent.eval.browser import Chromium
 from mamba_agent.tasks import get_task
-from mamba_agent.trajectory import OUTPUT, read_trajectory
+from mamba_agent.trajectory import OUTPUT, THOUGHT, TrajectoryWriter, read_trajectory
 from mamba_agent.view import render
 from mamba_agent.vocab import SPECIAL
 from tests.scripted import record
@@ -34,6 +34,7 @@ def browser():
         pytest.fail(f"{e}; or set MAMBA_AGENT_BROWSER_OPTIONAL=1 to skip")
     yield chromium
     chromium.close()
+    assert chromium.errors == []  # no uncaught JavaScript exception in any page
 
 
 def page(tmp_path, name, task, problem, capsys, **kwargs) -> tuple[str, dict]:
@@ -154,6 +155,19 @@ def test_the_token_that_left_the_oracle_and_an_unfinished_run(browser, tmp_path,
     browser.open("file://" + capsys.readouterr().out.strip(), ready=READY)
     assert browser.eval("document.querySelector('.badge').textContent") == "unfinished"
     assert browser.eval("document.getElementById('exit')") is None
+
+
+def test_bytes_shown_as_characters_utf8_glyphs_or_chips(browser, tmp_path, capsys):
+    path = tmp_path / "bytes.jsonl"
+    writer = TrajectoryWriter(path, {"task": "addition", "input": {}})
+    for token in [SPECIAL["[BOS]"], *"héllo ✓ 😀".encode(), 9, 0xFF, 0x80, 7, *b"ok"]:
+        writer.add(token, THOUGHT)
+    writer.close({"exit": "finished", "answer": "", "correct": None, "tokens": 22, "seconds": 0})
+    assert main(["view", str(path)]) == 0
+    browser.open("file://" + capsys.readouterr().out.strip(), ready=READY)
+    assert browser.eval("document.querySelector('#rows .row').textContent") == "0BOShéllo ✓ 😀\\txffx80x07ok"
+    assert browser.eval("[...document.querySelectorAll('#rows .c')].map(c => c.textContent)") == ["BOS", "\\t", "xff", "x80", "x07"]
+    assert browser.eval("document.querySelector('.badge').textContent") == "not checked"
 
 
 @pytest.mark.slow
