@@ -9,8 +9,9 @@ from mamba_agent.cli import main
 from mamba_agent.replay import replay
 from mamba_agent.taskfile import load_taskfile
 from mamba_agent.tasks import get_task
-from mamba_agent.trajectory import read_trajectory
-from mamba_agent.vocab import encode
+from mamba_agent.episode import Limits
+from mamba_agent.trajectory import TrajectoryWriter, read_trajectory
+from mamba_agent.vocab import EDGE, ERR, OBS_END, encode
 from tests.scripted import record
 
 EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("tasks", "examples").glob("*.yaml"))
@@ -89,6 +90,28 @@ def test_a_diverged_episode_records_where_and_replays_against_its_oracle(tmp_pat
     lines[-1]["end"]["diverged_at"] = 3
     same, message = replay(write_lines(path, lines))
     assert not same and "end line: diverged_at is 3" in message
+
+
+def test_exits_a_limit_decided_replay_and_a_wrong_exit_is_a_difference(tmp_path):
+    task = get_task("addition")
+    problem = task.problem({"a": "905", "b": "96"})
+    header = {"task": task.name, "input": problem.input}
+    ep = task.episode(problem, max_tokens=60, writer=TrajectoryWriter(tmp_path / "limit.jsonl", header))
+    for token in task.oracle(problem).model_tokens():
+        ep.act(token)
+        if ep.done:
+            break
+    assert ep.close(False)["exit"] == "token_limit" and replay(tmp_path / "limit.jsonl")[0]
+    ep = task.episode(problem, limits=Limits(max_format_errors=3), writer=TrajectoryWriter(tmp_path / "errors.jsonl", header))
+    for token in [EDGE, ERR, OBS_END]:  # tokens only tools produce
+        ep.act(token)
+    assert ep.close(False)["exit"] == "format_errors" and replay(tmp_path / "errors.jsonl")[0]
+
+    record(task, problem, tmp_path / "t.jsonl")
+    lines = lines_of(tmp_path / "t.jsonl")
+    lines[-1]["end"]["exit"] = "token_limit"
+    same, message = replay(write_lines(tmp_path / "t.jsonl", lines))
+    assert not same and message.endswith("exit: recorded token_limit, the replay ends finished")
 
 
 def test_a_truncated_file_replays_what_is_there_then_says_so(tmp_path, capsys):
