@@ -25,7 +25,6 @@ import itertools
 import json
 import platform
 import random
-import subprocess
 import time
 import traceback
 from pathlib import Path
@@ -33,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mamba_agent.checkpoint import load_checkpoint
+from mamba_agent.checkpoint import load_checkpoint, resolve
+from mamba_agent.provenance import commit, file_sha256
 from mamba_agent.episode import FINISHED
 from mamba_agent.pointer_batch import PointerBatch
 from mamba_agent.policies import MambaConfig, TransformerConfig, build_policy
@@ -42,9 +42,10 @@ from mamba_agent.tasks import get_task
 from mamba_agent.vocab import BOS, VOCAB_SIZE, decode
 
 H200 = {"bandwidth": 4.8e12, "flops": 67e12, "name": "NVIDIA H200 (datasheet)"}
+SHIPPED = {"mamba-shipped": "builtin:addition-mamba", "transformer-shipped": "builtin:addition-transformer"}
 MODELS = {
-    "mamba-shipped": lambda: load_checkpoint("builtin:addition-mamba")[0],
-    "transformer-shipped": lambda: load_checkpoint("builtin:addition-transformer")[0],
+    "mamba-shipped": lambda: load_checkpoint(SHIPPED["mamba-shipped"])[0],
+    "transformer-shipped": lambda: load_checkpoint(SHIPPED["transformer-shipped"])[0],
     "mamba-130m": lambda: build_policy(MambaConfig(vocab_size=VOCAB_SIZE, d_model=768, n_layer=24)),
     "transformer-130m": lambda: build_policy(
         TransformerConfig(vocab_size=VOCAB_SIZE, d_model=768, n_layer=24, n_head=8)
@@ -445,16 +446,19 @@ def main() -> None:
     batches = [int(b) for b in (args.batches or ("1,64,1024" if device.type == "cuda" else "1,64")).split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = {
-        "date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit or "unknown", "device": str(device),
+        "date": time.strftime("%Y-%m-%d %H:%M"), "commit": commit(), "device": str(device),
         "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else hw["name"],
         "torch": torch.__version__, "threads": args.threads, "hardware_limit": hw,
     }
     records = []
 
+    shipped = {name: file_sha256(resolve(c) / "model.safetensors") for name, c in SHIPPED.items()}
+
     def emit(record: dict) -> None:
-        record = {**record, **{k: meta[k] for k in ("date", "commit", "machine")}}
+        # the shipped addition Mamba is what every record but a named model's decodes
+        sha = shipped.get(record.get("model", "mamba-shipped"))
+        record = {**record, **{k: meta[k] for k in ("date", "commit", "machine")}, "checkpoint_sha256": sha}
         records.append(record)
         with open(out / "bench.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -3,8 +3,11 @@ the paper's numbers) and one PNG per task of exact-match accuracy against proble
 
     mamba-agent report RESULTS.jsonl [--out-dir DIR]
 
-n -> m (p%): trained on sizes up to n, accuracy p at the largest evaluated size m whose accuracy
-is at least 5% (the paper's notation, its Table 1).
+Two metrics per row where the results have both: exact trajectory (the paper's) and correct
+(the checker's verdict on a finished episode). n -> m (p%): trained on sizes up to n, exact
+trajectory p at the largest evaluated size m with p >= 5% (the paper's notation, its Table 1).
+Rows of different weights are never pooled: a label evaluated with several checkpoints (by
+SHA-256) gets one row per checkpoint, marked `@sha`.
 """
 
 from collections import defaultdict
@@ -27,14 +30,26 @@ PAPER = {
 }
 
 
-def accuracy(results: list[dict]) -> dict[tuple[str, str, int], tuple[int, int]]:
-    """(task, label, size) -> (exact, total)."""
-    acc = defaultdict(lambda: [0, 0])
+def labelled(results: list[dict]) -> list[dict]:
+    """The rows, each label split by weights: `label @sha` where one label has several."""
+    shas = defaultdict(set)
     for r in results:
-        cell = acc[(r["task"], r["label"], r["size"])]
-        cell[0] += bool(r["exact"])
-        cell[1] += 1
-    return {k: tuple(v) for k, v in acc.items()}
+        shas[(r["task"], r["label"])].add(r.get("checkpoint_sha256"))
+    return [{**r, "label": f"{r['label']} @{(r.get('checkpoint_sha256') or 'unknown')[:8]}"}
+            if len(shas[(r["task"], r["label"])]) > 1 else r for r in results]
+
+
+def accuracy(results: list[dict], metric: str = "exact") -> dict[tuple[str, str, int], tuple[int, int]]:
+    """(task, label, size) -> (hits, total) of `metric` ("exact" or "correct"); a cell where
+    any row lacks the metric (`correct` of an episode cut at its divergence) is left out."""
+    acc, missing = defaultdict(lambda: [0, 0]), set()
+    for r in results:
+        key = (r["task"], r["label"], r["size"])
+        if r.get(metric) is None:
+            missing.add(key)
+        acc[key][0] += bool(r.get(metric))
+        acc[key][1] += 1
+    return {k: tuple(v) for k, v in acc.items() if k not in missing}
 
 
 def _train_max(task: str) -> int | None:
@@ -62,21 +77,25 @@ def paper_notation(train_max: int | None, by_size: dict[int, tuple[int, int]]) -
 
 
 def report(results: list[dict], out_dir: str | Path | None = None) -> str:
-    acc = accuracy(results)
+    results = labelled(results)
+    acc, correct = accuracy(results), accuracy(results, "correct")
     kinds = {(r["task"], r["label"]): r.get("policy", "?") + ("-window" if r.get("sliding_window") else "") for r in results}
     train_max = {(r["task"], r["label"]): r.get("train_max_size") or _train_max(r["task"]) for r in results}
     lines = []
     for task in sorted({t for t, _, _ in acc}):
         labels = list(dict.fromkeys(lab for t, lab, _ in acc if t == task))
         sizes = sorted({n for t, _, n in acc if t == task})
-        lines += [f"### {task}", "", "| checkpoint | policy | " + " | ".join(f"{n:,}" for n in sizes) + " | ours | paper |",
-                  "|---" * (len(sizes) + 4) + "|"]
+        lines += [f"### {task}", "", "| checkpoint | policy | metric | " + " | ".join(f"{n:,}" for n in sizes)
+                  + " | ours | paper |", "|---" * (len(sizes) + 5) + "|"]
         for lab in labels:
             by_size = {n: acc[(task, lab, n)] for n in sizes if (task, lab, n) in acc}
-            cells = [f"{percent(*by_size[n])} ({by_size[n][1]})" if n in by_size else "" for n in sizes]
             kind = kinds[(task, lab)]
             ours = paper_notation(train_max[(task, lab)], by_size)
-            lines.append(f"| {lab} | {kind} | " + " | ".join(cells) + f" | {ours} | {PAPER.get(task, {}).get(kind, '')} |")
+            for metric, table in (("exact trajectory", acc), ("correct", correct)):
+                cells = [f"{percent(*table[key])} ({table[key][1]})" if (key := (task, lab, n)) in table else "" for n in sizes]
+                if any(cells) or metric == "exact trajectory":
+                    tail = f" | {ours} | {PAPER.get(task, {}).get(kind, '')} |" if metric == "exact trajectory" else " | | |"
+                    lines.append(f"| {lab} | {kind} | {metric} | " + " | ".join(cells) + tail)
         lines.append("")
         if out_dir is not None:
             _plot(task, labels, acc, train_max, Path(out_dir) / f"{task}.png")

@@ -1,90 +1,195 @@
 """mamba-agent: solve a task file, train a policy, evaluate length generalisation.
 
-Entry points only wire things together: parse -> config -> build -> run. Any problem with the
-user's input is one line on stderr and exit code 2.
+Entry points only wire things together: parse -> config -> build -> run. A problem with the
+user's input is one line on stderr naming the flag or field and the fix (with --json, also an
+`{"error": ...}` object on stdout) and exit code 2. Ctrl-C exits 130 and SIGTERM 143, with the
+trajectories closed and no traceback.
 """
 
 import argparse
 import json
+import signal
 import sys
 import time
 
 from pydantic import ValidationError
 
-EXIT_USAGE = 2
+EXIT_USAGE, EXIT_SIGINT, EXIT_SIGTERM = 2, 130, 143
 
 
 class UsageError(Exception):
-    pass
+    """The user's input cannot be used: the message is the one line they see."""
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="mamba-agent", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+class Terminated(BaseException):
+    """SIGTERM, raised wherever the program is (as Ctrl-C raises KeyboardInterrupt)."""
 
-    p = sub.add_parser("solve", help="solve one task file with a policy and check the answer")
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not the usage block
+        raise UsageError(message)
+
+
+def _whole(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _number(above: float | None = None, at_least: float | None = None):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if above is not None and not value > above:
+            raise argparse.ArgumentTypeError(f"must be above {above:g}, got {text}")
+        if at_least is not None and not value >= at_least:
+            raise argparse.ArgumentTypeError(f"must be at least {at_least:g}, got {text}")
+        return value
+
+    return parse
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, e.g. 5,10,100, got {text!r}") from None
+    if min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be at least 1, got {min(sizes)}")
+    return sizes
+
+
+def _device(text: str) -> str:
+    from mamba_agent.taskfile import device_name
+
+    try:
+        return device_name(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mamba-agent")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mamba_agent.tasks import TASKS
+
+    tasks = ", ".join(sorted(TASKS))
+    parser = _Parser(prog="mamba-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"mamba-agent {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+    p = command("solve", "solve one task file with a policy and check the answer")
     p.add_argument("taskfile", help="YAML task file (see tasks/examples/)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the live view")
     p.add_argument("--checkpoint", help="override policy.checkpoint (a folder or builtin:<name>)")
-    p.add_argument("--device", help="override policy.device (cpu, cuda)")
+    p.add_argument("--device", type=_device, help="override policy.device (cpu, cuda, cuda:N)")
     p.add_argument("--trajectory", help="override where the trajectory JSONL is written")
 
-    p = sub.add_parser("train", help="train a policy on oracle trajectories (resumes an interrupted --out)")
-    p.add_argument("--task", default="addition")
+    p = command("train", "train a policy on oracle trajectories (resumes an interrupted --out)")
+    p.add_argument("--task", default="addition", help=f"one of: {tasks}")
     p.add_argument("--policy", default="mamba", help="policy kind: mamba, transformer, lstm, gru, lookup (counts, needs --set k=N)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a policy config field, e.g. --set d_model=128 (repeatable)")
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=200)
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto")
-    p.add_argument("--data-workers", type=int, default=0, help="processes generating trajectories (same batches)")
+    p.add_argument("--steps", type=_whole(1), default=2000, help="optimizer steps")
+    p.add_argument("--batch-size", type=_whole(1), default=128, help="trajectories a step, over all ranks")
+    p.add_argument("--lr", type=_number(at_least=0), default=3e-3, help="peak learning rate (AdamW; warm-up, then cosine to lr/10)")
+    p.add_argument("--seed", type=_whole(0), default=0, help="seeds the weights and the data stream")
+    p.add_argument("--save-every", type=_whole(1), default=200, help="steps between checkpoints (where a rerun resumes)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--data-workers", type=_whole(0), default=0, help="processes generating trajectories (same batches)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: autocast the forward pass")
-    p.add_argument("--max-seconds", type=float, help="time budget: the lr decays by steps or time, whichever is further, and the run ends at either")
+    p.add_argument("--max-seconds", type=_number(above=0), help="time budget: the lr decays by steps or time, whichever is further, and the run ends at either")
     p.add_argument("--init-from", help="start from this checkpoint's weights (folder or builtin:<name>)")
-    p.add_argument("--length-buckets", type=int, default=1, metavar="G",
+    p.add_argument("--length-buckets", type=_whole(1), default=1, metavar="G",
                    help="sort each G steps' trajectories by length and batch alike ones (same data; less padding)")
     p.add_argument("--out", required=True, help="run folder: checkpoint, train_state.pt, train_log.jsonl")
 
-    p = sub.add_parser("eval", help="exact-match accuracy against problem size (appends, resumes)")
+    p = command("eval", "accuracy against problem size: exact trajectory and the checker's verdict (appends, resumes)")
     p.add_argument("checkpoints", nargs="+", help="checkpoint folders or builtin:<name>")
-    p.add_argument("--sizes", default="5,10,20,100,1000", help="comma-separated problem sizes")
-    p.add_argument("--samples", type=int, default=100, help="problems per size")
-    p.add_argument("--batch-size", type=int, default=100, help="episodes decoded together")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="eval/results/results.jsonl", help="results JSONL (appended)")
+    p.add_argument("--sizes", type=_sizes, default="5,10,20,100,1000", help="comma-separated problem sizes")
+    p.add_argument("--samples", type=_whole(1), default=100, help="problems per size")
+    p.add_argument("--batch-size", type=_whole(1), default=100, help="episodes decoded together")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--stop-at-divergence", action="store_true",
+                   help="end each episode at its first token off the oracle: exact trajectory only, no checker verdict (cheaper for failing policies)")
+    p.add_argument("--out", default="eval-results.jsonl", help="results JSONL (appended)")
 
-    p = sub.add_parser("report", help="tables (paper notation) and plots from eval results")
-    p.add_argument("results", help="results JSONL written by `mamba-agent eval`")
+    p = command("report", "tables (paper notation) and plots from eval results")
+    p.add_argument("results", help="results JSONL written by `mamba-agent eval` (or .jsonl.gz)")
     p.add_argument("--out-dir", help="write <task>.png plots and report.md here")
 
-    p = sub.add_parser("locality", help="smallest k for which a task's oracle trajectories are k-local")
-    p.add_argument("--task", default="addition")
-    p.add_argument("--sizes", help="comma-separated problem sizes (default: 1 to two beyond the training sizes)")
-    p.add_argument("--per-size", type=int, default=50, help="trajectories per size")
+    p = command("locality", "smallest k for which a task's oracle trajectories are k-local")
+    p.add_argument("--task", default="addition", help=f"one of: {tasks}")
+    p.add_argument("--sizes", type=_sizes, help="comma-separated problem sizes (default: 1 to two beyond the training sizes)")
+    p.add_argument("--per-size", type=_whole(1), default=50, help="trajectories per size")
 
-    p = sub.add_parser("view", help="write a trajectory as one self-contained HTML page to read in a browser")
+    p = command("view", "write a trajectory as one self-contained HTML page to read in a browser")
     p.add_argument("trajectory", help="trajectory JSONL (what solve writes)")
-    p.add_argument("--out", help="HTML file to write (default: the trajectory's path with .html)")
+    p.add_argument("--out", help="HTML file to write; none: the trajectory's path with .html")
 
-    p = sub.add_parser("replay", help="replay a trajectory's model tokens through fresh tools; check every observation and the verdict")
+    p = command("replay", "replay a trajectory's model tokens through fresh tools; check every observation and the verdict")
     p.add_argument("trajectory", help="trajectory JSONL (what solve writes)")
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    name = "mamba-agent" + (f" {argv[0]}" if argv and not argv[0].startswith("-") else "")
+    as_json = "--json" in argv
+
+    def terminated(signum, frame):
+        raise Terminated()
+
     try:
-        return {"solve": solve, "train": train, "eval": evaluate, "report": report, "locality": locality,
-                "view": view, "replay": replay}[args.command](args)
+        previous = signal.signal(signal.SIGTERM, terminated)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        args = build_parser().parse_args(argv)
+        commands = {"solve": solve, "train": train, "eval": evaluate, "report": report, "locality": locality,
+                    "view": view, "replay": replay}
+        return commands[args.command](args)
     except UsageError as e:
-        print(f"mamba-agent {args.command}: error: {e}", file=sys.stderr)
+        message = str(e).splitlines()[0] if str(e) else "bad input"
+        print(f"{name}: error: {message}", file=sys.stderr)
+        if as_json:
+            print(json.dumps({"error": message, "exit": EXIT_USAGE}))
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"\n{name}: interrupted", file=sys.stderr)
+        return EXIT_SIGINT
+    except Terminated:
+        print(f"{name}: terminated", file=sys.stderr)
+        return EXIT_SIGTERM
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def solve(args) -> int:
     import torch
 
     from mamba_agent.checkpoint import DEFAULT_CHECKPOINTS, CheckpointError, load_checkpoint
+    from mamba_agent.provenance import commit
     from mamba_agent.runtime import Sampler, run_episodes
     from mamba_agent.taskfile import TaskFileError, load_taskfile
     from mamba_agent.tasks import get_task
@@ -109,20 +214,29 @@ def solve(args) -> int:
     task = get_task(tf.task)
     torch.set_num_threads(1)  # one token at a time: threads cost more than they give at this size
     path = args.trajectory or tf.trajectory
-    writer = TrajectoryWriter(path, {"task": tf.task, "input": problem.input, "checkpoint": checkpoint, "policy": meta["policy"]["kind"]})
+    provenance = {"checkpoint": checkpoint, "checkpoint_sha256": meta["checkpoint_sha256"],
+                  "task_version": meta["task_version"], "commit": commit()}
+    try:
+        writer = TrajectoryWriter(path, {"task": tf.task, "input": problem.input, "policy": meta["policy"]["kind"], **provenance})
+    except OSError as e:
+        raise UsageError(f"trajectory: cannot write {path} ({e.strerror or e}); give a writable file path (--trajectory)") from None
     max_tokens = tf.limits.max_tokens or task.max_tokens(problem)
     sampler = Sampler(tf.policy.temperature, tf.policy.seed)
-    if args.json:
-        episode = task.episode(problem, max_tokens=max_tokens, limits=tf.limits, writer=writer)
-        run_episodes(policy, [episode], sampler)
-    else:
-        with _LiveView(tf.task, checkpoint, max_tokens) as view:
-            episode = task.episode(problem, max_tokens=max_tokens, limits=tf.limits, writer=writer,
-                                   on_tool_call=view.tool_call)
-            run_episodes(policy, [episode], sampler, on_progress=lambda: view.update(episode))
+    try:
+        if args.json:
+            episode = task.episode(problem, max_tokens=max_tokens, limits=tf.limits, writer=writer)
+            run_episodes(policy, [episode], sampler)
+        else:
+            with _LiveView(tf.task, checkpoint, max_tokens) as view:
+                episode = task.episode(problem, max_tokens=max_tokens, limits=tf.limits, writer=writer,
+                                       on_tool_call=view.tool_call)
+                run_episodes(policy, [episode], sampler, on_progress=lambda: view.update(episode))
+    except (KeyboardInterrupt, Terminated):
+        print(f"\nthe trajectory so far is in {path}", file=sys.stderr)
+        raise
     correct = task.check(problem, episode.answer, episode.tools)
     end = episode.close(correct)
-    result = {"task": tf.task, **end, "reference": problem.reference, "checkpoint": checkpoint, "trajectory": str(path)}
+    result = {"task": tf.task, **end, "reference": problem.reference, **provenance, "trajectory": str(path)}
     if args.json:
         print(json.dumps(result))
     else:
@@ -167,11 +281,15 @@ class _LiveView:
     def update(self, ep) -> None:
         from rich.text import Text
 
-        rate = ep.n_tokens / max(time.monotonic() - self.started, 1e-9)
-        phase = "answering" if ep.after_ans else "thinking"
-        answer = ep.answer
-        shown = answer if len(answer) <= 60 else "…" + answer[-59:]
-        self.live.update(Text(f"{self.header} · {ep.n_tokens:,} tokens · {rate:,.0f} tok/s · {phase} · answer: {shown}"))
+        seconds = max(time.monotonic() - self.started, 1e-9)
+        if ep.n_fed < len(ep.prompt):  # still reading the question
+            status = f"reading the question: {ep.n_fed:,} of {len(ep.prompt):,} tokens · {ep.n_fed / seconds:,.0f} tok/s"
+        else:
+            phase = "answering" if ep.after_ans else "thinking"
+            answer = ep.answer
+            shown = answer if len(answer) <= 60 else "…" + answer[-59:]
+            status = f"{ep.n_tokens:,} tokens · {ep.n_tokens / seconds:,.0f} tok/s · {phase} · answer: {shown}"
+        self.live.update(Text(f"{self.header} · {status}"))
 
 
 def _print_result(r: dict) -> None:
@@ -196,6 +314,10 @@ def train(args) -> int:
         except json.JSONDecodeError:
             policy[key] = value
     try:
+        if args.device != "auto":
+            from mamba_agent.taskfile import device_name
+
+            device_name(args.device)
         cfg = TrainConfig(task=args.task, policy=policy, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           seed=args.seed, save_every=args.save_every, device=args.device,
                           data_workers=args.data_workers, max_seconds=args.max_seconds, precision=args.precision,
@@ -221,20 +343,29 @@ def train(args) -> int:
 
 
 def evaluate(args) -> int:
+    import torch
+
     from mamba_agent.checkpoint import CheckpointError
     from mamba_agent.eval.report import report as make_report
     from mamba_agent.eval.sweep import evaluate as run_eval
 
-    sizes = [int(s) for s in args.sizes.split(",")]
     if args.out.endswith(".gz"):
         raise UsageError(f"--out {args.out}: results are appended to plain JSONL; gunzip it and give the .jsonl")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {args.device}: CUDA is not available here; use cpu")
+    torch.set_num_threads(1)  # as solve: one token a row at a time, threads cost more than they give
     results = []
     for ckpt in args.checkpoints:
         try:
-            results += run_eval(ckpt, sizes, args.samples, args.out, args.batch_size, args.device)
+            results += run_eval(ckpt, args.sizes, args.samples, args.out, args.batch_size, args.device,
+                                stop_at_divergence=args.stop_at_divergence)
         except CheckpointError as e:
-            raise UsageError(str(e)) from None
-    print(make_report([r for r in results if r["size"] in sizes]))
+            raise UsageError(f"{ckpt}: {e}") from None
+        except ValueError as e:  # a size the checkpoint's task does not take
+            raise UsageError(f"--sizes: {e}") from None
+        except OSError as e:
+            raise UsageError(f"--out {args.out}: cannot write it ({e.strerror or e})") from None
+    print(make_report([r for r in results if r["size"] in args.sizes]))
     return 0
 
 
@@ -245,9 +376,19 @@ def report(args) -> int:
 
     if not Path(args.results).is_file():
         raise UsageError(f"{args.results}: no such results file")
-    text = make_report(args.results, args.out_dir)
     if args.out_dir:
-        (Path(args.out_dir) / "report.md").write_text(text)
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UsageError("--out-dir: plots need matplotlib: pip install 'mamba-agent[plots]'") from None
+    try:
+        text = make_report(args.results, args.out_dir)
+        if args.out_dir:
+            (Path(args.out_dir) / "report.md").write_text(text)
+    except (KeyError, ValueError) as e:
+        raise UsageError(f"{args.results}: not results of `mamba-agent eval` ({e.__class__.__name__}: {e})") from None
+    except OSError as e:
+        raise UsageError(f"--out-dir {args.out_dir}: cannot write there ({e.strerror or e})") from None
     print(text)
     return 0
 
@@ -261,10 +402,10 @@ def locality(args) -> int:
     try:
         task = get_task(args.task)
     except ValueError as e:
-        raise UsageError(str(e)) from None
+        raise UsageError(f"--task: {e}") from None
     rng = random.Random(0)
+    sizes = args.sizes or list(range(1, task.train_max_size + 3))
     try:
-        sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(range(1, task.train_max_size + 3))
         trajs = [task.oracle(task.random_problem(rng, n)) for n in sizes for _ in range(args.per_size)]
     except ValueError as e:  # pydantic's ValidationError is one
         why = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)

@@ -1,9 +1,12 @@
 """Console helpers shared by the commands: one progress bar, stderr for anything transient."""
 
+import sys
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-stderr = Console(stderr=True)
+# Not a terminal (a log file, CI): no 80-column wrapping of status lines and results.
+stderr = Console(stderr=True, width=None if sys.stderr.isatty() else 400)
 
 
 class Bar:

@@ -5,14 +5,15 @@ runtime must force into the model next. The runtime loop, the oracles and the te
 episodes through this one method, so a replayed oracle goes through exactly the code a policy does.
 
 Malformed model output never raises: a token only tools may produce ([EDGE], [ERR], [/OBS], ...),
-a command no tool of this task answers, a second [ANS], or an [END] with no open argument is
-recorded as a command and answered with [ERR]. Too many in a row ends the episode.
+a command no tool of this task answers, a second [ANS], an [END] with no open argument, or a
+special token inside an argument (which drops the argument) is recorded as a command and answered
+with [ERR]. Too many in a row ends the episode.
 """
 
 import time
 from collections.abc import Callable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mamba_agent.tools import Tool
 from mamba_agent.trajectory import COMMAND, INPUT, OBSERVATION, OUTPUT, THOUGHT, Trajectory, TrajectoryWriter
@@ -29,11 +30,11 @@ DIVERGED = "diverged"  # evaluation only: the model left the oracle trajectory
 class Limits(BaseModel, use_attribute_docstrings=True):
     model_config = ConfigDict(extra="forbid")
 
-    max_tokens: int | None = None
+    max_tokens: int | None = Field(None, gt=0)
     """Most tokens in the whole trajectory (input included); None: the task's own default."""
-    max_seconds: float = 3600.0
+    max_seconds: float = Field(3600.0, gt=0)
     """Wall-clock limit for one episode, in seconds."""
-    max_format_errors: int = 20
+    max_format_errors: int = Field(20, ge=1)
     """Malformed commands in a row before the episode ends."""
 
 
@@ -47,15 +48,18 @@ class Episode:
         writer: TrajectoryWriter | None = None,
         keep: bool = False,
         expected: list[int] | None = None,
+        stop_at_divergence: bool = True,
         on_tool_call: Callable[[list[int], list[int]], None] | None = None,
     ):
         """`prompt`: input tokens ([BOS] first). `keep`: hold the trajectory in memory (oracles,
         tests; the runtime streams to `writer` instead). `expected`: the oracle's model tokens;
-        the episode ends as `diverged` at the first token that differs (exact-match evaluation).
+        `diverged_at` is the index of the first model token that differs from them, and with
+        `stop_at_divergence` the episode ends there as `diverged` (exact trajectory decided).
         `on_tool_call(command, observation)`: called after each command with an argument
         (`[RUN]...[END]`, `[FIND]...[END]`: the calls worth showing a person), with their tokens."""
         self.prompt, self.tools, self.limits = prompt, tools, limits
         self.max_tokens, self.writer, self.expected = max_tokens, writer, expected
+        self.stop_at_divergence, self.diverged_at = stop_at_divergence, None
         self.on_tool_call = on_tool_call
         self.trajectory = Trajectory() if keep else None
         # Dispatch tables, built once: token id -> tool.
@@ -66,13 +70,22 @@ class Episode:
         self.output: list[int] = []
         self.n_tokens, self.n_model_tokens, self.format_errors = 0, 0, 0
         self.exit: str | None = None
+        self.n_fed = 0  # prompt and observation tokens the runtime has fed to the policy so far
         self.started = time.monotonic()
         for t in prompt:
             self._record(t, INPUT)
+        if self.n_tokens >= max_tokens:  # the question alone is over the limit: never read it
+            self.exit = TOKEN_LIMIT
 
     @property
     def done(self) -> bool:
         return self.exit is not None
+
+    @property
+    def exact(self) -> bool:
+        """Did the whole trajectory equal the oracle's (`expected`)? A finished episode that never
+        diverged produced exactly the expected model tokens, [EOS] last."""
+        return self.expected is not None and self.exit == FINISHED and self.diverged_at is None
 
     @property
     def answer(self) -> str:
@@ -84,14 +97,15 @@ class Episode:
 
     def act(self, token: int) -> list[int]:
         """Record one model token, carry it out, and return the observation to force next."""
-        if self.expected is not None:
+        if self.expected is not None and self.diverged_at is None:
             i = self.n_model_tokens
             if i >= len(self.expected) or self.expected[i] != token:
-                # The verdict is decided: record the token, carry nothing out (no tool call).
-                self.exit = DIVERGED
-                self.n_model_tokens += 1
-                self._record(token, self._role(token))
-                return []
+                self.diverged_at = i
+                if self.stop_at_divergence:  # record the token, carry nothing out (no tool call)
+                    self.exit = DIVERGED
+                    self.n_model_tokens += 1
+                    self._record(token, self._role(token))
+                    return []
         self.n_model_tokens += 1
         obs = self._carry_out(token)
         for t in obs:
@@ -113,9 +127,13 @@ class Episode:
         if self._open_arg is not None:  # inside an argument: ordinary tokens until [END]
             self._record(token, COMMAND)
             command, tool, argument = self._open_arg
-            if token != END:
+            if token < 256:
                 argument.append(token)
                 return []
+            if token != END:  # a special token inside an argument: the command is malformed
+                self._open_arg = None
+                self.format_errors += 1
+                return [ERR]
             self._open_arg = None
             obs = tool.command(command, argument)
             if self.on_tool_call is not None:
@@ -174,10 +192,11 @@ class Episode:
             "tokens": self.n_tokens,
             "seconds": round(self.seconds, 4),
         }
-        if self.exit == DIVERGED:  # the token that left the oracle is the last one recorded
-            i = self.n_model_tokens - 1
-            end["diverged_at"] = self.n_tokens - 1
-            end["oracle_token"] = decode(self.expected[i : i + 1]) if i < len(self.expected) else None
+        if self.expected is not None:  # an evaluation: where the model left the oracle (None: never)
+            end["diverged_at"] = self.diverged_at
+            if self.diverged_at is not None:  # and the oracle's token there (None: the oracle had ended)
+                i = self.diverged_at
+                end["oracle_token"] = decode(self.expected[i : i + 1]) if i < len(self.expected) else None
         if self.writer is not None:
             self.writer.close(end)
         return end

@@ -7,23 +7,21 @@ Every token the fresh episode records (the prompt, each token's role, every obse
 equal the recorded one, and then the exit, the answer and the checker's verdict the `end` line.
 
 The file does not record the limits the run had, so the replay has none but the recorded
-length: of an exit that a limit decided (time_limit, format_errors) it checks only that the
-replay did not end otherwise. A `diverged` episode (an exact-match evaluation) is replayed
-against its oracle again, so it must leave it at the same token.
+length: of an exit decided outside the tokens (time_limit, format_errors, an interruption) it
+checks only that the replay did not finish or diverge there. An episode evaluated against its oracle (its end line has
+`diverged_at`) is replayed against the oracle again, so it must leave it at the same token, and
+end there if it ended there (`diverged`).
 """
 
 import math
 from pathlib import Path
 
-from mamba_agent.episode import DIVERGED, FINISHED, FORMAT_ERRORS, TIME_LIMIT, TOKEN_LIMIT, Limits
+from mamba_agent.episode import DIVERGED, FINISHED, FORMAT_ERRORS, TOKEN_LIMIT, Limits
 from mamba_agent.sandboxes import SandboxUnavailable
 from mamba_agent.tasks import get_task
 from mamba_agent.trajectory import (COMMAND, LEARNED_ROLES, OBSERVATION, ROLE_NAMES, Trajectory, TrajectoryError,
                                     read_trajectory)
 from mamba_agent.vocab import decode
-
-EXITS = (FINISHED, TOKEN_LIMIT, TIME_LIMIT, FORMAT_ERRORS, DIVERGED)
-
 
 def replay(path: str | Path) -> tuple[bool, str]:
     """(True, a summary) when everything matches, else (False, the first difference, one line).
@@ -34,14 +32,14 @@ def replay(path: str | Path) -> tuple[bool, str]:
             after what is there replayed identically).
     """
     header, rec, end = read_trajectory(path)
-    if end is not None and end.get("exit") not in EXITS:
-        raise TrajectoryError(f"{path}: end line: exit {end.get('exit')!r} is none of {', '.join(EXITS)}")
     task, problem = _rebuild(path, header)
     n = len(rec)
-    expected = task.oracle(problem).model_tokens() if end is not None and end["exit"] == DIVERGED else None
+    evaluated = end is not None and ("diverged_at" in end or end.get("exit") == DIVERGED)
+    expected = task.oracle(problem).model_tokens() if evaluated else None
     limits = Limits(max_seconds=math.inf, max_format_errors=n + 1)
     try:
-        ep = task.episode(problem, keep=True, max_tokens=max(n, 1), limits=limits, expected=expected)
+        ep = task.episode(problem, keep=True, max_tokens=max(n, 1), limits=limits, expected=expected,
+                          stop_at_divergence=end is not None and end.get("exit") == DIVERGED)
     except SandboxUnavailable as e:
         raise TrajectoryError(f"{path}: replaying {task.name} needs its sandbox, which cannot run here: {e}") from None
 
@@ -65,13 +63,14 @@ def replay(path: str | Path) -> tuple[bool, str]:
         raise TrajectoryError(f"{path}: truncated (no end line: the run did not finish); its {n:,} tokens "
                               "replay identically, but there is no exit or verdict to check")
 
-    if end["exit"] in (FINISHED, DIVERGED, TOKEN_LIMIT) and ep.exit != end["exit"]:
-        return False, f"{path}: exit: recorded {end['exit']}, the replay ends {ep.exit or 'unfinished'}"
-    if end["exit"] in (TIME_LIMIT, FORMAT_ERRORS) and ep.exit in (FINISHED, DIVERGED):
-        return False, f"{path}: exit: recorded {end['exit']}, the replay ends {ep.exit}"
-    if end["exit"] == FORMAT_ERRORS and ep.format_errors == 0:
+    exit = end.get("exit")
+    if exit in (FINISHED, DIVERGED, TOKEN_LIMIT) and ep.exit != exit:
+        return False, f"{path}: exit: recorded {exit}, the replay ends {ep.exit or 'unfinished'}"
+    if exit not in (FINISHED, DIVERGED, TOKEN_LIMIT) and ep.exit in (FINISHED, DIVERGED):
+        return False, f"{path}: exit: recorded {exit}, the replay ends {ep.exit}"
+    if exit == FORMAT_ERRORS and ep.format_errors == 0:
         return False, f"{path}: exit: recorded format_errors, but the replay's last command was well formed"
-    for key, value in (("tokens", n), ("answer", ep.answer), ("diverged_at", n - 1 if ep.exit == DIVERGED else None)):
+    for key, value in (("tokens", n), ("answer", ep.answer), ("diverged_at", ep.diverged_at)):
         if end.get(key, value) != value:
             return False, f"{path}: end line: {key} is {_short(end[key])}, the trajectory's is {_short(value)}"
     verdict = task.check(problem, ep.answer, ep.tools)
@@ -81,7 +80,7 @@ def replay(path: str | Path) -> tuple[bool, str]:
     checked = "verdict" if end.get("correct") is not None else f"verdict (not recorded; the checker says {verdict})"
     n_obs = rec.roles.count(OBSERVATION)
     return True, (f"{path}: {n:,} tokens replayed through fresh {task.name} tools: all {n_obs:,} observation "
-                  f"tokens, the exit ({end['exit']}), the answer and the {checked} match")
+                  f"tokens, the exit ({exit}), the answer and the {checked} match")
 
 
 def _rebuild(path, header: dict):

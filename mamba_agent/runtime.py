@@ -21,6 +21,8 @@ from mamba_agent.episode import Episode
 from mamba_agent.policies.base import Decoder
 from mamba_agent.vocab import PAD
 
+PREFILL_SLICE = 4096  # forced tokens a row prefills per call: a long prompt still reports progress
+
 
 class Sampler:
     """Greedy (temperature 0) or temperature sampling with its own seeded generator."""
@@ -77,6 +79,10 @@ def run_episodes(
     def take(r: int) -> None:
         nonlocal blocking
         rows[r] = next(pending, None)
+        while rows[r] is not None and rows[r].done:  # over a limit before its first token
+            if on_done is not None:
+                on_done(rows[r])
+            rows[r] = next(pending, None)
         queues[r].clear()
         if rows[r] is not None:
             queues[r].extend(rows[r].prompt)
@@ -89,9 +95,11 @@ def run_episodes(
             live = [r for r in range(batch_size) if rows[r] is not None]
             if not live:
                 break
-            chunk = min(len(queues[r]) for r in live)
+            chunk = min(PREFILL_SLICE, *(len(queues[r]) for r in live))
             if chunk > 1:  # every live row has forced tokens: prefill them together
                 tokens = [[queues[r].popleft() for _ in range(chunk)] if rows[r] else [PAD] * chunk for r in range(batch_size)]
+                for r in live:
+                    rows[r].n_fed += chunk
                 sampled = sampler(decoder.prefill(tokens))
             else:
                 tokens = [PAD] * batch_size
@@ -115,10 +123,12 @@ def run_episodes(
                                 take(r)
                                 if rows[r] is not None:
                                     tokens[r] = queues[r].popleft()
+                                    rows[r].n_fed += 1
                             continue
                         tokens[r] = sampled[r]
                     else:
                         tokens[r] = queue.popleft()
+                        ep.n_fed += 1
                 if not refill_rows and all(ep is None for ep in rows):
                     decoder = make_decoder(policy, batch_size, device)  # a new wave on a fresh state
                     for r in range(batch_size):

@@ -11,11 +11,12 @@ Everything but `task` and one of `input`/`size` has a default. Errors name the f
 """
 
 import random
+import re
 import time
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mamba_agent.episode import Limits
 from mamba_agent.tasks import TASKS, Problem, get_task
@@ -27,17 +28,29 @@ class TaskFileError(Exception):
     """A task file that cannot be used; the message names the file, the field and the fix."""
 
 
+def device_name(device: str) -> str:
+    """`device` if it names a device policies run on (cpu, cuda, cuda:N); else ValueError."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValueError(f"{device!r} is not a device here: use cpu, or cuda (cuda:N) on a machine with an NVIDIA GPU")
+    return device
+
+
 class PolicySettings(BaseModel, use_attribute_docstrings=True):
     model_config = ConfigDict(extra="forbid")
 
     checkpoint: str | None = None
     """A checkpoint folder, or builtin:<name>; default: the checkpoint shipped for the task."""
     device: str = "cpu"
-    """Where the policy runs: cpu or cuda."""
-    temperature: float = 0.0
+    """Where the policy runs: cpu, cuda or cuda:N."""
+    temperature: float = Field(0.0, ge=0)
     """0 decodes greedily; above 0 samples."""
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     """Seed of the sampler (temperature > 0)."""
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        return device_name(v)
 
 
 class TaskFile(BaseModel, use_attribute_docstrings=True):
@@ -51,7 +64,7 @@ class TaskFile(BaseModel, use_attribute_docstrings=True):
     """The problem, in the family's own fields (addition: a, b)."""
     size: int | None = None
     """Instead of `input`: a random problem of this size."""
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     """Seed of the random problem (with `size`)."""
     policy: PolicySettings = PolicySettings()
     """Which policy solves it and how it decodes."""
@@ -66,8 +79,8 @@ class TaskFile(BaseModel, use_attribute_docstrings=True):
             raise ValueError(f"task: unknown task {self.task!r}; valid tasks: {', '.join(sorted(TASKS))}")
         if (self.input is None) == (self.size is None):
             raise ValueError("give exactly one of `input:` (the problem) or `size:` (a random problem)")
-        if self.size is not None and self.size < 1:
-            raise ValueError(f"size: must be at least 1, got {self.size}")
+        if self.size is not None and (why := get_task(self.task).size_error(self.size)):
+            raise ValueError(f"size: {why}")
         if self.version != TASKFILE_VERSION:
             raise ValueError(f"version: this mamba-agent reads task files of version {TASKFILE_VERSION}")
         return self
@@ -88,6 +101,10 @@ def load_taskfile(path: str | Path) -> tuple[TaskFile, Problem]:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise TaskFileError(f"{path}: no such task file") from None
+    except IsADirectoryError:
+        raise TaskFileError(f"{path} is a folder: give a task file, e.g. tasks/examples/addition.yaml") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TaskFileError(f"{path}: cannot be read ({getattr(e, 'strerror', None) or e.__class__.__name__})") from None
     except yaml.YAMLError as e:
         raise TaskFileError(f"{path}: not valid YAML ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -13,11 +13,11 @@ tokens with the same role, streamed as the episode runs, then an `end` line:
   {"role": "command", "tokens": [262], "text": "[P1.read]"}
   {"end": {"exit": "finished", "answer": "...", "correct": true, "tokens": 1234, "seconds": 0.8}}
 A crash loses at most the last unflushed second; a file without an `end` line is a crash. An
-episode that left the oracle in an exact-match evaluation (exit `diverged`) also records, in its
-`end` line, `diverged_at` (the index of that token, counting from the first input token: it is
-the last token recorded) and `oracle_token` (the oracle's token there, as text; null where the
-oracle had already ended). Readers ignore keys they do not know, so version 1 files with and
-without them read alike.
+episode evaluated against its oracle (exact match) also records, in its `end` line, `diverged_at`:
+the index of its first model token (thought, command, output; counted from 0) that differs from
+the oracle's, null if none did; and where one did, `oracle_token`: the oracle's token there, as
+text (null where the oracle had already ended). Readers ignore keys they do not know, so version
+1 files with and without them read alike.
 """
 
 import json

@@ -41,18 +41,31 @@ class Task:
     name: str
     Input: type[BaseModel]  # schema of a task file's `input:` section
     train_max_size: int  # the largest size in the training distribution (marked in reports)
+    max_size: int  # the largest size random problems (task files' `size:`, eval's --sizes) may have
+    version: int  # of the oracle trajectory: bumped whenever it changes (CHANGELOG.md); checkpoints record it
 
     def problem(self, input: dict) -> Problem:
         """A problem from a task file's `input:` (raises pydantic.ValidationError)."""
         raise NotImplementedError
 
     def random_problem(self, rng: random.Random, size: int) -> Problem:
-        """A random problem of the given size (evaluation)."""
+        """A random problem of the given size, 1..max_size (evaluation)."""
         raise NotImplementedError
+
+    def size_error(self, size: int) -> str | None:
+        """Why `size` is no size of this task (None: it is one)."""
+        if not 1 <= size <= self.max_size:
+            return f"{self.name} takes sizes 1..{self.max_size:,}, got {size:,}"
+        return None
 
     def training_problem(self, rng: random.Random) -> Problem:
         """A problem from the training distribution."""
         raise NotImplementedError
+
+    def edge_cases(self, size: int) -> list[Problem]:
+        """Problems every evaluation at `size` starts with (carry chains, zero digits), before
+        the random ones; none by default."""
+        return []
 
     def tools(self, problem: Problem) -> list[Tool]:
         raise NotImplementedError

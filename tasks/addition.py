@@ -64,8 +64,10 @@ def column_sum(a: str, b: str) -> str:
 
 class Addition(Task):
     name = "addition"
+    version = 1
     Input = AdditionInput
     train_max_size = 5  # the paper trains on 1..5-digit operands
+    max_size = 10_000_000  # digits; a run of that size is ~380M tokens
 
     def problem(self, input: dict) -> Problem:
         x = AdditionInput.model_validate(input)

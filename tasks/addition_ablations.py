@@ -62,6 +62,7 @@ from mamba_agent.vocab import ANS, END, EOS, OBS_END, RUN, encode, pointer_comma
 
 class AdditionNoCoT(Addition):
     name = "addition-nocot"
+    version = 1
 
     def tools(self, problem: Problem) -> list:
         return []
@@ -129,6 +130,7 @@ class _MirroredTape:
 
 class AdditionCoTNoTool(Addition):
     name = "addition-cot-notool"
+    version = 1
 
     def tools(self, problem: Problem) -> list:
         return [Unanswered(n_pointers=3)]
@@ -143,6 +145,7 @@ class AdditionCoTNoTool(Addition):
 
 class AdditionCalculator(Addition):
     name = "addition-calculator"
+    version = 1
 
     def problem(self, input: dict) -> Problem:
         p = super().problem(input)

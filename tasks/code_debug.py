@@ -1,70 +1,35 @@
 """Code debugging (the paper's code-fixing task): thread `v10` from main.py down to foo.py.
 
-The codebase: `size` = n Python functions, one per file (`f417.py` holds `def f417`), named from
-f0..f999 at random, the last one `foo`, plus main.py whose `main()` defines v0..v10 and calls some
-functions. Functions call later functions (a DAG: each function is called by one of the three
-before it, and some by a second, earlier one; main's calls count as callers), so every function
-runs and foo is reached by at least one path. Parameters are drawn from v0..v9, each function does
-one line of arithmetic, and foo prints `foo <value> <v10>`. The bug: main defines v10 and foo uses
-it, but no function passes it, so `python3 main.py` dies with a NameError in foo and the traceback
-names the files on the failing call path. The fix: v10 becomes the last parameter of every
-function on a path from main to foo, and the last argument of every call on those paths.
-Executions are bounded: a second caller is added only while every function together runs at most
-4n times (the number of paths from main grows exponentially in a dense DAG).
+The codebase: n Python functions, one per file (`f417.py` holds `def f417`), the last one `foo`,
+plus main.py whose `main()` defines v0..v10 and calls some of them. Calls form a DAG (each
+function is called by one of the three before it, some by a second, earlier one), so every
+function runs and foo is reached by at least one path; executions stay under 4n. The bug: main
+defines v10 and foo prints it, but nobody passes it, so `python3 main.py` dies with a NameError
+whose traceback names the files on the failing path. The fix: v10 becomes a parameter of every
+function with a path to foo and an argument of every call to one.
 
-Interactive oracle (the one to train on), one round:
-    [RUN]<RUN_COMMAND>[END] -> exit 1 and the end of a traceback (or exit 0: `[ANS]fixed[EOS]`)
-    then, walking the traceback's frames from the last (closest to foo) up, at most 3 files:
-    [VIEW]file[END] -> numbered lines
-    [EDIT]file:D-D\\n<def line with `, v10` appended to the parameters>[END]  (if not there yet)
-    [EDIT]file:C-C\\n<the traced call line with `, v10` appended to the arguments>[END]
-      (the call line C is the frame's line in the traceback; there is none for the frame that
-      raised the NameError, which is foo's use of v10)
-    and stop at main.py, at a file whose def already had v10 (its callers already pass it), or
-    after the third file. Every decision reads the last traceback and the file just viewed; the
-    next round's traceback (a TypeError "missing ... 'v10'" at a caller of a fixed function)
-    shows what is left. Rounds go until the program runs.
-Single-turn oracle: view every file listed in the prompt, then every edit (defs and calls of
-every function that reaches foo, worked out from the viewed code), then one run, then the answer.
+Interactive oracle (the one to train on), one round: `[RUN]` the program; if it fails, walk the
+traceback's frames from the one nearest foo up, at most 3 files: `[VIEW]` the file, `[EDIT]` its
+def line to take v10 (unless it does) and the traced call line to pass it; stop at main.py or at
+a def that already had v10. Rounds go until the program runs; then `[ANS]fixed[EOS]`. The
+single-turn oracle views every file, makes every edit, runs once.
 
-Locality (shared/locality.md): neither trajectory is k-local for a small k, and cannot be made so:
-files and tracebacks are variable-length content, and the name of the next file to view, the
-line number of a call and the text of a line to rewrite are copied from an observation tens to
-hundreds of tokens back. Measured (smallest conflict-free k, tests/test_code_debug.py, one
-codebase per size 4..16): interactive 100 (124 with four per size; 131 over sizes 17..64, 131 all
-together), single-turn 51 (78 with four per size, 111 over 4..64); the pointer tasks have 7..11.
-What the interactive design bounds is how far back a copy reaches: a file has at most 9 calls
-and one assignment at any n, the run shows only the last 12 lines (the 4 frames nearest the
-error), and a round works on the last 3 frames, nearest first; its k levels off near 130 as n
-grows. The single-turn agent must carry what it read in every file to the edits, a distance that
-grows with n; its in-sample k is lower only because random names make long contexts unique (a
-conflict-free k is a lower bound on what the model must remember, not the distance it copies
-over). Expect weaker length generalisation than on the pointer tasks either way.
+Neither trajectory is k-local for a small k (names, line numbers and whole lines are copied from
+observations up to ~130 tokens back; `mamba-agent locality --task code_debug`): expect weaker
+length generalisation than on the pointer tasks. The interactive design bounds how far back a
+copy reaches (a file has at most 9 calls; the run shows the last 12 lines).
 
-The oracle's runs (`oracle_runs`, default "simulated"): the oracle only runs code that the
-generator wrote and it edited itself, so its `[RUN]` observations and its final check are
-computed by code_debug_sim, an interpreter of the generated grammar (through `ast`; nothing is
-executed) that writes what CPython 3.11 prints, byte for byte, and raises rather than guess
-outside that grammar. Training data (`training_problem` + `oracle`, as train.py calls them)
-and the sweep's reference trajectories then need no sandbox, no bubblewrap and no Python start:
-15-25 ms a trajectory at n = 4..16 on one core here, against about 310 ms through bubblewrap
-(about 40 ms per sandboxed run, 4.9 runs a trajectory, plus a probe and a run for the check).
-`oracle_runs="sandbox"` sends them through `backend` instead: tests/test_code_debug.py checks
-that both give token-identical trajectories (sizes 2..16, 32, 64; train.py's own draws; both
-oracles). A policy's commands are arbitrary code: `tools(problem)`, which builds every episode
-a policy drives (`solve`, `eval`), and `check` always use the real `backend` sandbox.
+The oracle's runs are simulated by default (`code_debug_sim`: CPython 3.11's output for this
+grammar, byte for byte, computed through `ast`, nothing executed): training needs no sandbox. A
+policy's commands, and the checker, always run in the real `backend` sandbox.
 
-Workspaces: `tools(problem)` renders the codebase into a fresh temporary directory per episode,
-owned by a `Workspace` object that the episode's tools hold; the directory is removed when the
-last of them is dropped (weakref.finalize), and at interpreter exit. `check` reads the files
-through the episode's tools, so episodes of one problem never see each other's workspace.
-
-Checker: the answer must be `fixed`; the workspace's files, copied to a fresh directory, must run
-in the sandbox with exit 0 and print `foo ... <v10>` with the value main set, once per path from
-main to foo in the original codebase; and (ast) in the code as it now is, every function that
-reaches foo has a v10 parameter that every call to it from main or from such a function passes
-the name v10 to (same position, or v10=v10).
+Checker (`CodeDebug.rejection`): what a maintainer would merge. The answer is `fixed`; the code
+differs from the original only by threading v10 (ASTs compared: each changed def gains one `v10`
+parameter without a default, each call to it passes `v10` there or as `v10=v10`, and exactly the
+functions with a path to foo are changed); and main.py, copied with the other files to a fresh
+directory, exits 0 and prints byte for byte what the maintainer's fix (`fixed_files`) prints.
 """
+
 
 import ast
 import random
@@ -72,7 +37,7 @@ import re
 import shutil
 import tempfile
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import jinja2
@@ -142,6 +107,26 @@ class Codebase:
         """Number of call paths from main to foo (how many times foo runs)."""
         return _path_counts(self)["foo"]
 
+    def reaching(self) -> set[str]:
+        """The functions with a call path to foo, foo included: exactly these must take v10."""
+        reach = set()
+        for f in reversed(self.functions):  # DAG order: callees come after their callers
+            if f.name == "foo" or any(callee in reach for callee, _ in f.calls):
+                reach.add(f.name)
+        return reach
+
+    def fixed_files(self) -> dict[str, str]:
+        """The files as a maintainer fixes them: v10 the last parameter of every function that
+        reaches foo and the last argument of every call to one (what the oracles write)."""
+        reach = self.reaching()
+
+        def thread(calls):
+            return [(c, a + ["v10"] if c in reach else a) for c, a in calls]
+
+        functions = [replace(f, params=f.params + ["v10"] if f.name in reach else f.params, calls=thread(f.calls))
+                     for f in self.functions]
+        return replace(self, main_calls=thread(self.main_calls), functions=functions).files()
+
 
 def _imports(calls) -> list[str]:
     return sorted({c for c, _ in calls})
@@ -208,9 +193,11 @@ class Workspace:
 
 class CodeDebug(Task):
     name = "code_debug"
+    version = 1
     Input = CodeDebugInput
     train_sizes = (4, 16)  # the paper trains on n in 4..16
     train_max_size = 16
+    max_size = 1000  # functions f0..f999 and foo
     single_turn = False  # True: `solve` drives the single-turn oracle instead
 
     def __init__(self, backend: str = "bubblewrap", limits: SandboxLimits | None = None,
@@ -257,47 +244,59 @@ class CodeDebug(Task):
             return super().oracle(problem)
         episode = Episode(problem.prompt, self.tools(problem, simulated=True), self.max_tokens(problem), keep=True)
         self.solve(episode, problem)
-        if episode.exit != FINISHED or not self._check(problem, episode.answer, episode.tools, self._run_simulated):
-            raise AssertionError(f"{self.name} oracle failed on {problem.input!r}: {episode.exit}")
+        why = self.rejection(problem, episode.answer, episode.tools, self._run_simulated)
+        if episode.exit != FINISHED or why:
+            raise AssertionError(f"{self.name} oracle failed on {problem.input!r}: {episode.exit} {why or ''}")
         return episode.trajectory
 
     def check(self, problem: Problem, answer: str, tools=()) -> bool:
         """The episode's files (through its edit tool) must be fixed, and the answer `fixed`."""
-        return self._check(problem, answer, tools, self._run_in_sandbox)
+        return self.rejection(problem, answer, tools) is None
 
-    def _check(self, problem: Problem, answer: str, tools, run) -> bool:
+    def rejection(self, problem: Problem, answer: str, tools=(), run=None) -> str | None:
+        """Why the episode's fix would not be merged (None: it would). The answer is `fixed`; the
+        code differs from the original only by threading v10 (`threading_error`); and main.py,
+        copied with the other files to a fresh directory, runs in the `backend` sandbox (or
+        `run(files, limits)`), exits 0 and prints byte for byte what the maintainer's fix prints."""
         workspace = next((t.workspace for t in tools if isinstance(t, FileEdit)), None)
-        if answer != ANSWER or workspace is None:
-            return False
+        if answer != ANSWER:
+            return f"the answer is {answer[:40]!r}, not {ANSWER!r}"
+        if workspace is None:
+            return "the episode has no workspace"
         cb = generate(problem.input["size"], problem.input["seed"])
-        files = {}
-        for name in cb.files():
+        original, files = cb.files(), {}
+        for name in original:
             try:
                 files[name] = (workspace / name).read_text()
-            except (OSError, UnicodeDecodeError):
-                return False
-        if not threaded(files):
-            return False
-        exit_code, stdout = run(files)
-        lines = stdout.splitlines()
-        return (exit_code == 0 and len(lines) == cb.foo_paths()
-                and all(line.startswith("foo ") and line.split()[-1] == str(cb.v10) for line in lines))
+            except (OSError, UnicodeDecodeError) as e:
+                return f"{name}: cannot be read ({e.__class__.__name__})"
+        if why := threading_error(original, files, cb.reaching()):
+            return why
+        reference = run_main(cb.fixed_files().get, "/check")[1]
+        # Room for one byte more than the reference: longer output shows as a difference.
+        limits = self.limits.model_copy(update={"output_bytes": len(reference.encode()) + 1})
+        exit_code, stdout = (run or self._run_in_sandbox)(files, limits)
+        if exit_code != 0:
+            return f"main.py exits {exit_code}"
+        if stdout != reference:
+            return "main.py prints other output than the fixed original"
+        return None
 
-    def _run_in_sandbox(self, files: dict[str, str]) -> tuple[int, str]:
+    @staticmethod
+    def _run_simulated(files: dict[str, str], limits: SandboxLimits) -> tuple[int, str]:
+        exit_code, stdout, _ = run_main(files.get, "/check")
+        return exit_code, stdout
+
+    def _run_in_sandbox(self, files: dict[str, str], limits: SandboxLimits) -> tuple[int, str]:
         """(exit status, stdout) of `files`' main.py, copied to a fresh directory, in `backend`."""
         scratch = Workspace(files)
-        sandbox = get_sandbox(self.backend, scratch.path, self.limits)
+        sandbox = get_sandbox(self.backend, scratch.path, limits)
         try:
             r = sandbox.run(CHECK_ARGV)
         finally:
             close_in_background(sandbox)
             scratch.cleanup()
         return r.exit_code, r.stdout
-
-    @staticmethod
-    def _run_simulated(files: dict[str, str]) -> tuple[int, str]:
-        exit_code, stdout, _ = run_main(files.get, "/check")
-        return exit_code, stdout
 
     def solve(self, episode: Episode, problem: Problem) -> None:
         (solve_single_turn if self.single_turn else solve_interactive)(episode, problem)
@@ -311,43 +310,78 @@ class CodeDebugSingleTurn(CodeDebug):
 
 # --- static check -------------------------------------------------------------------------------
 
-def threaded(files: dict[str, str]) -> bool:
-    """True when v10 is a parameter of every function that reaches foo, and every call to one of
-    them from main or from another of them passes `v10` into that parameter."""
-    defs, calls = {}, {}  # function name -> ast.FunctionDef; name -> [ast.Call]
-    for name, text in files.items():
+class _NotThreading(Exception):
+    """An edit other than threading v10; the message says where."""
+
+
+def threading_error(original: dict[str, str], fixed: dict[str, str], reaching: set[str]) -> str | None:
+    """Why `fixed` is not `original` with v10 threaded through exactly the functions in
+    `reaching` (None if it is). Allowed, and nothing else (compared as ASTs, so comments and
+    blank lines do not count): each def in `reaching` but main gains one `v10` parameter, at any
+    position, with no default; each call to one of them gains `v10` at that position or as
+    `v10=v10`. A global v10, a default, a mis-copied argument, a def or call threaded that need
+    not be: all are other edits."""
+    trees = {}
+    for name in original:
+        if name not in fixed:
+            return f"{name} is missing"
         try:
-            tree = ast.parse(text)
-        except SyntaxError:
-            return False
-        for node in tree.body:
-            if isinstance(node, ast.FunctionDef):
-                defs[node.name] = node
-                calls[node.name] = [c for c in ast.walk(node) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)]
-    if "main" not in defs or "foo" not in defs:
-        return False
-    reaches = {"foo"}
-    changed = True
-    while changed:
-        changed = False
-        for f, cs in calls.items():
-            if f not in reaches and any(c.func.id in reaches for c in cs):
-                reaches.add(f)
-                changed = True
-    for f in reaches - {"main"}:
-        if "v10" not in [a.arg for a in defs[f].args.args]:
-            return False
-    for f in reaches | {"main"}:
-        for c in calls[f]:
-            g = c.func.id
-            if g not in reaches or g == "main":
-                continue
-            i = [a.arg for a in defs[g].args.args].index("v10")
-            positional = i < len(c.args) and isinstance(c.args[i], ast.Name) and c.args[i].id == "v10"
-            keyword = any(k.arg == "v10" and isinstance(k.value, ast.Name) and k.value.id == "v10" for k in c.keywords)
-            if not (positional or keyword):
-                return False
-    return True
+            trees[name] = ast.parse(fixed[name])
+        except SyntaxError as e:
+            return f"{name}: syntax error on line {e.lineno}"
+    defs = {node.name: node for tree in trees.values() for node in tree.body if isinstance(node, ast.FunctionDef)}
+    position = {}  # function -> index of its v10 parameter
+    for function in sorted(reaching - {"main"}):
+        args = defs[function].args if function in defs else None
+        names = [a.arg for a in args.posonlyargs + args.args] if args else []
+        if names.count("v10") != 1 or args.posonlyargs:
+            return f"{function} must take v10 as one plain parameter"
+        position[function] = names.index("v10")
+        if args.defaults:
+            return f"{function}: a parameter has a default value"
+    strip = _StripThreading(position)
+    for name, source in original.items():
+        try:
+            stripped = strip.visit(trees[name])
+        except _NotThreading as e:
+            return f"{name}: {e}"
+        want, got = ast.unparse(ast.parse(source)).split("\n"), ast.unparse(stripped).split("\n")
+        if want != got:
+            i = next((i for i, (w, g) in enumerate(zip(want, got)) if w != g), min(len(want), len(got)))
+            seen = got[i].strip() if i < len(got) else "(nothing)"
+            wanted = want[i].strip() if i < len(want) else "(nothing)"
+            return f"{name}: an edit other than threading v10: {seen!r} where the original has {wanted!r}"
+    return None
+
+
+class _StripThreading(ast.NodeTransformer):
+    """Removes the allowed v10 parameter and arguments; what is left must equal the original."""
+
+    def __init__(self, position: dict[str, int]):
+        self.position = position
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.FunctionDef:
+        if node.name in self.position:
+            node.args.args = [a for a in node.args.args if a.arg != "v10"]
+        return self.generic_visit(node)
+
+    def visit_Call(self, node: ast.Call) -> ast.Call:
+        callee = node.func.id if isinstance(node.func, ast.Name) else None
+        if callee in self.position:
+            positional = [i for i, a in enumerate(node.args) if _is_v10(a)]
+            keyword = [k for k in node.keywords if k.arg == "v10"]
+            if positional == [self.position[callee]] and not keyword:
+                del node.args[positional[0]]
+            elif not positional and len(keyword) == 1 and _is_v10(keyword[0].value):
+                node.keywords.remove(keyword[0])
+            else:
+                raise _NotThreading(f"line {node.lineno}: the call to {callee} must pass v10 into its "
+                                    f"parameter v10 (argument {self.position[callee] + 1}, or v10=v10)")
+        return self.generic_visit(node)
+
+
+def _is_v10(node: ast.AST) -> bool:
+    return isinstance(node, ast.Name) and node.id == "v10"
 
 
 # --- oracles -------------------------------------------------------------------------------------

@@ -136,8 +136,10 @@ def format_moves(moves) -> str:
 
 class Hanoi(Task):
     name = "hanoi"
+    version = 1
     Input = HanoiInput
     train_max_size = 8  # the paper trains on up to 8 disks and tests to 12
+    max_size = MAX_DISKS
 
     def problem(self, input: dict) -> Problem:
         x = HanoiInput.model_validate(input)

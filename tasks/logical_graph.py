@@ -188,8 +188,10 @@ def random_program(rng: random.Random, n: int, pool: int = 26_000) -> str:
 
 class LogicalGraph(Task):
     name = "logical_graph"
+    version = 2
     Input = LogicalGraphInput
     train_max_size = 10  # training draws n uniformly from 1..10, as the paper; tests go to 1,000
+    max_size = 26_000 - N_INPUTS  # distinct 4-character names a000..z999
 
     def problem(self, input: dict) -> Problem:
         x = LogicalGraphInput.model_validate(input)

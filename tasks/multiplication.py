@@ -40,7 +40,8 @@ Length, per digit of a, the input digit included: 23 tokens for n x 1 (input 1, 
 The answer keeps the natural width of the algorithm: len(a) digits, more only where the final
 carry needs them; it is the product zero-padded to len(a) digits (`007*5` gives `035`,
 `123*0` gives `000`). Leading zeros of a are digits like any other; b may be `05` (a 2-digit
-multiplier, n x 2 trajectory). The checker compares values, so `35` is accepted for `007*5`.
+multiplier, n x 2 trajectory); training draws both so (b uniform over 00..99, a's digits
+uniform). The checker compares values, so `35` is accepted for `007*5`.
 """
 
 import random
@@ -102,12 +103,14 @@ class Multiplication(Task):
     """n x 1 and n x 2 mixed: random and training problems draw b's length from `b_digits`."""
 
     name = "multiplication"
+    version = 1
     Input = MultiplicationInput
     b_digits: tuple[int, ...] = (1, 2)
     # Training draws a with 1..train_max_size digits, as in the paper (which found 20 more
     # stable). Locality makes 10 enough in principle: every context of 9...9 x 99 at 1,000 digits
     # already occurs at 10 digits.
     train_max_size = 10
+    max_size = 10_000_000  # digits of a
 
     def problem(self, input: dict) -> Problem:
         x = MultiplicationInput.model_validate(input, context={"b_digits": self.b_digits})
@@ -120,10 +123,21 @@ class Multiplication(Task):
         )
 
     def random_problem(self, rng: random.Random, size: int) -> Problem:
-        return self.problem({"a": _number(rng, size), "b": _number(rng, rng.choice(self.b_digits))})
+        """a: `size` digits, the first nonzero; b: every string the task accepts alike (00..99)."""
+        return self.problem({"a": _number(rng, size), "b": _digits(rng, rng.choice(self.b_digits))})
 
     def training_problem(self, rng: random.Random) -> Problem:
-        return self.random_problem(rng, rng.randint(1, self.train_max_size))
+        """a: 1..train_max_size digits, each uniform (leading zeros too, as users write them); b as above."""
+        a = _digits(rng, rng.randint(1, self.train_max_size))
+        return self.problem({"a": a, "b": _digits(rng, rng.choice(self.b_digits))})
+
+    def edge_cases(self, size: int) -> list[Problem]:
+        """a = 9...9 times the largest b (the longest carry chain), and a random a times the
+        multipliers with a zero digit: 0, 1, 9, 10 (n x 2: 00, 01, 09, 10)."""
+        a = _number(random.Random(f"edge-{size}"), size)
+        cases = [("9" * size, "9" * width) for width in self.b_digits]
+        cases += [(a, b.rjust(width, "0")) for width in self.b_digits for b in ("0", "1", "9", "10") if len(b) <= width]
+        return [self.problem({"a": x, "b": y}) for x, y in cases]
 
     def tools(self, problem: Problem) -> list:
         return [PointerMemory(problem.prompt[1:], n_pointers=4)]
@@ -202,6 +216,11 @@ class MultiplicationBy2(Multiplication):
 
     name = "multiplication-2"
     b_digits = (2,)
+
+
+def _digits(rng: random.Random, n: int) -> str:
+    """n uniform random digits (leading zeros included)."""
+    return "".join(rng.choice("0123456789") for _ in range(n))
 
 
 def _number(rng: random.Random, n: int) -> str:

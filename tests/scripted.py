@@ -53,15 +53,14 @@ def replay_oracles(task, problems) -> list:
     return list(zip(oracles, episodes))
 
 
-def record(task, problem, path, expected=None, wrong_at=None) -> dict:
+def record(task, problem, path, wrong_at=None, **episode) -> dict:
     """Drive the oracle through an episode that streams to `path` (as solve does) and close it;
-    the end line. `wrong_at`: the model token there becomes a '7' (with `expected`, the oracle's
-    model tokens, the episode then diverges there)."""
+    the end line. `wrong_at`: the model token there becomes a '7' (with `expected=`, the oracle's
+    model tokens, the episode then diverges there). `episode`: more Episode arguments."""
     from mamba_agent.trajectory import TrajectoryWriter
     from mamba_agent.vocab import encode
 
-    ep = task.episode(problem, writer=TrajectoryWriter(path, {"task": task.name, "input": problem.input}),
-                      expected=expected)
+    ep = task.episode(problem, writer=TrajectoryWriter(path, {"task": task.name, "input": problem.input}), **episode)
     if wrong_at is None:
         task.solve(ep, problem)
     else:

@@ -37,15 +37,17 @@ def test_solve_json_with_the_shipped_mamba(tmp_path, capsys):
 
 def test_shipped_mamba_solves_held_out_sizes(tmp_path):
     results = evaluate("builtin:addition-mamba", [7, 40], samples=6, out=tmp_path / "r.jsonl", batch_size=12, progress=False)
-    assert len(results) == 12 and all(r["exact"] for r in results)
-    assert "| 100% (6) | 100% (6) | 5 -> 40 (100%) | 5 -> 1,000 (100%) |" in report(results)
+    assert len(results) == 12 and all(r["exact"] and r["correct"] for r in results)
+    table = report(results)
+    assert "| exact trajectory | 100% (6) | 100% (6) | 5 -> 40 (100%) | 5 -> 1,000 (100%) |" in table
+    assert "| correct | 100% (6) | 100% (6) | | |" in table
     again = evaluate("builtin:addition-mamba", [7, 40], samples=6, out=tmp_path / "r.jsonl", progress=False)
     assert len(again) == 12  # finished samples are not recomputed
 
 
 @pytest.mark.parametrize("checkpoint", ["builtin:multiplication-1-mamba", "builtin:multiplication-2-mamba"])
 def test_shipped_multiplication_mamba_solves_held_out_sizes(tmp_path, checkpoint):
-    """Trained on a of 1..20 digits; held out: 30 and 60 digits (measured 100% there, 8 each)."""
+    """Trained on a of 1..10 digits; held out: 30 and 60 digits."""
     results = evaluate(checkpoint, [30, 60], samples=4, out=tmp_path / "r.jsonl", batch_size=8, progress=False)
     assert len(results) == 8 and all(r["exact"] for r in results)
 
@@ -68,7 +70,7 @@ def test_report_puts_a_sliding_window_run_beside_the_papers_mistral_row():
     row = {"label": "runs/m1-window", "policy": "transformer", "sliding_window": 64, "task": "multiplication-1",
            "train_max_size": 10, "exit": "finished"}
     table = report([{**row, "size": 10, "exact": True}, {**row, "size": 20, "exact": False}])
-    assert "| runs/m1-window | transformer-window | 100% (1) | 0% (1) | 10 -> 10 (100%) | 10 -> 13 (25%) |" in table
+    assert "| runs/m1-window | transformer-window | exact trajectory | 100% (1) | 0% (1) | 10 -> 10 (100%) | 10 -> 13 (25%) |" in table
 
 
 def test_report_never_rounds_a_miss_up_to_100_percent():
@@ -232,6 +234,6 @@ def test_report_reads_gzipped_results_and_eval_refuses_to_append_to_them(tmp_pat
     with gzip.open(tmp_path / "r.jsonl.gz", "wt") as f:
         f.write(json.dumps(row) + "\n")
     assert main(["report", str(tmp_path / "r.jsonl.gz")]) == 0
-    assert "| runs/x | mamba | 100% (1) |" in capsys.readouterr().out
+    assert "| runs/x | mamba | exact trajectory | 100% (1) |" in capsys.readouterr().out
     assert main(["eval", "builtin:addition-mamba", "--sizes", "5", "--out", str(tmp_path / "r.jsonl.gz")]) == 2
     assert "gunzip" in capsys.readouterr().err

@@ -15,8 +15,11 @@ from mamba_agent.runtime import run_episodes
 from mamba_agent.sandboxes import SandboxLimits, get_sandbox
 from mamba_agent.sandboxes.bubblewrap import BubblewrapSandbox
 from mamba_agent.tasks import code_debug, get_task
-from mamba_agent.tasks.code_debug import ANSWER, CodeDebug, CodeDebugSingleTurn, Workspace, generate, threaded
+from mamba_agent.tasks.code_debug import (
+    ANSWER, CodeDebug, CodeDebugSingleTurn, Workspace, generate, threading_error,
+)
 from mamba_agent.tasks.code_debug_sim import CHECK_ARGV, RUN_ARGV, SimulatedSandbox, Unsupported
+from mamba_agent.tasks.code_debug_sim import run_main as simulate
 from mamba_agent.taskfile import load_taskfile
 from mamba_agent.tools import run as run_tool
 from mamba_agent.train import make_batch
@@ -69,7 +72,7 @@ def test_generator_is_deterministic_and_buggy():
     r = run_main(cb.files())
     assert r.exit_code == 1 and "NameError: name 'v10' is not defined" in r.stderr
     assert re.search(r'File "[^"]*foo.py", line \d+, in foo', r.stderr)
-    assert threaded(fixed(cb)) and not threaded(cb.files())
+    assert cb.fixed_files() == fixed(cb)  # the checker's reference is the hand-made fix
     r = run_main(fixed(cb))
     lines = r.stdout.splitlines()
     assert r.exit_code == 0 and len(lines) == cb.foo_paths() and all(x.split()[-1] == str(cb.v10) for x in lines)
@@ -91,19 +94,33 @@ def test_trajectory_lengths():
     assert lengths[4] < lengths[16] < lengths[32] < lengths[64] < 60_000
 
 
-def checked(files: dict[str, str], size: int, seed: int, answer: str = ANSWER) -> bool:
+def rejection(files: dict[str, str], size: int, seed: int, answer: str = ANSWER) -> str | None:
+    """The checker's reason to refuse `files` as a policy's episode leaves them (None: accepted)."""
     p = task.problem({"size": size, "seed": seed})
     tools = task.tools(p)  # an episode's tools: its workspace is what check reads
     for name, text in files.items():
         (tools[0].workspace / name).write_text(text)
-    return task.check(p, answer, tools)
+    why = task.rejection(p, answer, tools)
+    assert task.check(p, answer, tools) == (why is None)
+    return why
+
+
+def threads(cb) -> str | None:
+    return threading_error(cb.files(), cb.fixed_files(), cb.reaching())
+
+
+def test_the_maintainers_fix_is_accepted_at_every_size():
+    for n in (1, 2, 5, 16, 40):
+        cb = generate(n, n)
+        assert cb.fixed_files() == fixed(cb) and threads(cb) is None
+        assert threading_error(cb.files(), cb.files(), cb.reaching()).endswith("must take v10 as one plain parameter")
+    assert rejection(generate(20, 4).fixed_files(), 20, 4) is None
 
 
 def test_checker_rejects_unfixed_and_half_fixed():
     cb = generate(20, 4)
-    assert checked(fixed(cb), 20, 4)
-    assert not checked(cb.files(), 20, 4)  # unfixed
-    assert not checked(fixed(cb), 20, 4, answer="done")  # the answer is part of the protocol
+    assert rejection(cb.files(), 20, 4) is not None  # unfixed
+    assert "not 'fixed'" in rejection(cb.fixed_files(), 20, 4, answer="done")  # the answer is part of the protocol
     # half-fixed: the workspace after the first interactive round (foo and up to 2 callers)
     p = task.problem({"size": 20, "seed": 4})
     tokens = task.oracle(p).model_tokens()
@@ -112,25 +129,95 @@ def test_checker_rejects_unfixed_and_half_fixed():
     for t in tokens[: [i for i, t in enumerate(tokens) if t == RUN][1]]:  # up to the second run
         ep.act(t)
     half = {n: (ep.tools[0].workspace / n).read_text() for n in cb.files()}
-    assert half != cb.files() and not threaded(half) and not task.check(p, ANSWER, ep.tools)
+    assert half != cb.files() and not task.check(p, ANSWER, ep.tools)
+    assert "must take v10" in threading_error(cb.files(), half, cb.reaching())
     # a call on a path to foo deleted: foo runs fewer times than the codebase has paths
     many = next(s for s in range(50) if generate(12, s).foo_paths() > 1)
-    cb2 = generate(12, many)
-    files = fixed(cb2)
+    files = generate(12, many).fixed_files()
     main = files["main.py"].split("\n")
     call = next(i for i, line in enumerate(main) if line.startswith("    f") and "v10)" in line)
     files["main.py"] = "\n".join(main[:call] + main[call + 1 :])
-    assert not checked(files, 12, many)
+    assert "an edit other than threading v10" in rejection(files, 12, many)
 
 
-def test_checker_rejects_a_global_v10_that_runs():
-    """A module-level v10 in foo.py runs and prints the right value: only the ast check sees it."""
+def _miscopies(cb):
+    """Every fix with one argument of one call on a path to foo mis-copied from another name in
+    scope (as the shipped model did: `f535(v3, v3, v3)` -> `f535(v3, v3, v7, v10)`), each with
+    whether foo's printed values change."""
+    files, reference = cb.fixed_files(), simulate(cb.fixed_files().get, "/x")[1]
+    for name, text in files.items():
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
+            m = re.fullmatch(r"    (f\d+|foo)\((.*), v10\)", line)
+            if not m:
+                continue
+            args = m.group(2).split(", ")
+            for j, other in ((j, f"v{v}") for j in range(len(args)) for v in range(10)):
+                if other != args[j]:
+                    wrong = args[:j] + [other] + args[j + 1:]
+                    lines2 = lines[:i] + [f"    {m.group(1)}({', '.join(wrong)}, v10)"] + lines[i + 1:]
+                    bad = {**files, name: "\n".join(lines2)}
+                    code, out, _ = simulate(bad.get, "/x")
+                    if code == 0:  # in scope: the program runs
+                        yield bad, out != reference
+
+
+def test_checker_rejects_a_miscopied_argument_whether_or_not_the_output_changes():
+    cb = generate(16, 5)
+    changes, same = {}, {}
+    for bad, changed in _miscopies(cb):
+        (changes if changed else same).setdefault(0, bad)
+        if changes and same:
+            break
+    assert changes and same
+    for bad in (changes[0], same[0]):
+        assert "an edit other than threading v10" in rejection(bad, 16, 5)
+    # the run alone already catches the first; a fake sandbox shows the run check is in force
+    p = task.problem({"size": 16, "seed": 5})
+    tools = task.tools(p)
+    for name, text in cb.fixed_files().items():
+        (tools[0].workspace / name).write_text(text)
+    reference = simulate(cb.fixed_files().get, "/x")[1]
+    assert task.rejection(p, ANSWER, tools, run=lambda files, limits: (0, reference)) is None
+    assert "other output" in task.rejection(p, ANSWER, tools, run=lambda files, limits: (0, reference + "foo 1 2\n"))
+    assert "exits 1" in task.rejection(p, ANSWER, tools, run=lambda files, limits: (1, reference))
+
+
+def test_checker_rejects_a_global_v10_and_a_default_value_that_run():
+    """Each of these runs and prints the right values: only the ast check sees them."""
     cb = generate(9, 2)
-    files = cb.files()
-    files["foo.py"] = f"v10 = {cb.v10}\n" + files["foo.py"]
-    r = run_main(files)
-    assert r.exit_code == 0 and r.stdout.split()[-1] == str(cb.v10)
-    assert not threaded(files) and not checked(files, 9, 2)
+    value = cb.v10
+    module_level = {**cb.files(), "foo.py": f"v10 = {value}\n" + cb.files()["foo.py"]}
+    global_in_fix = {**cb.fixed_files(), "foo.py": cb.fixed_files()["foo.py"] + f"v10 = {value}\n"}
+    foo = cb.fixed_files()["foo.py"]  # the fix, with a default for foo's v10 on top
+    default = {**cb.fixed_files(), "foo.py": re.sub(r"def foo\((.*), v10\):", rf"def foo(\1, v10={value}):", foo)}
+    assert default != cb.fixed_files()
+    for files in (module_level, global_in_fix, default):
+        r = run_main(files)  # in the real sandbox
+        assert r.exit_code == 0 and r.stdout.split()[-1] == str(value)
+        assert rejection(files, 9, 2) is not None
+    assert "default" in rejection(default, 9, 2)
+
+
+def test_checker_takes_any_equivalent_threading_and_nothing_more():
+    cb = generate(16, 5)
+    fix, reach = cb.fixed_files(), cb.reaching()
+    # v10 first in every def and call instead of last; v10=v10 keywords; comments and blank lines
+    first = {n: re.sub(r"^(def |    )(f\d+|foo)\((.*), v10\)", r"\1\2(v10, \3)", t, flags=re.M) for n, t in fix.items()}
+    keyword = {n: re.sub(r"^(    (f\d+|foo)\(.*), v10\)", r"\1, v10=v10)", t, flags=re.M) for n, t in fix.items()}
+    commented = {n: "# fixed: v10 threaded\n\n" + t for n, t in fix.items()}
+    for files in (first, keyword, commented):
+        assert files != fix and threading_error(cb.files(), files, reach) is None
+    assert rejection(first, 16, 5) is None
+    # v10 first in the defs but last in the calls: the arguments land in the wrong parameters
+    mixed = {n: re.sub(r"^def (f\d+|foo)\((.*), v10\)", r"def \1(v10, \2)", t, flags=re.M) for n, t in fix.items()}
+    assert "must pass v10 into its parameter v10" in rejection(mixed, 16, 5)
+    # a function that does not reach foo threaded too (def and calls): runs, but is not the fix
+    spare = next(f for f in cb.functions if f.name not in reach)
+    over = {n: t.replace(f"def {spare.name}(", f"def {spare.name}(v10, ").replace(f"    {spare.name}(", f"    {spare.name}(v10, ")
+            for n, t in fix.items()}
+    assert simulate(over.get, "/x")[0] == 0
+    assert "an edit other than threading v10" in rejection(over, 16, 5)
 
 
 def test_replay_through_runtime_reproduces_the_trajectory():
@@ -185,7 +272,7 @@ def test_bad_input_names_the_field(bad, field):
 
 def test_example_task_file():
     tf, p = load_taskfile(EXAMPLE)
-    assert tf.task == "code_debug" and p.size == 32 and p.input == {"size": 32, "seed": 3}
+    assert tf.task == "code_debug" and p.size == 32 and p.input == {"size": 32, "seed": 0}
     assert task.oracle(p).output_text() == ANSWER
 
 
@@ -216,7 +303,7 @@ def test_simulated_runs_equal_the_sandbox_on_states_the_oracle_never_reaches():
     states = []
     for n in (2, 5, 9, 14, 20, 40):
         cb = generate(n, n)
-        files, fix = cb.files(), fixed(cb)
+        files, fix = cb.files(), cb.fixed_files()
         states += [files, fix] + [{k: rng.choice((files[k], fix[k])) for k in files} for _ in range(4)]
     for files in states:
         ws = Workspace(files)
@@ -251,7 +338,7 @@ def test_training_data_needs_no_sandbox_and_policies_always_get_one(monkeypatch)
     p = task.problem({"size": 4, "seed": 1})
     tools = task.tools(p)  # a policy's episode: the real backend
     assert isinstance(tools[2].sandbox, BubblewrapSandbox)
-    for name, text in fixed(generate(4, 1)).items():
+    for name, text in generate(4, 1).fixed_files().items():
         (tools[0].workspace / name).write_text(text)
     monkeypatch.setattr(code_debug, "get_sandbox", no_sandbox)
     monkeypatch.setattr(run_tool, "get_sandbox", no_sandbox)

@@ -144,3 +144,16 @@ def test_example_task_files(example, size, b_digits):
     tf, p = load_taskfile(EXAMPLES / example)
     assert p.size == size and len(p.input["b"]) == b_digits
     assert int(task.oracle(p).output_text()) == true_product(p.input["a"], p.input["b"])
+
+
+@pytest.mark.parametrize("name,width", [("multiplication-1", 1), ("multiplication-2", 2)])
+def test_training_and_evaluation_cover_every_multiplier_the_task_accepts(name, width):
+    """b = 00..09 and a with leading zeros are in the training data (users write `07`); every
+    evaluation starts with the carry chain and the zero-digit multipliers."""
+    task, rng = get_task(name), random.Random(0)
+    drawn = [task.training_problem(rng).input for _ in range(3000)]
+    assert {d["b"] for d in drawn} == {str(v).rjust(width, "0") for v in range(10 ** width)}
+    assert sum(d["a"][0] == "0" and len(d["a"]) > 1 for d in drawn) > 100
+    edges = [(p.input["a"], p.input["b"]) for p in task.edge_cases(50)]
+    assert ("9" * 50, "9" * width) in edges and {b for _, b in edges} >= {"0" * width, "1".rjust(width, "0")}
+    assert all(len(a) == 50 and times_small(a, b) == str(int(a) * int(b)).rjust(50, "0") for a, b in edges)

@@ -76,20 +76,26 @@ def test_a_model_token_recorded_as_an_observation_is_a_difference(tmp_path):
     assert not same and "recorded observation '-'" in message and message.endswith("the replay gives no more observation (the model's turn)")
 
 
-def test_a_diverged_episode_records_where_and_replays_against_its_oracle(tmp_path):
+def test_an_evaluated_episode_records_where_it_left_the_oracle_and_replays_against_it(tmp_path):
     task = get_task("addition")
     problem = task.problem({"a": "905", "b": "96"})
+    expected = task.oracle(problem).model_tokens()
     path = tmp_path / "t.jsonl"
-    end = record(task, problem, path, expected=task.oracle(problem).model_tokens(), wrong_at=20)
+    end = record(task, problem, path, expected=expected, wrong_at=20)  # ends there: `diverged`
     header, traj, end_read = read_trajectory(path)
-    assert end_read == end and end["exit"] == "diverged" and end["diverged_at"] == len(traj) - 1
+    assert end_read == end and end["exit"] == "diverged" and end["diverged_at"] == 20
     assert traj.tokens[-1] == encode("7")[0] and end["oracle_token"] == "[P2.read]"
     assert replay(path)[0]
-
     lines = lines_of(path)
     lines[-1]["end"]["diverged_at"] = 3
     same, message = replay(write_lines(path, lines))
-    assert not same and "end line: diverged_at is 3" in message
+    assert not same and message.endswith("end line: diverged_at is 3, the trajectory's is 20")
+
+    # Run on past its divergence (what eval does by default): the same token, then the oracle's.
+    end = record(task, problem, path, expected=expected, wrong_at=20, stop_at_divergence=False)
+    assert end["exit"] == "finished" and end["diverged_at"] == 20 and replay(path)[0]
+    end = record(task, problem, path, expected=expected)
+    assert end["diverged_at"] is None and "oracle_token" not in end and replay(path)[0]
 
 
 def test_exits_a_limit_decided_replay_and_a_wrong_exit_is_a_difference(tmp_path):
@@ -109,9 +115,14 @@ def test_exits_a_limit_decided_replay_and_a_wrong_exit_is_a_difference(tmp_path)
 
     record(task, problem, tmp_path / "t.jsonl")
     lines = lines_of(tmp_path / "t.jsonl")
-    lines[-1]["end"]["exit"] = "token_limit"
-    same, message = replay(write_lines(tmp_path / "t.jsonl", lines))
-    assert not same and message.endswith("exit: recorded token_limit, the replay ends finished")
+    for exit in ("token_limit", "interrupted"):
+        lines[-1]["end"]["exit"] = exit
+        same, message = replay(write_lines(tmp_path / "t.jsonl", lines))
+        assert not same and message.endswith(f"exit: recorded {exit}, the replay ends finished")
+    cut = lines[:12]  # stopped (a signal, a limit of time) before the answer
+    cut.append({"end": {"exit": "interrupted", "answer": "", "correct": None,
+                        "tokens": sum(len(x["tokens"]) for x in cut[1:])}})
+    assert replay(write_lines(tmp_path / "t.jsonl", cut))[0]
 
 
 def test_a_truncated_file_replays_what_is_there_then_says_so(tmp_path, capsys):
@@ -149,14 +160,13 @@ HEADER = {"format": "mamba-agent-trajectory", "version": 1, "vocab_version": 1, 
     (json.dumps(HEADER) + '\n{"role": "musing", "tokens": [1]}\n', "line 2: role 'musing' is none of input, thought"),
     (json.dumps(HEADER) + '\n{"role": "input", "tokens": [9999]}\n', "line 2: tokens must be a list of token ids 0..279"),
     (json.dumps(HEADER) + '\n{"end": {"exit": "finished"}}\n{"role": "input", "tokens": [1]}\n', "line 3: a line after the end line"),
-    (json.dumps(HEADER) + '\n{"end": {"exit": "bored"}}\n', "end line: exit 'bored' is none of finished"),
     (json.dumps(HEADER) + "\nnot json\n" + '{"end": {}}\n', "line 2: not JSON"),
 ])
 def test_bad_files_are_one_line_and_exit_2(tmp_path, capsys, content, expected):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)
     for command in ("replay", "view"):
-        if command == "view" and ("header" in expected or "exit 'bored'" in expected):
+        if command == "view" and "header" in expected:
             continue  # the page shows any header and end line; only replay needs them to mean something
         assert main([command, str(path)]) == 2
         err = capsys.readouterr().err

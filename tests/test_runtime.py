@@ -9,7 +9,7 @@ from mamba_agent.policies import build_policy
 from mamba_agent.runtime import Sampler, run_episodes
 from mamba_agent.tasks import get_task
 from mamba_agent.trajectory import COMMAND, OBSERVATION, Trajectory, TrajectoryWriter, read_trajectory
-from mamba_agent.vocab import ANS, EDGE, EOS, ERR, FIND, VOCAB_SIZE, decode, encode, pointer_command
+from mamba_agent.vocab import ANS, EDGE, END, EOS, ERR, FIND, VIEW, VOCAB_SIZE, decode, encode, pointer_command
 from mamba_agent.tools.pointer import PointerMemory
 from tests.scripted import ScriptedPolicy
 
@@ -39,6 +39,20 @@ def test_malformed_commands_are_answered_not_raised():
     assert ep.exit == FORMAT_ERRORS
     roles = ep.trajectory.roles
     assert roles.count(COMMAND) == 3 and roles.count(OBSERVATION) == 3
+
+
+def test_a_special_token_inside_an_argument_drops_the_command():
+    """`[VIEW]f[P1.read]` (a special token before [END]): [ERR], the argument dropped, no tool
+    call; the next command starts afresh (it happened with the shipped code_debug model)."""
+    cd = get_task("code_debug")
+    ep = cd.episode(cd.problem({"size": 3, "seed": 1}), keep=True)
+    assert ep.act(VIEW) == [] and ep.act(ord("m")) == []
+    assert ep.act(pointer_command(1, "read")) == [ERR] and ep.format_errors == 1
+    assert ep.act(END) == [ERR]  # no open argument any more
+    for t in [VIEW, *encode("main.py")]:
+        assert ep.act(t) == []
+    assert decode(ep.act(END), specials=False).startswith("[main.py lines 1-")
+    assert ep.format_errors == 0 and not ep.done
 
 
 def test_second_ans_is_malformed_and_a_good_token_resets_the_count():
@@ -164,7 +178,7 @@ def test_a_tool_that_raises_leaves_no_threads_behind():
 
     from mamba_agent.episode import Episode
     from mamba_agent.tools import Tool
-    from mamba_agent.vocab import BOS, END, RUN
+    from mamba_agent.vocab import BOS, END, OBS_END, RUN
 
     class Broken(Tool):
         argument_commands = frozenset({RUN})
@@ -173,7 +187,13 @@ def test_a_tool_that_raises_leaves_no_threads_behind():
         def command(self, token, argument=None):
             raise RuntimeError("the sandbox is gone")
 
-    script = Episode([BOS], [], max_tokens=50, keep=True)
+    class Answers(Tool):
+        argument_commands = frozenset({RUN})
+
+        def command(self, token, argument=None):
+            return [OBS_END]
+
+    script = Episode([BOS], [Answers()], max_tokens=50, keep=True)
     for t in [RUN, ord("x"), END, EOS]:
         script.act(t)
     threads = threading.active_count()

@@ -16,7 +16,7 @@ from PIL import Image
 from mamba_agent.cli import main
 from mamba_agent.eval.browser import Chromium
 from mamba_agent.tasks import get_task
-from mamba_agent.trajectory import OUTPUT, THOUGHT, TrajectoryWriter, read_trajectory
+from mamba_agent.trajectory import OBSERVATION, OUTPUT, THOUGHT, TrajectoryWriter, read_trajectory
 from mamba_agent.view import render
 from mamba_agent.vocab import SPECIAL
 from tests.scripted import record
@@ -146,7 +146,9 @@ def test_the_token_that_left_the_oracle_and_an_unfinished_run(browser, tmp_path,
     browser.eval("document.getElementById('todiverged').click()")
     assert browser.eval("document.querySelector('.dv').textContent") == "7"
     note = browser.eval("document.getElementById('offnote').textContent")
-    assert note == f'left the oracle at token {end["diverged_at"]}: the model wrote "7", where the oracle has "[P2.read]"'
+    header, traj, _ = read_trajectory(tmp_path / "diverged.jsonl")
+    assert end["diverged_at"] == 20 and traj.roles[-1] != OBSERVATION  # the 21st model token is the last one
+    assert note == f'left the oracle at token {len(traj) - 1}: the model wrote "7", where the oracle has "[P2.read]"'
     assert pixels(browser, "#scroller").get(rgb(browser.eval("getComputedStyle(document.querySelector('.dv')).backgroundColor")), 0) > 20
 
     lines = (tmp_path / "diverged.jsonl").read_text().splitlines(keepends=True)
