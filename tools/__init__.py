@@ -19,3 +19,11 @@ class Tool:
     def command(self, token: int, argument: list[int] | None = None) -> list[int]:
         """Carry out `token` (with `argument` for argument commands); return the observation."""
         raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """What a saved episode needs to bring a fresh tool of the same problem to this one's
+        state: plain values and tensors (torch.load's weights_only loader reads them back)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take the state `state_dict` gave, on a tool built afresh for the same problem."""
