@@ -141,6 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="addition", help=f"one of: {tasks}")
     p.add_argument("--sizes", type=_sizes, help="comma-separated problem sizes (default: 1 to two beyond the training sizes)")
     p.add_argument("--per-size", type=_whole(1), default=50, help="trajectories per size")
+
+    p = command("view", "write a trajectory as one self-contained HTML page to read in a browser")
+    p.add_argument("trajectory", help="trajectory JSONL (what solve writes)")
+    p.add_argument("--out", help="HTML file to write; none: the trajectory's path with .html")
+
+    p = command("replay", "replay a trajectory's model tokens through fresh tools; check every observation and the verdict")
+    p.add_argument("trajectory", help="trajectory JSONL (what solve writes)")
     return parser
 
 
@@ -158,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         previous = None
     try:
         args = build_parser().parse_args(argv)
-        commands = {"solve": solve, "train": train, "eval": evaluate, "report": report, "locality": locality}
+        commands = {"solve": solve, "train": train, "eval": evaluate, "report": report, "locality": locality,
+                    "view": view, "replay": replay}
         return commands[args.command](args)
     except UsageError as e:
         message = str(e).splitlines()[0] if str(e) else "bad input"
@@ -406,6 +414,36 @@ def locality(args) -> int:
     k = smallest_local_k(trajs)
     print(json.dumps({"task": task.name, "sizes": sizes, "trajectories": len(trajs), "k": k}))
     return 0
+
+
+def view(args) -> int:
+    from pathlib import Path
+
+    from mamba_agent.trajectory import TrajectoryError
+    from mamba_agent.view import write_view
+
+    out = Path(args.out or Path(args.trajectory).with_suffix(".html"))
+    if out.resolve() == Path(args.trajectory).resolve():
+        raise UsageError(f"--out {out}: that is the trajectory itself; give another file")
+    try:
+        print(write_view(args.trajectory, out))
+    except TrajectoryError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"--out {out}: {e.strerror}; give a file path in a writable folder") from None
+    return 0
+
+
+def replay(args) -> int:
+    from mamba_agent.replay import replay as run_replay
+    from mamba_agent.trajectory import TrajectoryError
+
+    try:
+        same, message = run_replay(args.trajectory)
+    except TrajectoryError as e:
+        raise UsageError(str(e)) from None
+    print(message, file=sys.stdout if same else sys.stderr)
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

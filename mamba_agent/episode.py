@@ -190,6 +190,9 @@ class Episode:
         }
         if self.expected is not None:  # an evaluation: where the model left the oracle (None: never)
             end["diverged_at"] = self.diverged_at
+            if self.diverged_at is not None:  # and the oracle's token there (None: the oracle had ended)
+                i = self.diverged_at
+                end["oracle_token"] = decode(self.expected[i : i + 1]) if i < len(self.expected) else None
         if self.writer is not None:
             self.writer.close(end)
         return end

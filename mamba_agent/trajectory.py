@@ -12,7 +12,12 @@ tokens with the same role, streamed as the episode runs, then an `end` line:
   {"format": "mamba-agent-trajectory", "version": 1, "vocab_version": 1, "task": ..., ...}
   {"role": "command", "tokens": [262], "text": "[P1.read]"}
   {"end": {"exit": "finished", "answer": "...", "correct": true, "tokens": 1234, "seconds": 0.8}}
-A crash loses at most the last unflushed second; a file without an `end` line is a crash.
+A crash loses at most the last unflushed second; a file without an `end` line is a crash. An
+episode evaluated against its oracle (exact match) also records, in its `end` line, `diverged_at`:
+the index of its first model token (thought, command, output; counted from 0) that differs from
+the oracle's, null if none did; and where one did, `oracle_token`: the oracle's token there, as
+text (null where the oracle had already ended). Readers ignore keys they do not know, so version
+1 files with and without them read alike.
 """
 
 import json
@@ -20,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mamba_agent.vocab import VOCAB_VERSION, decode
+from mamba_agent.vocab import VOCAB_SIZE, VOCAB_VERSION, decode
 
 INPUT, THOUGHT, COMMAND, OBSERVATION, OUTPUT = range(5)
 ROLE_NAMES = ("input", "thought", "command", "observation", "output")
@@ -81,22 +86,61 @@ class TrajectoryWriter:
         self._file.write(json.dumps(obj) + "\n")
 
 
+class TrajectoryError(ValueError):
+    """A file that is not a readable trajectory; the message names the file (and line) and the fix."""
+
+
 def read_trajectory(path: str | Path) -> tuple[dict, Trajectory, dict | None]:
-    """(header, trajectory, end) from a JSONL file; `end` is None if the run never finished."""
+    """(header, trajectory, end) from a JSONL file; `end` is None if the run never finished. A last
+    line cut off mid-write (a crash) is dropped, like an unflushed one.
+
+    Raises:
+        TrajectoryError: the file cannot be read, is not a trajectory of this version, or has a
+            malformed line.
+    """
     header, traj, end = None, Trajectory(), None
-    with open(path) as f:
-        for line in f:
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise TrajectoryError(f"{path}: {why}; give a trajectory JSONL file (what solve writes)") from None
+
+    def bad(number: int, why: str) -> TrajectoryError:
+        return TrajectoryError(f"{path}: line {number}: {why}")
+
+    for number, line in enumerate(lines, 1):
+        try:
             obj = json.loads(line)
-            if header is None:
-                if obj.get("format") != FORMAT:
-                    raise ValueError(f"{path}: not a mamba-agent trajectory (no format header)")
-                header = obj
-            elif "end" in obj:
-                end = obj["end"]
-            else:
-                role = ROLE_NAMES.index(obj["role"])
-                traj.tokens += obj["tokens"]
-                traj.roles += [role] * len(obj["tokens"])
+        except json.JSONDecodeError:
+            if number == len(lines) and not line.endswith("\n") and header is not None:
+                break  # cut off mid-write: the run did not finish
+            raise bad(number, "not JSON; give a trajectory JSONL file (what solve writes)") from None
+        if not isinstance(obj, dict):
+            raise bad(number, "not a JSON object")
+        if header is None:
+            if obj.get("format") != FORMAT:
+                raise TrajectoryError(f"{path}: not a mamba-agent trajectory (its first line has no "
+                                      f'"format": "{FORMAT}"); give the JSONL file solve writes')
+            if obj.get("version") != VERSION or obj.get("vocab_version") != VOCAB_VERSION:
+                raise TrajectoryError(f"{path}: trajectory version {obj.get('version')} (vocabulary "
+                                      f"{obj.get('vocab_version')}); this mamba-agent reads version {VERSION} "
+                                      f"(vocabulary {VOCAB_VERSION})")
+            header = obj
+        elif end is not None:
+            raise bad(number, "a line after the end line")
+        elif "end" in obj:
+            end = obj["end"]
+            if not isinstance(end, dict):
+                raise bad(number, "the end line's value is not an object")
+        else:
+            tokens = obj.get("tokens")
+            if obj.get("role") not in ROLE_NAMES:
+                raise bad(number, f"role {obj.get('role')!r} is none of {', '.join(ROLE_NAMES)}")
+            if not isinstance(tokens, list) or not all(type(t) is int and 0 <= t < VOCAB_SIZE for t in tokens):
+                raise bad(number, f"tokens must be a list of token ids 0..{VOCAB_SIZE - 1}")
+            traj.tokens += tokens
+            traj.roles += [ROLE_NAMES.index(obj["role"])] * len(tokens)
     if header is None:
-        raise ValueError(f"{path}: empty trajectory file")
+        raise TrajectoryError(f"{path}: empty file; give a trajectory JSONL file (what solve writes)")
     return header, traj, end
