@@ -28,6 +28,7 @@ workspace start fresh for every command; about 0.4 s of start-up per command on 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -38,8 +39,10 @@ from io import BytesIO
 from pathlib import Path
 
 from mamba_agent.sandboxes.base import (
-    OPEN_FILES, Launched, Sandbox, SandboxLimits, SandboxUnavailable,
+    ETC_GROUP, ETC_PASSWD, OPEN_FILES, Launched, Sandbox, SandboxLimits, SandboxUnavailable,
+    owner_alive, owner_tag,
 )
+from mamba_agent.sandboxes.seccomp import docker_profile
 
 try:  # a declared dependency, but the other backends must work without it
     import docker
@@ -51,6 +54,8 @@ except ImportError:
 IMAGE = "mamba-agent-sandbox:1"
 """The sandbox image's tag; bump the version when the Dockerfile or the root file system changes."""
 NAME_PREFIX = "mamba-agent-"
+LABEL, OWNER_LABEL = "mamba-agent", "mamba-agent.owner"
+"""Every container carries {LABEL: "sandbox", OWNER_LABEL: owner_tag()} (see remove_stale)."""
 _SETUP_HINT = ("Start one with `bash sandboxes/setup_ci.sh` (as root) and export the DOCKER_HOST "
                "line it prints, or point DOCKER_HOST at a running engine.")
 
@@ -75,6 +80,13 @@ def _has_image(client, tag: str) -> bool:
         return True
     except docker.errors.ImageNotFound:
         return False
+
+
+def remove_stale(client) -> None:
+    """Remove the sandbox containers of processes that died (a SIGKILLed run leaves them)."""
+    for container in client.containers.list(all=True, filters={"label": OWNER_LABEL}):
+        if not owner_alive(container.labels.get(OWNER_LABEL, "")):
+            _remove(container)
 
 
 def _remove(container) -> None:
@@ -138,6 +150,7 @@ class DockerSandbox(Sandbox):
     """
 
     name = "docker"
+    swept = False  # have the leftovers of dead runs been removed, once per process?
 
     def __init__(self, workspace: str | os.PathLike, limits: SandboxLimits | None = None,
                  image: str = IMAGE):
@@ -150,6 +163,9 @@ class DockerSandbox(Sandbox):
                     f"docker sandbox: image {image} is not built. Build it: `python -c 'from "
                     "mamba_agent.sandboxes.docker import build_image; build_image()'` "
                     "(setup_ci.sh does).")
+            if not DockerSandbox.swept:
+                DockerSandbox.swept = True
+                remove_stale(self.client)
         except SandboxUnavailable:
             self.close()
             raise
@@ -160,12 +176,13 @@ class DockerSandbox(Sandbox):
         gid = self.run_as_uid if self.run_as_uid is not None else os.getgid()
         container = self.client.containers.create(
             self.image, argv, name=f"{NAME_PREFIX}{uuid.uuid4().hex[:12]}",
-            labels={"mamba-agent": "sandbox"}, user=f"{uid}:{gid}", working_dir=ws,
+            labels={LABEL: "sandbox", OWNER_LABEL: owner_tag()}, user=f"{uid}:{gid}", working_dir=ws,
             environment=self.env("/tmp", ["/usr/local/bin", "/usr/bin", "/bin"]),
             network_mode="none", read_only=True, volumes={ws: {"bind": ws, "mode": "rw"}},
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={lim.memory_mb}m,mode=1777"},
             mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m",
-            pids_limit=lim.processes, cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            pids_limit=lim.processes, cap_drop=["ALL"],
+            security_opt=["no-new-privileges", f"seccomp={docker_profile()}"],
             ulimits=[Ulimit(name="cpu", soft=lim.cpu_s, hard=lim.cpu_s),
                      Ulimit(name="fsize", soft=lim.file_size_mb << 20, hard=lim.file_size_mb << 20),
                      Ulimit(name="nofile", soft=OPEN_FILES, hard=OPEN_FILES),
@@ -183,6 +200,8 @@ class DockerSandbox(Sandbox):
             if 'exec: "' in said:  # runc could not execute argv[0]
                 if "permission denied" in said:
                     raise PermissionError(f"{argv[0]}: permission denied") from e
+                if "argument list too long" in said:
+                    raise OSError(errno.E2BIG, "Argument list too long") from e
                 raise FileNotFoundError(f"{argv[0]}: command not found") from e
             raise
         return launched
@@ -202,8 +221,6 @@ _BINARIES = ["bash", "dash", "sh", "python3", "cat", "ls", "echo", "env", "mkdir
              "dirname", "date", "test", "stat", "tr", "cut", "du", "setsid", "grep", "sed", "kill"]
 _STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages",
                 "dist-packages", "__phello__"}
-_PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/tmp:/bin/bash\n"
-_GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 
 def _add_path(tar: tarfile.TarFile, path: str, seen: set[str]) -> None:
@@ -250,8 +267,8 @@ def _write_rootfs(dest: Path) -> None:
             info = tarfile.TarInfo(name)
             info.type, info.mode = tarfile.DIRTYPE, mode
             tar.addfile(info)
-        text_file(tar, "etc/passwd", _PASSWD)
-        text_file(tar, "etc/group", _GROUP)
+        text_file(tar, "etc/passwd", ETC_PASSWD)
+        text_file(tar, "etc/group", ETC_GROUP)
         seen: set[str] = set()
         for path in sorted(set(binaries) | libs | {"/etc/ld.so.cache"}):
             if os.path.exists(path):
