@@ -54,10 +54,12 @@ that both give token-identical trajectories (sizes 2..16, 32, 64; train.py's own
 oracles). A policy's commands are arbitrary code: `tools(problem)`, which builds every episode
 a policy drives (`solve`, `eval`), and `check` always use the real `backend` sandbox.
 
-Workspaces: `tools(problem)` renders the codebase into a fresh temporary directory per episode,
-owned by a `Workspace` object that the episode's tools hold; the directory is removed when the
-last of them is dropped (weakref.finalize), and at interpreter exit. `check` reads the files
-through the episode's tools, so episodes of one problem never see each other's workspace.
+Workspaces: `tools(problem)` renders the codebase into a fresh `Workspace` per episode
+(sandboxes/workspace.py: as root a capped tmpfs owned by the sandbox user), which the episode's
+tools hold; it is removed when the last of them is dropped, and at interpreter exit. `check`
+reads the files through the episode's tools with the file tools' safe reader (no link
+followed, no FIFO, a byte cap), so episodes of one problem never see each other's workspace
+and planted files cannot reach outside it.
 
 Checker: the answer must be `fixed`; the workspace's files, copied to a fresh directory, must run
 in the sandbox with exit 0 and print `foo ... <v10>` with the value main set, once per path from
@@ -69,9 +71,6 @@ the name v10 to (same position, or v10=v10).
 import ast
 import random
 import re
-import shutil
-import tempfile
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,10 +79,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mamba_agent.episode import FINISHED, Episode
 from mamba_agent.sandboxes import SandboxLimits, get_sandbox
+from mamba_agent.sandboxes.workspace import Workspace, WorkspaceError, read_file
 from mamba_agent.tasks import Problem, Task
 from mamba_agent.tasks.code_debug_sim import CHECK_ARGV, RUN_COMMAND, SimulatedSandbox, run_main
 from mamba_agent.trajectory import Trajectory
-from mamba_agent.tools.files import FileEdit, FileView
+from mamba_agent.tools.files import MAX_FILE_BYTES, FileEdit, FileView
 from mamba_agent.tools.run import Run, close_in_background
 from mamba_agent.vocab import ANS, BOS, EDIT, END, EOS, OBS_END, RUN, VIEW, decode, encode
 
@@ -193,19 +193,6 @@ def generate(size: int, seed: int) -> Codebase:
     return Codebase([rng.randint(0, 99) for _ in range(10)], rng.randint(100, 999), main_calls, functions)
 
 
-class Workspace:
-    """A temporary directory holding one episode's codebase; removed when this object is dropped."""
-
-    def __init__(self, files: dict[str, str]):
-        self.path = Path(tempfile.mkdtemp(prefix="mamba-agent-code-"))
-        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), ignore_errors=True)
-        for name, text in files.items():
-            (self.path / name).write_text(text)
-
-    def cleanup(self) -> None:
-        self._finalizer()
-
-
 class CodeDebug(Task):
     name = "code_debug"
     Input = CodeDebugInput
@@ -272,9 +259,9 @@ class CodeDebug(Task):
         cb = generate(problem.input["size"], problem.input["seed"])
         files = {}
         for name in cb.files():
-            try:
-                files[name] = (workspace / name).read_text()
-            except (OSError, UnicodeDecodeError):
+            try:  # as the file tools read: no link followed, no FIFO, at most MAX_FILE_BYTES
+                files[name] = read_file(workspace, name, MAX_FILE_BYTES).decode()
+            except (WorkspaceError, UnicodeDecodeError):
                 return False
         if not threaded(files):
             return False
@@ -291,7 +278,7 @@ class CodeDebug(Task):
             r = sandbox.run(CHECK_ARGV)
         finally:
             close_in_background(sandbox)
-            scratch.cleanup()
+            scratch.close()
         return r.exit_code, r.stdout
 
     @staticmethod
