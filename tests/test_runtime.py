@@ -180,3 +180,36 @@ def test_a_tool_that_raises_leaves_no_threads_behind():
     with pytest.raises(RuntimeError, match="sandbox is gone"):
         run_episodes(ScriptedPolicy([script.trajectory] * 2), [Episode([BOS], [Broken()], max_tokens=50) for _ in range(2)])
     assert threading.active_count() == threads
+
+
+def test_an_episode_that_cannot_finish_still_ends_its_trajectory(tmp_path):
+    """A tool raises mid-episode: every live episode's trajectory file gets its `end` line, with
+    exit `error` and the exception, and the error reaches the caller; Ctrl-C reads `interrupted`."""
+    from mamba_agent.episode import ERROR, INTERRUPTED, Episode
+    from mamba_agent.tools import Tool
+    from mamba_agent.vocab import BOS, END, RUN
+
+    class Broken(Tool):
+        argument_commands = frozenset({RUN})
+        blocking = True
+
+        def __init__(self, error):
+            self.error = error
+
+        def command(self, token, argument=None):
+            raise self.error
+
+    script = Episode([BOS], [], max_tokens=50, keep=True)
+    for t in [RUN, ord("x"), END, EOS]:
+        script.act(t)
+    for error, reason in [(OSError(5, "the engine is gone"), ERROR), (KeyboardInterrupt(), INTERRUPTED)]:
+        paths = [tmp_path / f"{reason}-{i}.jsonl" for i in range(2)]
+        episodes = [Episode([BOS], [Broken(error)], max_tokens=50, writer=TrajectoryWriter(p, {}))
+                    for p in paths]
+        with pytest.raises(type(error)):
+            run_episodes(ScriptedPolicy([script.trajectory] * 2), episodes)
+        for path in paths:
+            _, _, end = read_trajectory(path)
+            assert end is not None and end["exit"] == reason and end["correct"] is None
+        assert ERROR != reason or "engine is gone" in end["error"]
+        assert episodes[0].close(True)["exit"] == reason  # closing again changes nothing
