@@ -28,6 +28,7 @@ from mamba_agent.sandboxes.base import KILL_GRACE_S, SANDBOX_UID
 from mamba_agent.sandboxes.docker import NAME_PREFIX, DockerSandbox
 from mamba_agent.sandboxes.workspace import Workspace, write_file
 
+pytestmark = pytest.mark.usefixtures("nothing_left_behind")
 ISOLATING = ["docker", "bubblewrap"]
 ALL = ISOLATING + ["local-unsafe"]
 OPTIONAL = os.environ.get("MAMBA_AGENT_SANDBOX_OPTIONAL") == "1"
