@@ -7,7 +7,8 @@ reap it (`Launched`); everything below is written once, here.
 Covered here, for every backend:
 - the command: a `str` runs as `bash -c COMMAND` (what an agent tool passes); a `list` is an argv
   run as is. A program that is missing or not executable gives exit code 127 or 126, as in a
-  shell, not an exception;
+  shell, and any other failure to start it (an argument over the kernel's 128 KiB, E2BIG) a
+  failed result with the reason on stderr, never an exception;
 - the wall timeout: at `limits.wall_s` the backend kills the command (the whole process tree, for
   the isolating backends) and `timed_out` is set;
 - output caps: stdout and stderr are read until EOF; past `limits.output_bytes` per stream the
@@ -17,8 +18,6 @@ Covered here, for every backend:
   process that keeps the pipe open cannot hang the caller;
 - the workspace is used as it is: make it with `Workspace` (workspace.py), which gives it the
   owner the sandboxed user needs once, at creation, and caps its size and files;
-- a command the host cannot start (a missing or unexecutable program, an argument list too long
-  for the kernel, E2BIG) is a failed result with exit code 127 or 126 and the reason on stderr;
 - cleanup: `close()`, the context manager, and an atexit hook for sandboxes still open.
 
 Not covered here: isolation itself (each backend's docstring says what it isolates); stdin

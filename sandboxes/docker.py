@@ -4,26 +4,34 @@ The engine is the one DOCKER_HOST names (or docker's default socket); `sandboxes
 starts one and writes the DOCKER_HOST line. The image (`IMAGE`) is built offline by
 `build_image()` from sandboxes/Dockerfile and a root file system copied from the host.
 
-Covered (each has a test in tests/test_sandbox.py):
-- no network: `network_mode="none"` (a loopback of its own; the host's loopback and every other
-  address unreachable);
-- files: the image's root is read-only; /tmp is a private tmpfs (capped at `memory_mb`); the
-  workspace is bind-mounted read-write at its own host path and is the working directory;
-  nothing else of the host is visible;
+Covered (each has a test in tests/test_sandbox.py or tests/test_workspace.py):
+- no network: `network_mode="none"` (a loopback of its own; the host's loopback, unix sockets
+  and every other address unreachable);
+- files: the image's root is read-only and holds only Python, a shell and coreutils basics; /tmp
+  is a private tmpfs (capped at `memory_mb`), /dev/shm the container's own; the workspace is
+  bind-mounted read-write at its own host path and is the working directory; nothing else of the
+  host is visible;
+- system calls: the seccomp profile of seccomp.py instead of docker's default (which, in docker
+  20.10, lets io_uring and ptrace through): no new namespaces, keyrings, io_uring, mounts, bpf,
+  perf_event_open, ptrace, ...;
 - user: uid/gid 65534 when the host runs as root (else the host user's uid, so that the
   workspace stays writable), all capabilities dropped, no-new-privileges;
-- processes: `pids_limit`; at the wall timeout the container is killed through the API, which
-  kills every process in it, detached ones included; containers are named `mamba-agent-*`,
-  removed after each command, and by `close()`/exit if a run was interrupted;
+- processes: `pids_limit`, and a pid namespace per container; at the wall timeout the container
+  is killed through the API, which kills every process in it, detached ones included;
+  containers are named `mamba-agent-*`, labelled with their owner process, removed after each
+  command, by `close()`/exit if a run was interrupted, and, if the owner was SIGKILLed, by the
+  next process that opens a docker sandbox;
 - memory: the container's cgroup (`mem_limit` = `memswap_limit`): an OOM kill (exit code 137);
-- CPU (ulimit cpu), file size (ulimit fsize), no core dumps;
+- CPU (ulimit cpu), file size (ulimit fsize), open files, no core dumps;
+- nothing passes between commands but the workspace: every command gets a fresh container;
 - environment: only PATH, HOME=/tmp, LANG and TERM; nothing from the host process;
 - output: attached before start and read with the shared caps; the engine keeps no log copy.
 
 Not covered: the kernel is shared (a kernel or engine exploit escapes); whoever can reach the
-engine's socket is root on the host; if the host process is SIGKILLed mid-run, the container lives
-until its command ends and stays behind (named `mamba-agent-*`); /tmp and everything outside the
-workspace start fresh for every command; about 0.4 s of start-up per command on overlay2.
+engine's socket is root on the host; the seccomp profile is a deny list (docker's default is an
+allow list, stricter for system calls neither names); if the host process is SIGKILLed mid-run,
+the container lives until its command ends or the next process removes it; about 0.4 s of
+start-up per command on overlay2.
 """
 
 from __future__ import annotations

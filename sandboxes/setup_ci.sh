@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian 12 machine (as root) for the sandbox tests; safe to run again.
 #
-#   1. installs bubblewrap, docker.io, util-linux (prlimit, setpriv) and python3 if any is missing;
+#   1. installs bubblewrap, docker.io, util-linux (prlimit, setpriv), libseccomp2 (the bubblewrap
+#      sandbox's seccomp filter, through the pyseccomp dependency) and python3 if any is missing;
 #   2. starts dockerd with no bridge and no iptables (overlay2, falling back to vfs), its data,
 #      socket and log under $MAMBA_AGENT_DOCKER_DIR (default /tmp/mamba-agent-docker), unless an
 #      engine already answers on that socket;
@@ -30,6 +31,7 @@ need=()
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v dockerd >/dev/null || need+=(docker.io)
 { command -v prlimit && command -v setpriv; } >/dev/null || need+=(util-linux)
+ldconfig -p | grep -q 'libseccomp\.so\.2 ' || need+=(libseccomp2)
 [ -x /usr/bin/python3 ] || need+=(python3)  # the image is built from Debian's python3
 if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"

@@ -24,8 +24,8 @@ import uuid
 import pytest
 
 from mamba_agent.sandboxes import SandboxLimits, SandboxUnavailable, get_sandbox
-from mamba_agent.sandboxes.base import KILL_GRACE_S, SANDBOX_UID
-from mamba_agent.sandboxes.docker import NAME_PREFIX, DockerSandbox
+from mamba_agent.sandboxes.base import KILL_GRACE_S, SANDBOX_UID, owner_tag
+from mamba_agent.sandboxes.docker import NAME_PREFIX, OWNER_LABEL, DockerSandbox
 from mamba_agent.sandboxes.workspace import Workspace, write_file
 
 pytestmark = pytest.mark.usefixtures("nothing_left_behind")
@@ -89,10 +89,12 @@ def isolating(request, workspace):
 
 
 def containers_named(prefix: str) -> list:
+    """Containers whose name (or id) starts with `prefix`."""
     import docker
     client = docker.from_env()
     try:
-        return client.containers.list(all=True, filters={"name": prefix})
+        return [c for c in client.containers.list(all=True)
+                if c.name.startswith(prefix) or c.id.startswith(prefix)]
     finally:
         client.close()
 
@@ -203,8 +205,9 @@ def test_docker_containers_are_named_and_removed(workspace):
     sandbox.run("true")
     interrupted = sandbox._launch(["sleep", "30"])  # a run that never finished
     assert interrupted.container.name.startswith(NAME_PREFIX)
+    assert interrupted.container.labels == {"mamba-agent": "sandbox", OWNER_LABEL: owner_tag()}
     sandbox.close()
-    assert containers_named(NAME_PREFIX) == []
+    assert containers_named(interrupted.container.name) == []
 
 
 def test_docker_containers_are_removed_at_exit(workspace):
@@ -455,9 +458,12 @@ def test_clone3_is_enosys_and_threads_and_forks_still_work(isolating):
     result = isolating().run(python(SYSCALL_PROBE.format(nr=435, args="0, 0") + """
 import os, subprocess, threading
 t = threading.Thread(target=print, args=("thread",)); t.start(); t.join()
-print(subprocess.run(["true"]).returncode, os.waitpid(os.fork() or os._exit(0), 0)[1] if False else 0)
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+print(subprocess.run(["true"]).returncode, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
 """))
-    assert result.stdout == "-1 ENOSYS\nthread\n0 0\n", result
+    assert result.stdout == "-1 ENOSYS\nthread\n0 7\n", result
 
 
 def test_foreign_abi_system_calls_kill(isolating):
@@ -628,3 +634,36 @@ def test_a_huge_command_is_a_failed_result(isolating):
     result = isolating().run("echo " + "x" * 140_000)  # one argument over the kernel's 128 KiB
     assert result.exit_code != 0 and "too long" in result.stderr.lower(), result
     assert isolating().run("echo ok").stdout == "ok\n"
+
+
+def test_leftovers_of_a_killed_run_are_removed_at_start(monkeypatch):
+    """A process that made a workspace, a bubblewrap sandbox (cgroups) and a docker container is
+    SIGKILLed; the next process to make each removes them, and nothing of a live process."""
+    for name in ISOLATING:
+        open_sandbox(name, "/tmp").close()  # fail (or skip) here if a backend is missing
+    script = textwrap.dedent("""
+        import os, signal, sys
+        from mamba_agent.sandboxes import get_sandbox
+        from mamba_agent.sandboxes.workspace import Workspace
+        ws = Workspace()
+        bwrap, docker = get_sandbox("bubblewrap", ws.path), get_sandbox("docker", ws.path)
+        container = docker._launch(["sleep", "60"]).container
+        print(ws.path, container.id, *(bwrap.cgroup.dirs if bwrap.cgroup else []), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    ws, container, *cgroups = killed.stdout.split()
+    assert os.path.exists(ws)
+    from mamba_agent.sandboxes import bubblewrap, workspace
+    monkeypatch.setattr(workspace, "_swept", set())
+    monkeypatch.setattr(bubblewrap._CgroupV1, "swept", False)
+    monkeypatch.setattr(DockerSandbox, "swept", False)
+    with Workspace() as live:  # this process's own: left alone by the sweep
+        for name in ISOLATING:
+            get_sandbox(name, live.path).close()
+        assert live.path.exists()
+    assert not os.path.exists(ws)
+    assert ws not in open("/proc/self/mountinfo").read()
+    assert not any(os.path.exists(d) for d in cgroups)
+    assert containers_named(container) == []
