@@ -157,18 +157,21 @@ class Workspace:
     def __init__(self, files: dict[str, str] | None = None, size_mb: int = WORKSPACE_MB,
                  inodes: int = WORKSPACE_INODES, parent: str | os.PathLike | None = None):
         remove_stale(parent)
-        self.owner = SANDBOX_UID if os.geteuid() == 0 else os.getuid()
+        as_root = os.geteuid() == 0
+        self.owner = SANDBOX_UID if as_root else os.getuid()
+        """The uid that owns the workspace and the files `write` makes (the sandbox's user)."""
         self.path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{owner_tag()}-", dir=parent))
-        self.capped = os.geteuid() == 0 and _mount_tmpfs(self.path, size_mb, inodes, self.owner)
-        if not self.capped:
+        self.capped = as_root and _mount_tmpfs(self.path, size_mb, inodes, self.owner)
+        if as_root and not self.capped:
             os.chown(self.path, self.owner, self.owner)  # mkdtemp made it 0700
+        self._chown_to = self.owner if as_root else None  # files of an ordinary user are theirs
         self._finalizer = weakref.finalize(self, _remove, str(self.path), self.capped)
         for name, text in (files or {}).items():
             self.write(name, text)
 
     def write(self, name: str, text: str) -> None:
         """Create or replace the file `name`, owned by the user sandboxed commands run as."""
-        write_file(self.path, name, text.encode(), owner=self.owner)
+        write_file(self.path, name, text.encode(), owner=self._chown_to)
 
     def close(self) -> None:
         self._finalizer()

@@ -517,8 +517,9 @@ def test_tmp_shm_and_ipc_are_fresh_for_every_run(isolating):
     assert second.stdout == "False [] -1\n", second  # /tmp holds only the workspace's mount
 
 
-def test_other_workspaces_are_out_of_reach(isolating):
-    with Workspace({"secret.txt": "other episode\n"}) as other:
+@pytest.mark.parametrize("parent", [None, "/var/tmp"])  # /tmp, and a directory not masked
+def test_other_workspaces_are_out_of_reach(isolating, parent):
+    with Workspace({"secret.txt": "other episode\n"}, parent=parent) as other:
         result = isolating().run(f"cat {other.path}/secret.txt; ls {other.path.parent}; true")
     assert "other episode" not in result.stdout
     assert other.path.name not in result.stdout
