@@ -12,7 +12,9 @@ tokens with the same role, streamed as the episode runs, then an `end` line:
   {"format": "mamba-agent-trajectory", "version": 1, "vocab_version": 1, "task": ..., ...}
   {"role": "command", "tokens": [262], "text": "[P1.read]"}
   {"end": {"exit": "finished", "answer": "...", "correct": true, "tokens": 1234, "seconds": 0.8}}
-A crash loses at most the last unflushed second; a file without an `end` line is a crash.
+An episode the runtime could not finish ends with exit "error" or "interrupted", `correct` null
+and an "error" field (the exception). A process killed outright loses at most the last
+unflushed second; a file without an `end` line is such a kill.
 """
 
 import json

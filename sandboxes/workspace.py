@@ -151,7 +151,8 @@ def write_file(root: str | os.PathLike, name: str, data: bytes, owner: int | Non
 class Workspace:
     """A fresh directory for one episode's files; see the module docstring.
 
-    Removed by `close()`, the context manager, or when the object is dropped.
+    Removed by `close()`, the context manager, or when the object is dropped: keep it while its
+    path is in use (`Workspace(files).path` alone is removed at once).
     """
 
     def __init__(self, files: dict[str, str] | None = None, size_mb: int = WORKSPACE_MB,

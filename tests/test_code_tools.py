@@ -149,6 +149,11 @@ def test_run_caps_output_and_marks_timeouts(ws):
     assert obs.startswith("exit 137\nstarted\n") and obs.endswith("[timed out after 1 s]\n")
 
 
+def test_run_a_command_too_long_for_the_kernel_is_an_observation(ws):
+    obs = command(episode([Run(ws)]), RUN, "echo " + "x" * 140_000)
+    assert obs.startswith("exit 126\n") and "Argument list too long" in obs, obs[:200]
+
+
 def test_run_sandbox_is_the_workspace(ws):
     ep = episode([Run(ws)])
     assert command(ep, RUN, "cat a.py; touch made.txt") == "exit 0\none\ntwo\nthree\n"

@@ -183,6 +183,18 @@ def test_local_backend_is_never_chosen_implicitly(workspace, monkeypatch):
     local.close()
 
 
+def test_bubblewrap_without_libseccomp_binding_says_how_to_install_it(workspace, monkeypatch):
+    from mamba_agent.sandboxes import seccomp
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)  # import pyseccomp now fails
+    seccomp.bpf_program.cache_clear()
+    try:
+        with pytest.raises(SandboxUnavailable, match="pip install pyseccomp"):
+            get_sandbox("bubblewrap", workspace)
+    finally:
+        monkeypatch.undo()
+        seccomp.bpf_program.cache_clear()
+
+
 def test_docker_without_engine_says_how_to_start_one(workspace, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{workspace}/no-engine.sock")
     with pytest.raises(SandboxUnavailable, match="setup_ci.sh"):
