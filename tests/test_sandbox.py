@@ -6,7 +6,8 @@ them. A developer without docker can set MAMBA_AGENT_SANDBOX_OPTIONAL=1 to skip 
 tests instead (the skip reason says what is missing). CI prepares the machine with
 `bash sandboxes/setup_ci.sh` and exports the DOCKER_HOST line it prints.
 
-The probes only ever target loopback.
+The probes only ever target loopback and files, sockets and processes the test made; the
+module checks at its end that it left no workspace, mount, cgroup or container behind.
 """
 
 from __future__ import annotations
