@@ -306,7 +306,8 @@ def in_pid_namespace(ns: str) -> list[int]:
 
 
 def test_fork_bomb_is_bounded(isolating, workspace):
-    """Counted in the bomb's own pid namespace, so other sandboxes running meanwhile do not count."""
+    """Counted in the bomb's own pid namespace, so another sandbox running meanwhile (here: one
+    with 40 processes of the same uid) does not count, and neither starves the other."""
     limit, wall = 32, 4
     sandbox = isolating(processes=limit, wall_s=wall)
     peak, running, ns = [0], True, workspace / "ns.txt"
@@ -318,8 +319,16 @@ def test_fork_bomb_is_bounded(isolating, workspace):
             peak[0] = max(peak[0], len(in_pid_namespace(ns.read_text().strip())))
             time.sleep(0.05)
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
+    crowd = []
+
+    def crowd_in():  # another sandbox of the same uid, 40 processes busy meanwhile
+        with Workspace() as ws, get_sandbox(sandbox.name, ws.path, SandboxLimits(wall_s=10)) as other:
+            crowd.append(other.run("for i in $(seq 40); do sleep 3 & done; n=0; "
+                                   "for p in /proc/[0-9]*; do n=$((n+1)); done; echo $n; wait"))
+
+    threads = [threading.Thread(target=watch, daemon=True), threading.Thread(target=crowd_in)]
+    for thread in threads:
+        thread.start()
     # The bomb runs in a background subshell. Meanwhile the shell waits and counts the processes
     # it sees with builtins only (it could not fork any more; fd 3 is a pipe nobody writes to),
     # then stays until the wall timeout kills everything.
@@ -329,7 +338,9 @@ def test_fork_bomb_is_bounded(isolating, workspace):
                          "read -t 2 -u 3; n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; "
                          "echo seen=$n; read -t 60 -u 3")
     running = False
-    watcher.join()
+    for thread in threads:
+        thread.join()
+    assert crowd and int(crowd[0].stdout) > 40, crowd  # all 40 started: no starvation
     summary = result.model_copy(update={"stderr": result.stderr[-300:]})  # for failure messages
     assert result.timed_out and result.duration_s < wall + MARGIN_S, summary
     seen = [int(line[5:]) for line in result.stdout.splitlines() if line.startswith("seen=")]
