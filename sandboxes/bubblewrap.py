@@ -117,7 +117,7 @@ class _CgroupV1:
     def __init__(self, dirs: list[Path]):
         self.dirs = dirs
 
-    swept = False  # have this process's leftovers of dead runs been removed?
+    swept = False  # has this process removed the cgroups that dead runs left?
 
     @classmethod
     def create(cls, limits: SandboxLimits) -> _CgroupV1 | None:

@@ -36,7 +36,6 @@ start-up per command on overlay2.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import subprocess
@@ -158,7 +157,7 @@ class DockerSandbox(Sandbox):
     """
 
     name = "docker"
-    swept = False  # have the leftovers of dead runs been removed, once per process?
+    swept = False  # has this process removed the containers that dead runs left?
 
     def __init__(self, workspace: str | os.PathLike, limits: SandboxLimits | None = None,
                  image: str = IMAGE):
@@ -208,8 +207,6 @@ class DockerSandbox(Sandbox):
             if 'exec: "' in said:  # runc could not execute argv[0]
                 if "permission denied" in said:
                     raise PermissionError(f"{argv[0]}: permission denied") from e
-                if "argument list too long" in said:
-                    raise OSError(errno.E2BIG, "Argument list too long") from e
                 raise FileNotFoundError(f"{argv[0]}: command not found") from e
             raise
         return launched
