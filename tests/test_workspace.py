@@ -17,7 +17,7 @@ from mamba_agent.sandboxes.workspace import (
 )
 from mamba_agent.tasks.code_debug import ANSWER, CodeDebug
 from mamba_agent.tools.files import MAX_FILE_BYTES, VIEW_BYTES
-from mamba_agent.vocab import EDIT, END, OBS_END, VIEW, decode, encode
+from mamba_agent.vocab import EDIT, OBS_END, VIEW, decode, encode
 from tests.test_sandbox import ISOLATING, open_sandbox
 
 pytestmark = pytest.mark.usefixtures("nothing_left_behind")
