@@ -25,6 +25,8 @@ TOKEN_LIMIT = "token_limit"
 TIME_LIMIT = "time_limit"
 FORMAT_ERRORS = "format_errors"  # too many malformed commands in a row
 DIVERGED = "diverged"  # evaluation only: the model left the oracle trajectory
+ERROR = "error"  # could not finish: a tool or the policy raised (Episode.abort, from the runtime)
+INTERRUPTED = "interrupted"  # could not finish: the run was stopped (SIGINT, SIGTERM)
 
 
 class Limits(BaseModel, use_attribute_docstrings=True):
@@ -71,6 +73,7 @@ class Episode:
         self.n_tokens, self.n_model_tokens, self.format_errors = 0, 0, 0
         self.exit: str | None = None
         self.n_fed = 0  # prompt and observation tokens the runtime has fed to the policy so far
+        self.end: dict | None = None  # the end record, once closed
         self.started = time.monotonic()
         for t in prompt:
             self._record(t, INPUT)
@@ -179,21 +182,35 @@ class Episode:
             self.trajectory.tokens.append(token)
             self.trajectory.roles.append(role)
 
-    def close(self, correct: bool | None) -> dict:
-        """End record (also written to the trajectory file): exit, answer, verdict, size, time."""
-        end = {
-            "exit": self.exit,
-            "answer": self.answer,
-            "correct": correct,
-            "tokens": self.n_tokens,
-            "seconds": round(self.seconds, 4),
-        }
-        if self.expected is not None:  # an evaluation: where the model left the oracle (None: never)
-            end["diverged_at"] = self.diverged_at
-            if self.diverged_at is not None:  # and the oracle's token there (None: the oracle had ended)
-                i = self.diverged_at
-                end["oracle_token"] = decode(self.expected[i : i + 1]) if i < len(self.expected) else None
-        if self.writer is not None:
-            self.writer.close(end)
-        return end
+    def close(self, correct: bool | None, error: str | None = None) -> dict:
+        """End record (also written to the trajectory file): exit, answer, verdict, size, time,
+        `error` when given, and for an evaluated episode where it left the oracle. Closing again
+        returns the first record."""
+        if self.end is None:
+            end = {
+                "exit": self.exit,
+                "answer": self.answer,
+                "correct": correct,
+                "tokens": self.n_tokens,
+                "seconds": round(self.seconds, 4),
+            }
+            if error is not None:
+                end["error"] = error
+            if self.expected is not None:  # an evaluation: where the model left the oracle (None: never)
+                end["diverged_at"] = self.diverged_at
+                if self.diverged_at is not None:  # and the oracle's token there (None: the oracle had ended)
+                    i = self.diverged_at
+                    end["oracle_token"] = decode(self.expected[i : i + 1]) if i < len(self.expected) else None
+            self.end = end
+            if self.writer is not None:
+                self.writer.close(end)
+        return self.end
+
+    def abort(self, reason: str, error: BaseException | None = None) -> dict:
+        """Close an episode that could not finish: exit `reason` (ERROR, INTERRUPTED) unless it had
+        already ended, no verdict, and the exception's type and message (cut at 500 characters)."""
+        if self.exit is None:
+            self.exit = reason
+        detail = None if error is None else f"{type(error).__name__}: {error}"[:500]
+        return self.close(None, detail)
 

@@ -7,7 +7,9 @@ has forced tokens queued, the shortest run of them is prefilled in one call. Whe
 ends, the next one takes its row at once (its state row is emptied) if the policy can reset one
 row; otherwise (a KV cache whose positions every row shares) new episodes start when the whole
 batch is done. The loop holds the decoder's state and the queues, never the token history:
-episodes stream their trajectories to disk.
+episodes stream their trajectories to disk. If anything raises in the loop (a tool, the policy)
+or the run is interrupted (KeyboardInterrupt, SystemExit), every live episode is closed with
+exit `error` or `interrupted` (`Episode.abort`) before the exception goes on.
 """
 
 import time
@@ -17,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from mamba_agent.episode import Episode
+from mamba_agent.episode import ERROR, INTERRUPTED, Episode
 from mamba_agent.policies.base import Decoder
 from mamba_agent.vocab import PAD
 
@@ -140,7 +142,12 @@ def run_episodes(
             if on_progress is not None and time.monotonic() - last_progress > progress_seconds:
                 on_progress()
                 last_progress = time.monotonic()
-    finally:  # also when a tool or the policy raises: no idle threads left behind
+    except BaseException as e:  # a tool or the policy raised, or the run was interrupted:
+        for ep in rows:           # every live episode still gets its trajectory's end line
+            if ep is not None:
+                ep.abort(ERROR if isinstance(e, Exception) else INTERRUPTED, e)
+        raise
+    finally:  # no idle threads left behind
         if pool is not None:
             pool.shutdown()
     if on_progress is not None:

@@ -18,6 +18,9 @@ the index of its first model token (thought, command, output; counted from 0) th
 the oracle's, null if none did; and where one did, `oracle_token`: the oracle's token there, as
 text (null where the oracle had already ended). Readers ignore keys they do not know, so version
 1 files with and without them read alike.
+An episode the runtime could not finish ends with exit "error" or "interrupted", `correct` null
+and an "error" field (the exception). A process killed outright loses at most the last
+unflushed second; a file without an `end` line is such a kill.
 """
 
 import json

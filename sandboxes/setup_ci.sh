@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian 12 machine (as root) for the sandbox and viewer tests; safe to run again.
 #
-#   1. installs bubblewrap, docker.io, util-linux (prlimit, setpriv), python3 and chromium (the
+#   1. installs bubblewrap, docker.io, util-linux (prlimit, setpriv), libseccomp2 (the bubblewrap
+#      sandbox's seccomp filter, through the pyseccomp dependency), python3 and chromium (the
 #      viewer's tests open its pages in it, headless) if any is missing;
 #   2. starts dockerd with no bridge and no iptables (overlay2, falling back to vfs), its data,
 #      socket and log under $MAMBA_AGENT_DOCKER_DIR (default /tmp/mamba-agent-docker), unless an
@@ -32,6 +33,7 @@ need=()
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v dockerd >/dev/null || need+=(docker.io)
 { command -v prlimit && command -v setpriv; } >/dev/null || need+=(util-linux)
+ldconfig -p | grep -q 'libseccomp\.so\.2 ' || need+=(libseccomp2)
 [ -x /usr/bin/python3 ] || need+=(python3)  # the image is built from Debian's python3
 command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then

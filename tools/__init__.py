@@ -8,6 +8,15 @@ by the episode, never by raising.
 """
 
 
+SPECIAL_IN_ARGUMENT = "error: the argument holds a special token; give plain text before [END]"
+
+
+def argument_bytes(argument: list[int] | None) -> bytes | None:
+    """The argument of a command that takes text, as bytes; None if it holds a special token."""
+    argument = argument or []
+    return None if any(t > 255 for t in argument) else bytes(argument)
+
+
 class Tool:
     commands: frozenset[int] = frozenset()  # single-token commands this tool answers
     argument_commands: frozenset[int] = frozenset()  # commands whose argument runs to [END]
