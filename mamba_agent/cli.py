@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -103,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="override policy.checkpoint (a folder or builtin:<name>)")
     p.add_argument("--device", type=_device, help="override policy.device (cpu, cuda, cuda:N)")
     p.add_argument("--trajectory", help="override where the trajectory JSONL is written")
+    p.add_argument("--episode-dir", help="where the episode is saved to resume it (default: the trajectory's path, .episode)")
+    p.add_argument("--checkpoint-every", type=_number(at_least=0), default=10.0, metavar="MINUTES",
+                   help="save the episode this often (0: only at the time limit, SIGINT and SIGTERM)")
+
+    p = command("resume", "go on with an episode that solve saved (interrupted, or at its time limit)")
+    p.add_argument("directory", help="the episode folder (solve's --episode-dir)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the live view")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (need not be where it was saved)")
+    p.add_argument("--max-seconds", type=_number(above=0), help="time for this run (default: the task file's limit)")
+    p.add_argument("--checkpoint-every", type=_number(at_least=0), default=10.0, metavar="MINUTES",
+                   help="save the episode this often (0: only at the time limit, SIGINT and SIGTERM)")
 
     p = command("train", "train a policy on oracle trajectories (resumes an interrupted --out)")
     p.add_argument("--task", default="addition", help=f"one of: {tasks}")
@@ -165,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         previous = None
     try:
         args = build_parser().parse_args(argv)
-        commands = {"solve": solve, "train": train, "eval": evaluate, "report": report, "locality": locality,
+        commands = {"solve": solve, "resume": resume, "train": train, "eval": evaluate, "report": report, "locality": locality,
                     "view": view, "replay": replay}
         return commands[args.command](args)
     except UsageError as e:
@@ -188,9 +200,8 @@ def main(argv: list[str] | None = None) -> int:
 def solve(args) -> int:
     import torch
 
-    from mamba_agent.checkpoint import DEFAULT_CHECKPOINTS, CheckpointError, load_checkpoint
-    from mamba_agent.provenance import commit
-    from mamba_agent.runtime import Sampler, run_episodes
+    from mamba_agent.checkpoint import DEFAULT_CHECKPOINTS
+    from mamba_agent.runtime import Sampler
     from mamba_agent.taskfile import TaskFileError, load_taskfile
     from mamba_agent.tasks import get_task
     from mamba_agent.trajectory import TrajectoryWriter
@@ -200,43 +211,149 @@ def solve(args) -> int:
     except TaskFileError as e:
         raise UsageError(str(e)) from None
     checkpoint = args.checkpoint or tf.policy.checkpoint or DEFAULT_CHECKPOINTS.get(tf.task)
-    device = args.device or tf.policy.device
     if checkpoint is None:
         raise UsageError(f"no checkpoint is shipped for task {tf.task!r}; give policy.checkpoint in the task file")
+    policy, meta = _load_policy(checkpoint, args.device or tf.policy.device, tf.task)
+    task = get_task(tf.task)
+    path = args.trajectory or tf.trajectory
+    episode_dir = args.episode_dir or str(Path(path).with_suffix(".episode"))
+    try:
+        writer = TrajectoryWriter(path, {"task": tf.task, "input": problem.input, "policy": meta["policy"]["kind"],
+                                         **_provenance(checkpoint, meta)})
+    except OSError as e:
+        raise UsageError(f"trajectory: cannot write {path} ({e.strerror or e}); give a writable file path (--trajectory)") from None
+    max_tokens = tf.limits.max_tokens or task.max_tokens(problem)
+
+    def make_episode(on_tool_call):
+        # The time limit is kept by _drive, between two steps, where the episode can be saved.
+        episode = task.episode(problem, max_tokens=max_tokens, limits=_no_clock(tf.limits), writer=writer,
+                               on_tool_call=on_tool_call)
+        return episode, None
+
+    sampler = Sampler(tf.policy.temperature, tf.policy.seed)
+    return _drive(args, task, problem, checkpoint, meta, policy, sampler, tf.limits, max_tokens, make_episode, episode_dir)
+
+
+def resume(args) -> int:
+    from mamba_agent.episode import Limits
+    from mamba_agent.runtime import Sampler
+    from mamba_agent.saved_episode import EpisodeCheckpointError, load, restore
+    from mamba_agent.tasks import get_task
+
+    try:
+        record = load(args.directory)
+        task = get_task(record["task"])
+        problem = task.problem(record["input"])
+    except (EpisodeCheckpointError, ValueError) as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    checkpoint = record["checkpoint"]
+    policy, meta = _load_policy(checkpoint, args.device, task.name)
+    if meta["checkpoint_sha256"] != record["checkpoint_sha256"]:
+        raise UsageError(f"checkpoint {checkpoint}: its weights changed since the episode was saved "
+                         f"(sha256 {meta['checkpoint_sha256'][:12]}, saved with {record['checkpoint_sha256'][:12]})")
+    limits = Limits(**record["limits"])
+    if args.max_seconds:
+        limits = limits.model_copy(update={"max_seconds": args.max_seconds})
+
+    def make_episode(on_tool_call):
+        episode = task.episode(problem, max_tokens=record["max_tokens"], limits=_no_clock(limits), on_tool_call=on_tool_call)
+        try:
+            saved_loop, _ = restore(record, task, episode)
+        except EpisodeCheckpointError as e:
+            raise UsageError(str(e)) from None
+        return episode, saved_loop
+
+    sampler = Sampler(record["temperature"])
+    return _drive(args, task, problem, checkpoint, meta, policy, sampler, limits, record["max_tokens"], make_episode,
+                  args.directory)
+
+
+def _load_policy(checkpoint: str, device: str, task: str):
+    import torch
+
+    from mamba_agent.checkpoint import CheckpointError, load_checkpoint
+
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"policy.device is {device!r} but CUDA is not available here; use cpu")
     try:
         policy, meta = load_checkpoint(checkpoint, device=device)
     except (CheckpointError, OSError) as e:
         raise UsageError(f"checkpoint: {e}") from None
-    if meta["task"] != tf.task:
-        raise UsageError(f"checkpoint {checkpoint} was trained on {meta['task']!r}, the task file asks for {tf.task!r}")
-    task = get_task(tf.task)
+    if meta["task"] != task:
+        raise UsageError(f"checkpoint {checkpoint} was trained on {meta['task']!r}, the task file asks for {task!r}")
     torch.set_num_threads(1)  # one token at a time: threads cost more than they give at this size
-    path = args.trajectory or tf.trajectory
-    provenance = {"checkpoint": checkpoint, "checkpoint_sha256": meta["checkpoint_sha256"],
-                  "task_version": meta["task_version"], "commit": commit()}
+    return policy, meta
+
+
+def _provenance(checkpoint: str, meta: dict) -> dict:
+    from mamba_agent.provenance import commit
+
+    return {"checkpoint": checkpoint, "checkpoint_sha256": meta["checkpoint_sha256"],
+            "task_version": meta["task_version"], "commit": commit()}
+
+
+def _no_clock(limits):
+    return limits.model_copy(update={"max_seconds": float("inf")})
+
+
+def _drive(args, task, problem, checkpoint, meta, policy, sampler, limits, max_tokens, make_episode, episode_dir) -> int:
+    """Run one episode (new, or restored) to its end, saving it to `episode_dir` every
+    --checkpoint-every minutes, at the time limit and on SIGINT or SIGTERM (then exit 130 / 143;
+    a second signal stops at once); print and return what solve does."""
+    from contextlib import nullcontext
+
+    from mamba_agent.episode import INTERRUPTED, TIME_LIMIT
+    from mamba_agent.policies.base import state_tensors
+    from mamba_agent.runtime import run_episodes
+    from mamba_agent.saved_episode import FILE, EpisodeRun
+
+    can_save = state_tensors(policy.init_state(1)) is not None  # a fixed-size state
+    every = 60 * args.checkpoint_every if args.checkpoint_every else None
+    stop, clock = [], {"start": time.monotonic(), "saved": time.monotonic(), "any": False}
+
+    def on_signal(signum, frame):
+        if stop:  # asked twice: now
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+        stop.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    view = nullcontext() if args.json else _LiveView(task.name, checkpoint, max_tokens)
     try:
-        writer = TrajectoryWriter(path, {"task": tf.task, "input": problem.input, "policy": meta["policy"]["kind"], **provenance})
-    except OSError as e:
-        raise UsageError(f"trajectory: cannot write {path} ({e.strerror or e}); give a writable file path (--trajectory)") from None
-    max_tokens = tf.limits.max_tokens or task.max_tokens(problem)
-    sampler = Sampler(tf.policy.temperature, tf.policy.seed)
-    try:
-        if args.json:
-            episode = task.episode(problem, max_tokens=max_tokens, limits=tf.limits, writer=writer)
-            run_episodes(policy, [episode], sampler)
-        else:
-            with _LiveView(tf.task, checkpoint, max_tokens) as view:
-                episode = task.episode(problem, max_tokens=max_tokens, limits=tf.limits, writer=writer,
-                                       on_tool_call=view.tool_call)
-                run_episodes(policy, [episode], sampler, on_progress=lambda: view.update(episode))
-    except (KeyboardInterrupt, Terminated):
-        print(f"\nthe trajectory so far is in {path}", file=sys.stderr)
-        raise
+        with view:
+            episode, saved_loop = make_episode(None if args.json else view.tool_call)
+            run = EpisodeRun(task, problem, checkpoint, meta, episode, sampler, limits, max_tokens)
+
+            def progress(loop) -> bool:
+                if not args.json:
+                    view.update(episode)
+                now = time.monotonic()
+                out_of_time = now - clock["start"] > limits.max_seconds
+                due = every is not None and now - clock["saved"] > every
+                if (stop or out_of_time or due) and can_save and not episode.done:
+                    run.save(episode_dir, loop)
+                    clock["saved"], clock["any"] = now, True
+                return bool(stop) or out_of_time
+
+            run_episodes(policy, [episode], sampler, on_progress=progress, resume=saved_loop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    saved = Path(episode_dir) / FILE
+    if not episode.done:
+        if stop:
+            episode.abort(INTERRUPTED)
+            where = f"saved: mamba-agent resume {episode_dir}" if clock["any"] else f"the trajectory so far is in {episode.writer.path}"
+            print(f"\ninterrupted; {where}", file=sys.stderr)
+            raise KeyboardInterrupt if stop[0] == signal.SIGINT else Terminated()
+        episode.exit = TIME_LIMIT
+    elif episode.exit != TIME_LIMIT and saved.exists():
+        saved.unlink()  # ended: nothing left to resume
     correct = task.check(problem, episode.answer, episode.tools)
     end = episode.close(correct)
-    result = {"task": tf.task, **end, "reference": problem.reference, **provenance, "trajectory": str(path)}
+    result = {"task": task.name, **end, "reference": problem.reference, **_provenance(checkpoint, meta),
+              "trajectory": str(episode.writer.path)}
+    if saved.exists():
+        result["resume"] = f"mamba-agent resume {episode_dir}"
     if args.json:
         print(json.dumps(result))
     else:

@@ -206,6 +206,30 @@ class Episode:
                 self.writer.close(end)
         return self.end
 
+    def state_dict(self) -> dict:
+        """Where the episode stands, its tools' state included: with a fresh episode of the same
+        problem, `load_state_dict` brings it back (an episode checkpoint)."""
+        open_arg = None
+        if self._open_arg is not None:
+            command, tool, argument = self._open_arg
+            open_arg = {"command": command, "tool": self.tools.index(tool), "argument": list(argument)}
+        return {
+            "n_tokens": self.n_tokens, "n_model_tokens": self.n_model_tokens, "n_fed": self.n_fed,
+            "format_errors": self.format_errors, "after_ans": self.after_ans, "output": list(self.output),
+            "open_arg": open_arg, "seconds": self.seconds, "tools": [tool.state_dict() for tool in self.tools],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("n_tokens", "n_model_tokens", "n_fed", "format_errors", "after_ans"):
+            setattr(self, key, state[key])
+        self.output = list(state["output"])
+        arg = state["open_arg"]
+        self._open_arg = None if arg is None else (arg["command"], self.tools[arg["tool"]], list(arg["argument"]))
+        self.started = time.monotonic() - state["seconds"]
+        self.exit = None
+        for tool, saved in zip(self.tools, state["tools"], strict=True):
+            tool.load_state_dict(saved)
+
     def abort(self, reason: str, error: BaseException | None = None) -> dict:
         """Close an episode that could not finish: exit `reason` (ERROR, INTERRUPTED) unless it had
         already ended, no verdict, and the exception's type and message (cut at 500 characters)."""

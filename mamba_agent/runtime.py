@@ -14,6 +14,7 @@ exit `error` or `interrupted` (`Episode.abort`) before the exception goes on.
 
 import time
 from collections import deque
+from dataclasses import dataclass
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -55,14 +56,18 @@ def run_episodes(
     episodes: Iterable[Episode],
     sampler: Sampler | None = None,
     batch_size: int | None = None,
-    on_progress: Callable[[], None] | None = None,
+    on_progress: Callable[["Loop"], bool | None] | None = None,
     on_done: Callable[[Episode], None] | None = None,
     progress_seconds: float = 0.1,
     device: torch.device | str | None = None,
+    resume: "SavedLoop | None" = None,
 ) -> Decoder:
     """Decode every episode to its end. `episodes` may be a lazy iterable: each is taken when a
     row frees up. `batch_size` (default: all of them) rows decode together. `on_done(episode)`
-    runs as each one ends; `on_progress()` every `progress_seconds` and once at the end. Returns the decoder (its state, for measurements)."""
+    runs as each one ends. `on_progress(loop)` runs every `progress_seconds` between two steps
+    (where `loop.save()` can be taken) and once at the end; if it returns True the loop stops
+    there, its episodes left open. `resume`: a saved loop to go on from; `episodes` are then
+    its rows' episodes, restored. Returns the decoder (its state, for measurements)."""
     sampler = sampler or Sampler()
     if batch_size is None:
         episodes = list(episodes)
@@ -91,8 +96,12 @@ def run_episodes(
             blocking |= any(tool.blocking for tool in rows[r].tools)
 
     try:
-        for r in range(batch_size):
-            take(r)
+        if resume is None:
+            for r in range(batch_size):
+                take(r)
+        else:
+            resume.restore(rows, queues, sampled, pending, decoder, sampler)
+            blocking = any(tool.blocking for ep in rows if ep is not None for tool in ep.tools)
         while True:
             live = [r for r in range(batch_size) if rows[r] is not None]
             if not live:
@@ -140,7 +149,8 @@ def run_episodes(
                     break
                 sampled = decoder.step_greedy(tokens) if sampler.temperature == 0 else sampler(decoder.step(tokens))
             if on_progress is not None and time.monotonic() - last_progress > progress_seconds:
-                on_progress()
+                if on_progress(Loop(rows, queues, sampled, decoder, sampler)):
+                    return decoder
                 last_progress = time.monotonic()
     except BaseException as e:  # a tool or the policy raised, or the run was interrupted:
         for ep in rows:           # every live episode still gets its trajectory's end line
@@ -151,8 +161,42 @@ def run_episodes(
         if pool is not None:
             pool.shutdown()
     if on_progress is not None:
-        on_progress()
+        on_progress(Loop(rows, queues, sampled, decoder, sampler))
     return decoder
+
+
+@dataclass
+class Loop:
+    """The loop between two steps: every row's episode, the forced tokens it has yet to feed,
+    the token it samples next (where its queue is empty), the decoder and the sampler."""
+
+    rows: list[Episode | None]
+    queues: list[deque]
+    sampled: list[int]
+    decoder: Decoder
+    sampler: Sampler
+
+    def save(self) -> "SavedLoop":
+        """What `run_episodes(resume=...)` needs to go on from here (the episodes save their
+        own state: `Episode.state_dict`)."""
+        return SavedLoop([list(q) for q in self.queues], list(self.sampled), self.decoder.state_dict(),
+                         self.sampler.generator.get_state())
+
+
+@dataclass
+class SavedLoop:
+    queues: list[list[int]]
+    sampled: list[int]
+    decoder_state: dict[str, torch.Tensor]
+    sampler_rng: torch.Tensor
+
+    def restore(self, rows, queues, sampled, pending, decoder, sampler) -> None:
+        for r in range(len(rows)):
+            rows[r] = next(pending, None)
+            queues[r].extend(self.queues[r])
+        sampled[:] = self.sampled
+        decoder.load_state_dict(self.decoder_state)
+        sampler.generator.set_state(self.sampler_rng)
 
 
 def _can_reset_rows(policy) -> bool:

@@ -77,6 +77,29 @@ class TrajectoryWriter:
         self._write({"end": end})
         self._file.close()
 
+    def position(self) -> dict:
+        """Where the trajectory stands, flushed to disk (an episode checkpoint keeps it):
+        `reopen` continues the same file from here."""
+        self._file.flush()
+        return {"path": str(self.path), "offset": self._file.tell(), "role": self._role, "run": list(self._run)}
+
+    @classmethod
+    def reopen(cls, position: dict, flush_seconds: float = 1.0) -> "TrajectoryWriter":
+        """Continue a trajectory at a saved `position`; what the file holds past it (the end
+        line of the run that was interrupted) is cut off. Raises OSError, or ValueError when
+        the file is shorter than the position (it is not the file that was saved)."""
+        writer = cls.__new__(cls)
+        writer.path = Path(position["path"])
+        writer._file = open(writer.path, "r+")
+        if writer._file.seek(0, 2) < position["offset"]:
+            writer._file.close()
+            raise ValueError(f"{writer.path} is shorter than the checkpoint's position in it: not the trajectory it saved")
+        writer._file.truncate(position["offset"])
+        writer._file.seek(position["offset"])
+        writer._role, writer._run = position["role"], list(position["run"])
+        writer._flush_seconds, writer._last_flush = flush_seconds, time.monotonic()
+        return writer
+
     def _emit_run(self) -> None:
         if self._run:
             self._write({"role": ROLE_NAMES[self._role], "tokens": self._run, "text": decode(self._run)})

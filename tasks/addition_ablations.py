@@ -97,6 +97,13 @@ class SelfAnsweredEpisode(Episode):
         self.reads, self._guess_next = reads, False
         super().__init__(*args, **kwargs)
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "guess_next": self._guess_next}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._guess_next = state["guess_next"]
+
     def _carry_out(self, token: int) -> list[int]:
         if self._guess_next:
             self._guess_next = False

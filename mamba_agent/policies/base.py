@@ -13,6 +13,7 @@ The state is an inference object: it stores values without autograd history, so 
 step are meant to run under `torch.no_grad()` (step enforces it itself).
 """
 
+import dataclasses
 import itertools
 from abc import ABC, abstractmethod
 from typing import Any
@@ -113,6 +114,39 @@ class Decoder:
 
     def reset_row(self, row: int) -> None:
         self.policy.reset_row(self.state, row)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The rows' state as CPU tensors, in the policy's own layout (an episode checkpoint:
+        the same whatever decoder or device made it). Only states of a fixed size are saved."""
+        tensors = state_tensors(self.state)
+        if tensors is None:
+            raise NotImplementedError(f"{type(self.policy).__name__}'s state grows with the history: "
+                                      "episode checkpoints need a policy with a fixed-size state")
+        return {name: t.detach().to("cpu", copy=True) for name, t in tensors.items()}
+
+    def load_state_dict(self, saved: dict[str, Tensor]) -> None:
+        """Copy a `state_dict` into this decoder's state, in place (CUDA graphs and views of the
+        state keep working)."""
+        tensors = state_tensors(self.state)
+        if tensors is None or tensors.keys() != saved.keys():
+            raise ValueError(f"saved state holds {sorted(saved)}, this policy's holds {sorted(tensors or {})}")
+        for name, t in tensors.items():
+            if t.shape != saved[name].shape:
+                raise ValueError(f"saved state {name} is {tuple(saved[name].shape)}, this policy's {tuple(t.shape)}")
+            t.copy_(saved[name])
+
+
+def state_tensors(state: Any) -> dict[str, Tensor] | None:
+    """A fixed-size state's tensors by name (a tensor, or a dataclass of tensors and None);
+    None for a state that also holds other values (a KV cache's length: it grows)."""
+    if isinstance(state, Tensor):
+        return {"state": state}
+    if not dataclasses.is_dataclass(state):
+        return None
+    values = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    if any(v is not None and not isinstance(v, Tensor) for v in values.values()):
+        return None
+    return {name: v for name, v in values.items() if v is not None}
 
 
 def _device_of(module: nn.Module) -> torch.device:
