@@ -1,6 +1,6 @@
 """The bubblewrap backend: real isolation on the host, no engine, about 10 ms per command.
 
-Launch chain (as root, measured in /work/shared/sandbox-notes.md):
+Launch chain (as root):
 `[sh: join cgroup] prlimit ... -- bwrap <namespaces and mounts> -- setpriv <drop to nobody> -- CMD`.
 As an ordinary user there is no setpriv and bwrap adds a user namespace (`--unshare-all`).
 
