@@ -239,7 +239,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
 
 
 def fit_lookup_run(cfg: TrainConfig, out: Path, task, progress: bool) -> dict:
-    """The lookup-table policy (locality.md) learns by counting: it sees exactly the trajectories a
+    """The lookup-table policy (docs/locality.md) learns by counting: it sees exactly the trajectories a
     neural policy trained with the same settings would see (steps x batch_size, same seeds)."""
     start = time.monotonic()
     bar = Bar("count", cfg.steps) if progress else None

@@ -105,7 +105,7 @@ def test_trajectory_two_disks_reads_as_documented():
 
 
 def test_trajectory_is_local():
-    """Every model token is a function of the last 5 tokens, at every size (locality.md)."""
+    """Every model token is a function of the last 5 tokens, at every size (docs/locality.md)."""
     rng = random.Random(3)
     train = [task.oracle(task.training_problem(rng)) for _ in range(300)]
     long = [task.oracle(task.random_problem(rng, n)) for n in (9, 10)]

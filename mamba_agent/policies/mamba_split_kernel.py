@@ -1,58 +1,28 @@
 """Mamba's decode step for large batches: four Triton kernels a layer, each shaped for what it moves.
 
-StepKernel (mamba_step_kernel.py) takes 16 rows through the whole step in one program. Compiled
-for the H200 it needs 255 registers a thread and spills (the residual, its norm, the out_proj
-sum and a 16 x 16 x 16 block of the SSM state are live at once), so an SM holds only 8 warps and
-the step is latency-bound (22% of the bandwidth limit at 32,768 rows). Here the step is split
-where its shape changes, every kernel's program small enough that an SM holds 16-32 warps of it
-(Triton 3.6; `kernel_resources.py` counts them):
+StepKernel (mamba_step_kernel.py) takes 16 rows through the whole step in one program: compiled
+for sm_90 it needs 255 registers a thread and spills, so an SM holds only 8 of its warps and the
+step waits on latency. Here the step is split where its shape changes, each program small enough
+that an SM holds 16-32 of its warps (`kernel_resources.py` counts them):
   1. `_out_norm`, over blocks of rows: the residual entering the layer (the embedding, or the
      residual plus out_proj(y) of the layer before) and its RMSNorm xn.
   2. `_in_conv`, over (rows, channels) like a GEMM tile: x, z = in_proj(xn), the causal conv step
      on the state's window, u = silu(conv x) and the gate silu(z).
   3. `_x_proj`, over blocks of rows: Δ (low rank), B and C of u, in one product.
   4. `_ssm`, one row and a block of channels a program: Δ = softplus(dt_proj),
-     h = exp(Δ A) h + Δ B u, y = (C h + D u) gate. It streams the SSM state, 4/5 of the bytes.
-`_head` takes the logits of the final norm and the greedy pick: 4 L + 2 launches a step. u, the
-gate and y go through memory in the state's dtype, xn in the weights'; no atomics, so the
-results do not depend on scheduling.
+     h = exp(Δ A) h + Δ B u, y = (C h + D u) gate. It streams the SSM state, most of the bytes.
+`_head` takes the logits and the greedy pick: 4 L + 2 launches a step, no atomics, so results do
+not depend on scheduling. u, the gate and y go through memory in the state's dtype (bf16 for an
+8-bit state), xn in the weights'.
 
 Pairs (`greedy_pair`, `step_pair`): a row may read two tokens in one step where the second is
-forced (a prompt token, or the observation of the read that the first one is:
-`PointerBatch.advance(..., pair=True)`); the model's choice after the first would be ignored, so
-it is never made, and the conv window and the SSM state are read and written once for both.
-Activations are token-major (row t B + b); `_out_norm` and `_x_proj` run over (row blocks,
-tokens), a block of second tokens that no row reads returning at once; `_in_conv` and `_ssm`
-take both tokens of their rows, loading the second's inputs before they know it is read (their
-latency then overlaps the first token's work). A 1,000-digit addition takes 26,032 steps
-instead of 38,048.
-
-The state may be stored in 8 bits (a float8_e4m3fn SSM state and conv window, rounded once a step
-when stored; u, the gate and y stay bf16): 20 KiB a row instead of 40, and the shipped model
-still solves every 1,000-digit addition (eval/README.md, "An 8-bit state"). `_ssm` then updates
-the state in fp16, two values an instruction (its 10 mantissa bits against the state's 3): 96
-registers a thread instead of 154, so an SM holds 20 of its warps, not 12.
-
-Measured on the H200 (2026-11-29, bf16 state and matmuls, eval/results/2026-11-29-throughput-h200/
-6 to 16): 1.07-1.10 ms a step at 32,768 rows (StepKernel 2.52), of it `_ssm` 0.66-0.71,
-`_in_conv` 0.27-0.29, `_out_norm` 0.10, `_x_proj` 0.03; 778-782 1,000-digit additions a second
-with the tools on the GPU, 800-813 in pairs. The step moves its ~3.3 GB at 2/3 of the memory
-bandwidth, yet it is bound by latency more than by bytes: a pair step costs 1.75 ms with every
-row reading two tokens (`_ssm` 0.94, `_in_conv` 0.56, `_out_norm` 0.19), though the second
-token moves ~0.5 GB, not 3.3, and 1.34 ms with every row reading one. On the way: a split with
-atomic partial sums took 3.72 ms; two kernels a layer 1.98 ms (the matmul kernel was
-latency-bound); the conv window read and written as W accesses a channel (each using 2 of every
-8 bytes it touched) cost 1.1 ms of the step until it became one flat tile; `_ssm` taking 8 rows
-a program (to read A from L2 once) took 1.43 ms; `_ssm` with 26% fewer instructions (exp2 of A
-log2(e), Δ's true rank: 1,328 -> 984 SASS instructions a thread, counted offline) left the step
-as it was (1.12 -> 1.13 ms at the same tiles); `_ssm` as fewer programs each walking its rows,
-Triton's pipeliner streaming the state 2 rows ahead, took 1.1 ms against 0.70 (reverted). With
-the fp8 state: 0.95-1.00 ms a token a step (`_ssm` 0.54), 1.89 in pairs of 2 (`_ssm` 1.11),
-844-874 additions a second a token a step; `_ssm` over blocks of 2-16 rows as 3D tiles (A and
-Δ's projection read once a block, not once a row) was slower at every shape (reverted); the conv
-window read input-major took `_in_conv` from 0.30 to 0.27 ms. The fp16 update took `_ssm` from
-0.54 to 0.38 ms (eval/results/2026-11-29-throughput-h200/22 to 24): 0.77-0.80 ms a step,
-1,044-1,066 additions a second.
+forced (a prompt token, or the observation of the read the first one is:
+`PointerBatch.advance(..., pair=True)`); the model's ignored choice after the first is never
+made, and the conv window and the SSM state are read and written once for both.
+The state may be stored in 8 bits (float8_e4m3fn, rounded once a step when stored): 20 KiB a row
+instead of 40. `_ssm` then updates it in fp16, two values an instruction (10 mantissa bits
+against the state's 3), which needs fewer registers, so more warps an SM. What each design
+choice measured, and what was tried and reverted: CHANGELOG.md (2026-11-29) and eval/README.md.
 """
 
 import math
