@@ -198,8 +198,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def solve(args) -> int:
-    import torch
-
     from mamba_agent.checkpoint import DEFAULT_CHECKPOINTS
     from mamba_agent.runtime import Sampler
     from mamba_agent.taskfile import TaskFileError, load_taskfile

@@ -102,7 +102,7 @@ def test_the_search_tool_and_an_open_argument_are_saved_too(tmp_path):
     problem = task.random_problem(random.Random(3), 12)
     whole = run_through(policy, task, problem, tmp_path / "whole.jsonl", 0.0)
     stops = list(range(40, whole.n_model_tokens, 97))[:6]
-    pieces = run_in_pieces(policy, meta, task, problem, tmp_path / "pieces.jsonl", 0.0, stops, tmp_path / "ep")
+    run_in_pieces(policy, meta, task, problem, tmp_path / "pieces.jsonl", 0.0, stops, tmp_path / "ep")
     assert lines(tmp_path / "pieces.jsonl") == lines(tmp_path / "whole.jsonl") and whole.exit == "finished"
 
 
@@ -113,7 +113,7 @@ def test_saved_on_cuda_resumes_on_the_cpu(tmp_path):
     task = get_task("addition")
     problem = task.problem({"a": "9" * 40, "b": "1"})
     whole = run_through(policy, task, problem, tmp_path / "whole.jsonl", 0.0, device="cuda")
-    cuda_again = run_in_pieces(policy, meta, task, problem, tmp_path / "c.jsonl", 0.0, [50, 400], tmp_path / "c", device="cuda")
+    run_in_pieces(policy, meta, task, problem, tmp_path / "c.jsonl", 0.0, [50, 400], tmp_path / "c", device="cuda")
     assert lines(tmp_path / "c.jsonl") == lines(tmp_path / "whole.jsonl")
     cpu_policy, _ = load_checkpoint("builtin:addition-mamba")
     moved = run_in_pieces(policy, meta, task, problem, tmp_path / "m.jsonl", 0.0, [300], tmp_path / "m", device="cuda",
