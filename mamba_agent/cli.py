@@ -89,7 +89,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from mamba_agent.tasks import TASKS
 
-    tasks = ", ".join(sorted(TASKS))
+    tasks = ", ".join(sorted(TASKS)) + ", an installed plugin's name, or module:Name"
     parser = _Parser(prog="mamba-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mamba-agent {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", "train a policy on oracle trajectories (resumes an interrupted --out)")
     p.add_argument("--task", default="addition", help=f"one of: {tasks}")
-    p.add_argument("--policy", default="mamba", help="policy kind: mamba, transformer, lstm, gru, lookup (counts, needs --set k=N)")
+    p.add_argument("--policy", default="mamba", help="policy kind: mamba, transformer, lstm, gru, lookup (counts, needs --set k=N), an installed plugin's name, or module:Name")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a policy config field, e.g. --set d_model=128 (repeatable)")
     p.add_argument("--steps", type=_whole(1), default=2000, help="optimizer steps")
@@ -314,15 +314,14 @@ def train(args) -> int:
                           seed=args.seed, save_every=args.save_every, device=args.device,
                           data_workers=args.data_workers, max_seconds=args.max_seconds, precision=args.precision,
                           init_from=args.init_from, length_buckets=args.length_buckets)
-        from mamba_agent.policies import POLICY_CONFIGS
+        from mamba_agent.policies import policy_classes
         from mamba_agent.tasks import get_task
         from mamba_agent.vocab import VOCAB_SIZE
 
-        get_task(cfg.task)
-        if args.policy not in POLICY_CONFIGS:
-            raise ValueError(f"unknown policy kind {args.policy!r}; valid kinds: {', '.join(POLICY_CONFIGS)}")
+        _flag("--task", get_task, cfg.task)
+        _, config_class = _flag("--policy", policy_classes, args.policy)
         if not args.init_from:
-            POLICY_CONFIGS[args.policy].model_validate({**policy, "vocab_size": VOCAB_SIZE})  # before any work
+            config_class.model_validate({**policy, "vocab_size": VOCAB_SIZE})  # before any work
     except (ValidationError, ValueError) as e:
         raise UsageError(first_error(e) if isinstance(e, ValidationError) else str(e).splitlines()[0]) from None
     try:
@@ -332,6 +331,14 @@ def train(args) -> int:
     if summary:  # rank 0 (torchrun's other ranks write nothing)
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     return 0
+
+
+def _flag(flag: str, lookup, name: str):
+    """lookup(name), its ValueError (an unknown name, a broken plugin) a UsageError naming `flag`."""
+    try:
+        return lookup(name)
+    except ValueError as e:
+        raise UsageError(f"{flag}: {e}") from None
 
 
 def evaluate(args) -> int:
@@ -391,10 +398,7 @@ def locality(args) -> int:
     from mamba_agent.locality import smallest_local_k
     from mamba_agent.tasks import get_task
 
-    try:
-        task = get_task(args.task)
-    except ValueError as e:
-        raise UsageError(f"--task: {e}") from None
+    task = _flag("--task", get_task, args.task)
     rng = random.Random(0)
     sizes = args.sizes or list(range(1, task.train_max_size + 3))
     try:
