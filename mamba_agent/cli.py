@@ -104,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device, help="override policy.device (cpu, cuda, cuda:N)")
     p.add_argument("--trajectory", help="override where the trajectory JSONL is written")
 
-    p = command("train", "train a policy on oracle trajectories (resumes an interrupted --out)")
-    p.add_argument("--task", default="addition", help=f"one of: {tasks}")
+    p = command("train", "train a policy on oracle trajectories or trajectory files (resumes an interrupted --out)")
+    p.add_argument("--task", help=f"one of: {tasks} (default: the --data files' task, or addition)")
     p.add_argument("--policy", default="mamba", help="policy kind: mamba, transformer, lstm, gru, lookup (counts, needs --set k=N), an installed plugin's name, or module:Name")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a policy config field, e.g. --set d_model=128 (repeatable)")
@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", help="start from this checkpoint's weights (folder or builtin:<name>)")
     p.add_argument("--length-buckets", type=_whole(1), default=1, metavar="G",
                    help="sort each G steps' trajectories by length and batch alike ones (same data; less padding)")
+    p.add_argument("--data", action="append", default=[], metavar="PATH",
+                   help="train on trajectory files in the format the runtime writes: a .jsonl file or a folder of them (repeatable)")
+    p.add_argument("--data-weight", type=_number(above=0), default=1.0, metavar="W",
+                   help="share of each batch read from --data (at most 1); the rest is generated from --task")
     p.add_argument("--out", required=True, help="run folder: checkpoint, train_state.pt, train_log.jsonl")
 
     p = command("eval", "accuracy against problem size: exact trajectory and the checker's verdict (appends, resumes)")
@@ -293,6 +297,7 @@ def _print_result(r: dict) -> None:
 
 
 def train(args) -> int:
+    from mamba_agent.data import DataError
     from mamba_agent.taskfile import first_error
     from mamba_agent.train import TrainConfig, train as run_training
 
@@ -313,12 +318,16 @@ def train(args) -> int:
         cfg = TrainConfig(task=args.task, policy=policy, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           seed=args.seed, save_every=args.save_every, device=args.device,
                           data_workers=args.data_workers, max_seconds=args.max_seconds, precision=args.precision,
-                          init_from=args.init_from, length_buckets=args.length_buckets)
+                          init_from=args.init_from, length_buckets=args.length_buckets, data=args.data,
+                          data_weight=args.data_weight)
         from mamba_agent.policies import policy_classes
         from mamba_agent.tasks import get_task
         from mamba_agent.vocab import VOCAB_SIZE
 
-        _flag("--task", get_task, cfg.task)
+        if cfg.task is not None:
+            _flag("--task", get_task, cfg.task)
+        if cfg.data_weight < 1 and not cfg.data:
+            raise ValueError("--data-weight: give the trajectory files too (--data PATH)")
         _, config_class = _flag("--policy", policy_classes, args.policy)
         if not args.init_from:
             config_class.model_validate({**policy, "vocab_size": VOCAB_SIZE})  # before any work
@@ -326,6 +335,8 @@ def train(args) -> int:
         raise UsageError(first_error(e) if isinstance(e, ValidationError) else str(e).splitlines()[0]) from None
     try:
         summary = run_training(cfg, args.out)
+    except DataError as e:
+        raise UsageError(f"--data: {e}") from None
     except ValueError as e:  # settings that clash with --out's run or --init-from's checkpoint
         raise UsageError(str(e).splitlines()[0]) from None
     if summary:  # rank 0 (torchrun's other ranks write nothing)

@@ -12,11 +12,13 @@ tokens with the same role, streamed as the episode runs, then an `end` line:
   {"format": "mamba-agent-trajectory", "version": 1, "vocab_version": 1, "task": ..., ...}
   {"role": "command", "tokens": [262], "text": "[P1.read]"}
   {"end": {"exit": "finished", "answer": "...", "correct": true, "tokens": 1234, "seconds": 0.8}}
-A crash loses at most the last unflushed second; a file without an `end` line is a crash.
+A crash loses at most the last unflushed second; a file without an `end` line is a crash. A file
+may hold several trajectories one after another (`read_trajectories`).
 """
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,21 +84,47 @@ class TrajectoryWriter:
 
 
 def read_trajectory(path: str | Path) -> tuple[dict, Trajectory, dict | None]:
-    """(header, trajectory, end) from a JSONL file; `end` is None if the run never finished."""
-    header, traj, end = None, Trajectory(), None
-    with open(path) as f:
-        for line in f:
-            obj = json.loads(line)
-            if header is None:
-                if obj.get("format") != FORMAT:
-                    raise ValueError(f"{path}: not a mamba-agent trajectory (no format header)")
-                header = obj
+    """(header, trajectory, end) of the first trajectory in a JSONL file; `end` is None if the run
+    never finished. Raises ValueError naming the file (and line) when it is not one."""
+    for _, _, header, traj, end in read_trajectories(path):
+        return header, traj, end
+    raise ValueError(f"{path}: empty trajectory file")
+
+
+def read_trajectories(path: str | Path, offset: int = 0, line: int = 1) -> Iterator[tuple[int, int, dict, Trajectory, dict | None]]:
+    """Each trajectory in a JSONL file from byte `offset` (line number `line`) on, as (offset, line
+    number of its header, header, trajectory, end): a file may hold several, one after another
+    (`cat` of the runtime's files). `end` is None for one that never finished. Raises ValueError
+    naming the file and line of anything that is not this format."""
+    header = None
+    with open(path, "rb") as f:
+        f.seek(offset)
+        for number, text in enumerate(f, start=line):
+            here, offset = offset, offset + len(text)
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+                raise ValueError(f"{path}:{number}: not a JSON line (a damaged or truncated file?)") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{number}: not a trajectory line (a JSON object)")
+            if "format" in obj:
+                if obj["format"] != FORMAT:
+                    raise ValueError(f"{path}:{number}: format {obj['format']!r}, not a mamba-agent trajectory")
+                if header is not None:  # the next trajectory begins: this one never finished
+                    yield start, start_line, header, traj, None
+                header, start, start_line, traj = obj, here, number, Trajectory()
+            elif header is None:
+                raise ValueError(f"{path}:{number}: not a mamba-agent trajectory (no {FORMAT!r} header line before it)")
             elif "end" in obj:
-                end = obj["end"]
+                yield start, start_line, header, traj, obj["end"]
+                header = None
             else:
-                role = ROLE_NAMES.index(obj["role"])
-                traj.tokens += obj["tokens"]
-                traj.roles += [role] * len(obj["tokens"])
-    if header is None:
-        raise ValueError(f"{path}: empty trajectory file")
-    return header, traj, end
+                role, tokens = obj.get("role"), obj.get("tokens")
+                if role not in ROLE_NAMES or not isinstance(tokens, list):
+                    raise ValueError(f"{path}:{number}: expected a role ({', '.join(ROLE_NAMES)}) and its tokens")
+                traj.tokens += tokens
+                traj.roles += [ROLE_NAMES.index(role)] * len(tokens)
+    if header is not None:
+        yield start, start_line, header, traj, None

@@ -1,7 +1,8 @@
 """The worked example of docs/extending.md, as a user runs it: the plugin package in
 examples/plugin installed with pip (into a folder of its own, so the environment running the
 tests is left as it was), then found by its entry points alone: `locality`, a short `train` of
-its window policy, `solve` and `eval` with that checkpoint, and `report`.
+its window policy, `solve` and `eval` with that checkpoint, `report`, and `train --data` on the
+trajectory that `solve` wrote.
 
 The install is offline (--no-index --no-build-isolation): it builds with the setuptools of this
 environment (the test extra asks for one that builds wheels by itself, >= 70.1)."""
@@ -48,6 +49,10 @@ def test_the_example_plugin_installs_trains_solves_and_evaluates(tmp_path):
     result, text = json.loads(solve.stdout), yaml.safe_load((EXAMPLE / "sort.yaml").read_text())["input"]["text"]
     assert solve.returncode == 0 and result["correct"] and result["answer"] == "".join(sorted(text))
     assert len(text) > 50  # trained on 1..10 letters
+
+    more = cli("train", "--data", "sort.jsonl", "--policy", "window", "--steps", "3", "--batch-size", "2", "--out", "runs/from-solve")
+    assert more.returncode == 0, more.stderr  # the trajectory solve recorded is training data as it is
+    assert json.loads((tmp_path / "runs" / "from-solve" / "config.json").read_text())["task"] == "sort"
 
     evaluation = cli("eval", "runs/sort-window", "--sizes", "10,100", "--samples", "4", "--out", "results.jsonl")
     assert evaluation.returncode == 0, evaluation.stderr
