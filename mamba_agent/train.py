@@ -2,11 +2,11 @@
 
 Batches are generated on the fly from the task's training distribution; the batch of step s on
 rank r comes from a generator seeded by (seed, r, s), so a resumed run sees exactly the data it
-would have seen. Trajectory files (`data`, mamba_agent/data.py) replace all or part of each
-batch, read from a stream that is a function of the seed in the same way (with `length_buckets` G, the G batches of a block of steps are pooled, sorted by
-length and cut again, so each step pads to lengths like its own). Every `save_every` steps the
-run folder gets an atomic checkpoint plus `train_state.pt` (optimizer, step); `train` on the same
-folder resumes from there.
+would have seen (with `length_buckets` G, the G batches of a block of steps are pooled, sorted by
+length and cut again, so each step pads to lengths like its own). Trajectory files (`data`,
+mamba_agent/data.py) fill all or part of each batch from a stream that depends on the seed
+alone, so the same holds for them. Every `save_every` steps the run folder gets an atomic
+checkpoint plus `train_state.pt` (optimizer, step); `train` on the same folder resumes from there.
 Several GPUs: `torchrun --nproc_per_node N -m mamba_agent.cli train ...` (DDP; rank 0 writes).
 """
 

@@ -75,11 +75,11 @@ class Task(ABC):
     """Of the oracle trajectory: bumped whenever it changes (CHANGELOG.md); checkpoints record it."""
 
     @abstractmethod
-    def problem(self, input: dict) -> "Problem":
+    def problem(self, input: dict) -> Problem:
         """A problem from a task file's `input:` (raises pydantic.ValidationError)."""
 
     @abstractmethod
-    def random_problem(self, rng: random.Random, size: int) -> "Problem":
+    def random_problem(self, rng: random.Random, size: int) -> Problem:
         """A random problem of the given size, 1..max_size (evaluation); only `rng` is random."""
 
     def size_error(self, size: int) -> str | None:
@@ -89,37 +89,37 @@ class Task(ABC):
         return None
 
     @abstractmethod
-    def training_problem(self, rng: random.Random) -> "Problem":
+    def training_problem(self, rng: random.Random) -> Problem:
         """A problem from the training distribution (sizes up to train_max_size); only `rng` is
         random, so a training step's data depends on its seed alone."""
 
-    def edge_cases(self, size: int) -> list["Problem"]:
+    def edge_cases(self, size: int) -> list[Problem]:
         """Problems every evaluation at `size` starts with (carry chains, zero digits), before
         the random ones; none by default."""
         return []
 
     @abstractmethod
-    def tools(self, problem: "Problem") -> list[Tool]:
+    def tools(self, problem: Problem) -> list[Tool]:
         """Fresh tools for one episode (nothing is shared between episodes)."""
 
     @abstractmethod
-    def max_tokens(self, problem: "Problem") -> int:
+    def max_tokens(self, problem: Problem) -> int:
         """Default token limit: comfortably above the oracle's length."""
 
     @abstractmethod
-    def check(self, problem: "Problem", answer: str, tools: list[Tool] = ()) -> bool:
+    def check(self, problem: Problem, answer: str, tools: list[Tool] = ()) -> bool:
         """Is `answer` right? `tools`: the episode's tools, for checkers that judge the state the
         episode left behind (the code task's files); the others ignore them."""
 
     @abstractmethod
-    def solve(self, episode: Episode, problem: "Problem") -> None:
+    def solve(self, episode: Episode, problem: Problem) -> None:
         """The oracle: drive `episode` (through `act`, like a policy) to the reference answer."""
 
-    def episode(self, problem: "Problem", **kwargs) -> Episode:
+    def episode(self, problem: Problem, **kwargs) -> Episode:
         kwargs.setdefault("max_tokens", self.max_tokens(problem))
         return Episode(problem.prompt, self.tools(problem), **kwargs)
 
-    def oracle(self, problem: "Problem") -> Trajectory:
+    def oracle(self, problem: Problem) -> Trajectory:
         """The exact oracle trajectory, produced through the real tools."""
         episode = self.episode(problem, keep=True)
         self.solve(episode, problem)
