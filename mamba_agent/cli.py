@@ -310,6 +310,8 @@ def train(args) -> int:
             policy[key] = json.loads(value)
         except json.JSONDecodeError:
             policy[key] = value
+    if args.data_weight > 1:
+        raise UsageError(f"--data-weight: the share of each batch read from --data, at most 1, got {args.data_weight:g}")
     try:
         if args.device != "auto":
             from mamba_agent.taskfile import device_name
@@ -326,7 +328,7 @@ def train(args) -> int:
 
         if cfg.task is not None:
             _flag("--task", get_task, cfg.task)
-        if cfg.data_weight < 1 and not cfg.data:
+        if args.data_weight < 1 and not args.data:
             raise ValueError("--data-weight: give the trajectory files too (--data PATH)")
         _, config_class = _flag("--policy", policy_classes, args.policy)
         if not args.init_from:

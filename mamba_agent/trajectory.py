@@ -83,6 +83,9 @@ class TrajectoryWriter:
         self._file.write(json.dumps(obj) + "\n")
 
 
+_decode = json.JSONDecoder().decode  # of a str: twice as fast as json.loads of bytes
+
+
 def read_trajectory(path: str | Path) -> tuple[dict, Trajectory, dict | None]:
     """(header, trajectory, end) of the first trajectory in a JSONL file; `end` is None if the run
     never finished. Raises ValueError naming the file (and line) when it is not one."""
@@ -104,7 +107,7 @@ def read_trajectories(path: str | Path, offset: int = 0, line: int = 1) -> Itera
             if not text.strip():
                 continue
             try:
-                obj = json.loads(text)
+                obj = _decode(text.decode())
             except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
                 raise ValueError(f"{path}:{number}: not a JSON line (a damaged or truncated file?)") from None
             if not isinstance(obj, dict):

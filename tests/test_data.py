@@ -184,6 +184,7 @@ def test_missing_empty_truncated_and_misweighted_data(tmp_path, capsys):
         (["--data", str(tmp_path / "empty")], "a folder with no .jsonl files under it"),
         (["--data", str(tmp_path / "d")], f"3.jsonl:{len(cut.read_text().splitlines())}: not a JSON line (a damaged or truncated file?)"),
         (["--data-weight", "0.5"], "--data-weight: give the trajectory files too (--data PATH)"),
+        (["--data", str(tmp_path / "empty"), "--data-weight", "2"], "--data-weight: the share of each batch read from --data, at most 1, got 2"),
     ]:
         assert main(["train", *argv, "--out", str(tmp_path / "run")]) == 2
         err = capsys.readouterr().err.strip()
