@@ -90,7 +90,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from mamba_agent.tasks import TASKS
 
-    tasks = ", ".join(sorted(TASKS))
+    tasks = ", ".join(sorted(TASKS)) + ", an installed plugin's name, or module:Name"
     parser = _Parser(prog="mamba-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mamba-agent {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -116,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=_number(at_least=0), default=10.0, metavar="MINUTES",
                    help="save the episode this often (0: only at the time limit, SIGINT and SIGTERM)")
 
-    p = command("train", "train a policy on oracle trajectories (resumes an interrupted --out)")
-    p.add_argument("--task", default="addition", help=f"one of: {tasks}")
-    p.add_argument("--policy", default="mamba", help="policy kind: mamba, transformer, lstm, gru, lookup (counts, needs --set k=N)")
+    p = command("train", "train a policy on oracle trajectories or trajectory files (resumes an interrupted --out)")
+    p.add_argument("--task", help=f"one of: {tasks} (default: the --data files' task, or addition)")
+    p.add_argument("--policy", default="mamba", help="policy kind: mamba, transformer, lstm, gru, lookup (counts, needs --set k=N), an installed plugin's name, or module:Name")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a policy config field, e.g. --set d_model=128 (repeatable)")
     p.add_argument("--steps", type=_whole(1), default=2000, help="optimizer steps")
@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", help="start from this checkpoint's weights (folder or builtin:<name>)")
     p.add_argument("--length-buckets", type=_whole(1), default=1, metavar="G",
                    help="sort each G steps' trajectories by length and batch alike ones (same data; less padding)")
+    p.add_argument("--data", action="append", default=[], metavar="PATH",
+                   help="train on trajectory files in the format the runtime writes: a .jsonl file or a folder of them (repeatable)")
+    p.add_argument("--data-weight", type=_number(above=0), default=1.0, metavar="W",
+                   help="share of each batch read from --data (at most 1); the rest is generated from --task")
     p.add_argument("--out", required=True, help="run folder: checkpoint, train_state.pt, train_log.jsonl")
 
     p = command("eval", "accuracy against problem size: exact trajectory and the checker's verdict (appends, resumes)")
@@ -416,6 +420,7 @@ def _print_result(r: dict) -> None:
 
 
 def train(args) -> int:
+    from mamba_agent.data import DataError
     from mamba_agent.taskfile import first_error
     from mamba_agent.train import TrainConfig, train as run_training
 
@@ -428,6 +433,8 @@ def train(args) -> int:
             policy[key] = json.loads(value)
         except json.JSONDecodeError:
             policy[key] = value
+    if args.data_weight > 1:
+        raise UsageError(f"--data-weight: the share of each batch read from --data, at most 1, got {args.data_weight:g}")
     try:
         if args.device != "auto":
             from mamba_agent.taskfile import device_name
@@ -436,25 +443,38 @@ def train(args) -> int:
         cfg = TrainConfig(task=args.task, policy=policy, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           seed=args.seed, save_every=args.save_every, device=args.device,
                           data_workers=args.data_workers, max_seconds=args.max_seconds, precision=args.precision,
-                          init_from=args.init_from, length_buckets=args.length_buckets)
-        from mamba_agent.policies import POLICY_CONFIGS
+                          init_from=args.init_from, length_buckets=args.length_buckets, data=args.data,
+                          data_weight=args.data_weight)
+        from mamba_agent.policies import policy_classes
         from mamba_agent.tasks import get_task
         from mamba_agent.vocab import VOCAB_SIZE
 
-        get_task(cfg.task)
-        if args.policy not in POLICY_CONFIGS:
-            raise ValueError(f"unknown policy kind {args.policy!r}; valid kinds: {', '.join(POLICY_CONFIGS)}")
+        if cfg.task is not None:
+            _flag("--task", get_task, cfg.task)
+        if args.data_weight < 1 and not args.data:
+            raise ValueError("--data-weight: give the trajectory files too (--data PATH)")
+        _, config_class = _flag("--policy", policy_classes, args.policy)
         if not args.init_from:
-            POLICY_CONFIGS[args.policy].model_validate({**policy, "vocab_size": VOCAB_SIZE})  # before any work
+            config_class.model_validate({**policy, "vocab_size": VOCAB_SIZE})  # before any work
     except (ValidationError, ValueError) as e:
         raise UsageError(first_error(e) if isinstance(e, ValidationError) else str(e).splitlines()[0]) from None
     try:
         summary = run_training(cfg, args.out)
+    except DataError as e:
+        raise UsageError(f"--data: {e}") from None
     except ValueError as e:  # settings that clash with --out's run or --init-from's checkpoint
         raise UsageError(str(e).splitlines()[0]) from None
     if summary:  # rank 0 (torchrun's other ranks write nothing)
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     return 0
+
+
+def _flag(flag: str, lookup, name: str):
+    """lookup(name), its ValueError (an unknown name, a broken plugin) a UsageError naming `flag`."""
+    try:
+        return lookup(name)
+    except ValueError as e:
+        raise UsageError(f"{flag}: {e}") from None
 
 
 def evaluate(args) -> int:
@@ -514,10 +534,7 @@ def locality(args) -> int:
     from mamba_agent.locality import smallest_local_k
     from mamba_agent.tasks import get_task
 
-    try:
-        task = get_task(args.task)
-    except ValueError as e:
-        raise UsageError(f"--task: {e}") from None
+    task = _flag("--task", get_task, args.task)
     rng = random.Random(0)
     sizes = args.sizes or list(range(1, task.train_max_size + 3))
     try:

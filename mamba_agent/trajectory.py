@@ -21,10 +21,12 @@ text (null where the oracle had already ended). Readers ignore keys they do not 
 An episode the runtime could not finish ends with exit "error" or "interrupted", `correct` null
 and an "error" field (the exception). A process killed outright loses at most the last
 unflushed second; a file without an `end` line is such a kill.
+A file may hold several trajectories one after another (`read_trajectories`).
 """
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,57 +118,72 @@ class TrajectoryError(ValueError):
     """A file that is not a readable trajectory; the message names the file (and line) and the fix."""
 
 
-def read_trajectory(path: str | Path) -> tuple[dict, Trajectory, dict | None]:
-    """(header, trajectory, end) from a JSONL file; `end` is None if the run never finished. A last
-    line cut off mid-write (a crash) is dropped, like an unflushed one.
+_decode = json.JSONDecoder().decode  # of a str: twice as fast as json.loads of bytes
 
-    Raises:
-        TrajectoryError: the file cannot be read, is not a trajectory of this version, or has a
-            malformed line.
-    """
-    header, traj, end = None, Trajectory(), None
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-    except (OSError, UnicodeDecodeError) as e:
-        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        raise TrajectoryError(f"{path}: {why}; give a trajectory JSONL file (what solve writes)") from None
+
+def read_trajectory(path: str | Path) -> tuple[dict, Trajectory, dict | None]:
+    """(header, trajectory, end) of the first trajectory in a JSONL file; `end` is None if the run
+    never finished (a last line cut off mid-write, by a crash, is dropped like an unflushed one).
+    Raises TrajectoryError naming the file, the line and the fix."""
+    for _, _, header, traj, end in read_trajectories(path):
+        return header, traj, end
+    raise TrajectoryError(f"{path}: empty file; give a trajectory JSONL file (what solve writes)")
+
+
+def read_trajectories(path: str | Path, offset: int = 0, line: int = 1) -> Iterator[tuple[int, int, dict, Trajectory, dict | None]]:
+    """Each trajectory in a JSONL file from byte `offset` (line number `line`) on, as (offset, line
+    number of its header, header, trajectory, end): a file may hold several, one after another
+    (`cat` of the runtime's files). `end` is None for one that never finished. Raises
+    TrajectoryError naming the file and line of anything that is not this format."""
+    header = None
 
     def bad(number: int, why: str) -> TrajectoryError:
         return TrajectoryError(f"{path}: line {number}: {why}")
 
-    for number, line in enumerate(lines, 1):
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines) and not line.endswith("\n") and header is not None:
-                break  # cut off mid-write: the run did not finish
-            raise bad(number, "not JSON; give a trajectory JSONL file (what solve writes)") from None
-        if not isinstance(obj, dict):
-            raise bad(number, "not a JSON object")
-        if header is None:
-            if obj.get("format") != FORMAT:
-                raise TrajectoryError(f"{path}: not a mamba-agent trajectory (its first line has no "
-                                      f'"format": "{FORMAT}"); give the JSONL file solve writes')
-            if obj.get("version") != VERSION or obj.get("vocab_version") != VOCAB_VERSION:
-                raise TrajectoryError(f"{path}: trajectory version {obj.get('version')} (vocabulary "
-                                      f"{obj.get('vocab_version')}); this mamba-agent reads version {VERSION} "
-                                      f"(vocabulary {VOCAB_VERSION})")
-            header = obj
-        elif end is not None:
-            raise bad(number, "a line after the end line")
-        elif "end" in obj:
-            end = obj["end"]
-            if not isinstance(end, dict):
-                raise bad(number, "the end line's value is not an object")
-        else:
-            tokens = obj.get("tokens")
-            if obj.get("role") not in ROLE_NAMES:
-                raise bad(number, f"role {obj.get('role')!r} is none of {', '.join(ROLE_NAMES)}")
-            if not isinstance(tokens, list) or not all(type(t) is int and 0 <= t < VOCAB_SIZE for t in tokens):
-                raise bad(number, f"tokens must be a list of token ids 0..{VOCAB_SIZE - 1}")
-            traj.tokens += tokens
-            traj.roles += [ROLE_NAMES.index(obj["role"])] * len(tokens)
-    if header is None:
-        raise TrajectoryError(f"{path}: empty file; give a trajectory JSONL file (what solve writes)")
-    return header, traj, end
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise TrajectoryError(f"{path}: {e.strerror}; give a trajectory JSONL file (what solve writes)") from None
+    with f:
+        f.seek(offset)
+        for number, text in enumerate(f, start=line):
+            here, offset = offset, offset + len(text)
+            if not text.strip():
+                continue
+            try:
+                obj = _decode(text.decode())
+            except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+                if header is not None and not text.endswith(b"\n"):
+                    break  # the last line, cut off mid-write: the run did not finish
+                raise bad(number, "not JSON; give a trajectory JSONL file (what solve writes)") from None
+            if not isinstance(obj, dict):
+                raise bad(number, "not a JSON object")
+            if "format" in obj:
+                if obj["format"] != FORMAT:
+                    raise TrajectoryError(f"{path}: line {number}: format {obj['format']!r}, not a mamba-agent "
+                                          "trajectory; give the JSONL file solve writes")
+                if obj.get("version") != VERSION or obj.get("vocab_version") != VOCAB_VERSION:
+                    raise TrajectoryError(f"{path}: trajectory version {obj.get('version')} (vocabulary "
+                                          f"{obj.get('vocab_version')}); this mamba-agent reads version {VERSION} "
+                                          f"(vocabulary {VOCAB_VERSION})")
+                if header is not None:  # the next trajectory begins: this one never finished
+                    yield start, start_line, header, traj, None
+                header, start, start_line, traj = obj, here, number, Trajectory()
+            elif header is None:
+                raise TrajectoryError(f"{path}: line {number}: not a mamba-agent trajectory (no "
+                                      f'"format": "{FORMAT}" header before it); give the JSONL file solve writes')
+            elif "end" in obj:
+                if not isinstance(obj["end"], dict):
+                    raise bad(number, "the end line's value is not an object")
+                yield start, start_line, header, traj, obj["end"]
+                header = None
+            else:
+                role, tokens = obj.get("role"), obj.get("tokens")
+                if role not in ROLE_NAMES:
+                    raise bad(number, f"role {role!r} is none of {', '.join(ROLE_NAMES)}")
+                if not isinstance(tokens, list) or not all(type(t) is int and 0 <= t < VOCAB_SIZE for t in tokens):
+                    raise bad(number, f"tokens must be a list of token ids 0..{VOCAB_SIZE - 1}")
+                traj.tokens += tokens
+                traj.roles += [ROLE_NAMES.index(role)] * len(tokens)
+    if header is not None:
+        yield start, start_line, header, traj, None

@@ -29,15 +29,31 @@ class PolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     kind: str
-    """Which policy to build: a key of `mamba_agent.policies.POLICY_CONFIGS`."""
+    """Which policy to build: a built-in kind (`mamba_agent.policies.POLICY_CONFIGS`) or a plugin's
+    name; a plugin's config keeps this field as it is (a str), and its value is the plugin's name."""
     vocab_size: int
     """Number of token ids; logits have this last dimension."""
 
 
 class Policy(nn.Module, ABC):
-    """A next-token model with a state that the runtime carries between calls."""
+    """A next-token model with a state that the runtime carries between calls.
+
+    A plugin policy subclasses this, defines the four abstract methods and sets `Config` to its
+    PolicyConfig subclass (the fields it is built from; `--set field=value` fills them). What it
+    must keep true (tests/test_policies.py checks each built-in one):
+      - It sees token ids only (never roles) and scores all `config.vocab_size` of them.
+      - `forward(tokens)` from an empty state, prefill into a state, and `step` agree: the logits
+        of a sequence fed in one call, in pieces, or token by token are the same (up to float
+        rounding), since training runs the first and decoding the others.
+      - Everything it learns is a parameter or buffer: a checkpoint is `state_dict()` in
+        safetensors plus `config.model_dump()` as JSON, and `Config(**that)` rebuilds it.
+      - A state of fixed size per row (`reset_row` empties one) lets the runtime start a new
+        episode in any free row; a state that rows share must raise in `reset_row`.
+    """
 
     config: PolicyConfig
+    Config: type[PolicyConfig]
+    """A plugin's config class (built-in kinds are listed in mamba_agent.policies instead)."""
 
     def __init__(self, config: PolicyConfig):
         super().__init__()
