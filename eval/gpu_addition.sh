@@ -2,8 +2,8 @@
 # Issue 2's GPU work in one call of the device tool (H200): kernel tests, training of the shipped
 # Mamba and of the Transformer baseline on the same data and budget, and their exact-match sweep.
 #   device run: command="bash eval/gpu_addition.sh", carry=[".whl"]
-# .whl/ holds the mamba-ssm wheel (../shared/gpu/wheels) and, in .whl/py, the pure-Python wheels
-# the GPU image lacks (pydantic stack, pyyaml, rich, pytest): see eval/README.md.
+# .whl/ holds the mamba-ssm 2.3.2.post1 wheel built for the GPU machine and, in .whl/py, the
+# pure-Python wheels the GPU image lacks (pydantic stack, pyyaml, rich, pytest): eval/README.md.
 set -euo pipefail
 OUT=${OUT:-/tmp/gpu-out}
 STEPS=${STEPS:-2000}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mamba_agent.eval.sweep import load_results
 
-# The paper's results (shared/paper-notes.md), in its notation, by task and policy kind.
+# The paper's results (Malach et al., arXiv 2510.14826), in its notation, by task and policy kind.
 PAPER = {
     "addition": {"mamba": "5 -> 1,000 (100%)", "lstm": "5 -> 1,000 (100%)", "gru": "5 -> 1,000 (~80%)",
                  "transformer": "fails beyond 5", "transformer-window": "fails"},

@@ -18,7 +18,7 @@ import safetensors.torch
 from safetensors import SafetensorError
 from pydantic import ValidationError
 
-from mamba_agent.policies import Policy, build_policy
+from mamba_agent.policies import Policy, build_policy, policy_classes
 from mamba_agent.provenance import file_sha256
 from mamba_agent.tasks import get_task
 from mamba_agent.vocab import VOCAB_VERSION
@@ -96,6 +96,10 @@ def load_checkpoint(name: str | Path, device: str = "cpu") -> tuple[Policy, dict
     if meta.get("task_version") != task.version:
         raise CheckpointError(f"{path}: trained on version {meta.get('task_version')} of the {task.name} trajectory, "
                               f"this mamba-agent's {task.name} is version {task.version}; retrain it on this version")
+    try:  # a plugin's policy kind that is not installed here: say so (not "cannot load the weights")
+        policy_classes(meta["policy"].get("kind") if isinstance(meta.get("policy"), dict) else None)
+    except ValueError as e:
+        raise CheckpointError(f"{config_path}: {e}") from None
     try:
         policy = build_policy(meta["policy"])
         safetensors.torch.load_model(policy, weights_path, device=device)

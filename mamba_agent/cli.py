@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import time
+from pathlib import Path
 
 from pydantic import ValidationError
 
@@ -89,7 +90,7 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from mamba_agent.tasks import TASKS
 
-    tasks = ", ".join(sorted(TASKS))
+    tasks = ", ".join(sorted(TASKS)) + ", an installed plugin's name, or module:Name"
     parser = _Parser(prog="mamba-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"mamba-agent {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -103,11 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help="override policy.checkpoint (a folder or builtin:<name>)")
     p.add_argument("--device", type=_device, help="override policy.device (cpu, cuda, cuda:N)")
     p.add_argument("--trajectory", help="override where the trajectory JSONL is written")
+    p.add_argument("--episode-dir", help="where the episode is saved to resume it (default: the trajectory's path, .episode)")
+    p.add_argument("--checkpoint-every", type=_number(at_least=0), default=10.0, metavar="MINUTES",
+                   help="save the episode this often (0: only at the time limit, SIGINT and SIGTERM)")
     _runtime_flags(p)
 
-    p = command("train", "train a policy on oracle trajectories (resumes an interrupted --out)")
-    p.add_argument("--task", default="addition", help=f"one of: {tasks}")
-    p.add_argument("--policy", default="mamba", help="policy kind: mamba, transformer, lstm, gru, lookup (counts, needs --set k=N)")
+    p = command("resume", "go on with an episode that solve saved (interrupted, or at its time limit)")
+    p.add_argument("directory", help="the episode folder (solve's --episode-dir)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the live view")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (need not be where it was saved)")
+    p.add_argument("--max-seconds", type=_number(above=0), help="time for this run (default: the task file's limit)")
+    p.add_argument("--checkpoint-every", type=_number(at_least=0), default=10.0, metavar="MINUTES",
+                   help="save the episode this often (0: only at the time limit, SIGINT and SIGTERM)")
+    _runtime_flags(p)
+
+    p = command("train", "train a policy on oracle trajectories or trajectory files (resumes an interrupted --out)")
+    p.add_argument("--task", help=f"one of: {tasks} (default: the --data files' task, or addition)")
+    p.add_argument("--policy", default="mamba", help="policy kind: mamba, transformer, lstm, gru, lookup (counts, needs --set k=N), an installed plugin's name, or module:Name")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a policy config field, e.g. --set d_model=128 (repeatable)")
     p.add_argument("--steps", type=_whole(1), default=2000, help="optimizer steps")
@@ -122,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", help="start from this checkpoint's weights (folder or builtin:<name>)")
     p.add_argument("--length-buckets", type=_whole(1), default=1, metavar="G",
                    help="sort each G steps' trajectories by length and batch alike ones (same data; less padding)")
+    p.add_argument("--data", action="append", default=[], metavar="PATH",
+                   help="train on trajectory files in the format the runtime writes: a .jsonl file or a folder of them (repeatable)")
+    p.add_argument("--data-weight", type=_number(above=0), default=1.0, metavar="W",
+                   help="share of each batch read from --data (at most 1); the rest is generated from --task")
     p.add_argument("--out", required=True, help="run folder: checkpoint, train_state.pt, train_log.jsonl")
 
     p = command("eval", "accuracy against problem size: exact trajectory and the checker's verdict (appends, resumes)")
@@ -148,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", default="addition", help=f"one of: {tasks}")
     p.add_argument("--sizes", type=_sizes, help="comma-separated problem sizes (default: 1 to two beyond the training sizes)")
     p.add_argument("--per-size", type=_whole(1), default=50, help="trajectories per size")
+
+    p = command("view", "write a trajectory as one self-contained HTML page to read in a browser")
+    p.add_argument("trajectory", help="trajectory JSONL (what solve writes)")
+    p.add_argument("--out", help="HTML file to write; none: the trajectory's path with .html")
+
+    p = command("replay", "replay a trajectory's model tokens through fresh tools; check every observation and the verdict")
+    p.add_argument("trajectory", help="trajectory JSONL (what solve writes)")
     return parser
 
 
@@ -173,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         previous = None
     try:
         args = build_parser().parse_args(argv)
-        commands = {"solve": solve, "train": train, "eval": evaluate, "report": report, "locality": locality}
+        commands = {"solve": solve, "resume": resume, "train": train, "eval": evaluate, "report": report, "locality": locality,
+                    "view": view, "replay": replay}
         return commands[args.command](args)
     except UsageError as e:
         message = str(e).splitlines()[0] if str(e) else "bad input"
@@ -193,12 +218,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def solve(args) -> int:
-    import torch
-
-    from mamba_agent.checkpoint import DEFAULT_CHECKPOINTS, CheckpointError, load_checkpoint
-    from mamba_agent.provenance import commit
-    from mamba_agent.runtime import Sampler, run_episodes
-    from mamba_agent.steppers import ChoiceError
+    from mamba_agent.checkpoint import DEFAULT_CHECKPOINTS
+    from mamba_agent.runtime import Sampler
     from mamba_agent.taskfile import TaskFileError, load_taskfile
     from mamba_agent.tasks import get_task
     from mamba_agent.trajectory import TrajectoryWriter
@@ -208,46 +229,154 @@ def solve(args) -> int:
     except TaskFileError as e:
         raise UsageError(str(e)) from None
     checkpoint = args.checkpoint or tf.policy.checkpoint or DEFAULT_CHECKPOINTS.get(tf.task)
-    device = args.device or tf.policy.device
     if checkpoint is None:
         raise UsageError(f"no checkpoint is shipped for task {tf.task!r}; give policy.checkpoint in the task file")
+    policy, meta = _load_policy(checkpoint, args.device or tf.policy.device, tf.task)
+    task = get_task(tf.task)
+    path = args.trajectory or tf.trajectory
+    episode_dir = args.episode_dir or str(Path(path).with_suffix(".episode"))
+    try:
+        writer = TrajectoryWriter(path, {"task": tf.task, "input": problem.input, "policy": meta["policy"]["kind"],
+                                         **_provenance(checkpoint, meta)})
+    except OSError as e:
+        raise UsageError(f"trajectory: cannot write {path} ({e.strerror or e}); give a writable file path (--trajectory)") from None
+    max_tokens = tf.limits.max_tokens or task.max_tokens(problem)
+
+    def make_episode(on_tool_call):
+        # The time limit is kept by _drive, between two steps, where the episode can be saved.
+        episode = task.episode(problem, max_tokens=max_tokens, limits=_no_clock(tf.limits), writer=writer,
+                               on_tool_call=on_tool_call)
+        return episode, None
+
+    sampler = Sampler(tf.policy.temperature, tf.policy.seed)
+    return _drive(args, task, problem, checkpoint, meta, policy, sampler, tf.limits, max_tokens, make_episode, episode_dir)
+
+
+def resume(args) -> int:
+    from mamba_agent.episode import Limits
+    from mamba_agent.runtime import Sampler
+    from mamba_agent.saved_episode import EpisodeCheckpointError, load, restore
+    from mamba_agent.tasks import get_task
+
+    try:
+        record = load(args.directory)
+        task = get_task(record["task"])
+        problem = task.problem(record["input"])
+    except (EpisodeCheckpointError, ValueError) as e:
+        raise UsageError(str(e).splitlines()[0]) from None
+    checkpoint = record["checkpoint"]
+    policy, meta = _load_policy(checkpoint, args.device, task.name)
+    if meta["checkpoint_sha256"] != record["checkpoint_sha256"]:
+        raise UsageError(f"checkpoint {checkpoint}: its weights changed since the episode was saved "
+                         f"(sha256 {meta['checkpoint_sha256'][:12]}, saved with {record['checkpoint_sha256'][:12]})")
+    limits = Limits(**record["limits"])
+    if args.max_seconds:
+        limits = limits.model_copy(update={"max_seconds": args.max_seconds})
+
+    def make_episode(on_tool_call):
+        episode = task.episode(problem, max_tokens=record["max_tokens"], limits=_no_clock(limits), on_tool_call=on_tool_call)
+        try:
+            saved_loop, _ = restore(record, task, episode)
+        except EpisodeCheckpointError as e:
+            raise UsageError(str(e)) from None
+        return episode, saved_loop
+
+    sampler = Sampler(record["temperature"])
+    return _drive(args, task, problem, checkpoint, meta, policy, sampler, limits, record["max_tokens"], make_episode,
+                  args.directory)
+
+
+def _load_policy(checkpoint: str, device: str, task: str):
+    import torch
+
+    from mamba_agent.checkpoint import CheckpointError, load_checkpoint
+
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"policy.device is {device!r} but CUDA is not available here; use cpu")
     try:
         policy, meta = load_checkpoint(checkpoint, device=device)
     except (CheckpointError, OSError) as e:
         raise UsageError(f"checkpoint: {e}") from None
-    if meta["task"] != tf.task:
-        raise UsageError(f"checkpoint {checkpoint} was trained on {meta['task']!r}, the task file asks for {tf.task!r}")
-    task = get_task(tf.task)
+    if meta["task"] != task:
+        raise UsageError(f"checkpoint {checkpoint} was trained on {meta['task']!r}, the task file asks for {task!r}")
     torch.set_num_threads(1)  # one token at a time: threads cost more than they give at this size
-    path = args.trajectory or tf.trajectory
-    provenance = {"checkpoint": checkpoint, "checkpoint_sha256": meta["checkpoint_sha256"],
-                  "task_version": meta["task_version"], "commit": commit()}
+    return policy, meta
+
+
+def _provenance(checkpoint: str, meta: dict) -> dict:
+    from mamba_agent.provenance import commit
+
+    return {"checkpoint": checkpoint, "checkpoint_sha256": meta["checkpoint_sha256"],
+            "task_version": meta["task_version"], "commit": commit()}
+
+
+def _no_clock(limits):
+    return limits.model_copy(update={"max_seconds": float("inf")})
+
+
+def _drive(args, task, problem, checkpoint, meta, policy, sampler, limits, max_tokens, make_episode, episode_dir) -> int:
+    """Run one episode (new, or restored) to its end, saving it to `episode_dir` every
+    --checkpoint-every minutes, at the time limit and on SIGINT or SIGTERM (then exit 130 / 143;
+    a second signal stops at once); print and return what solve does."""
+    from contextlib import nullcontext
+
+    from mamba_agent.episode import INTERRUPTED, TIME_LIMIT
+    from mamba_agent.policies.base import state_tensors
+    from mamba_agent.runtime import run_episodes
+    from mamba_agent.saved_episode import FILE, EpisodeRun
+    from mamba_agent.steppers import ChoiceError
+
+    can_save = state_tensors(policy.init_state(1)) is not None  # a fixed-size state
+    every = 60 * args.checkpoint_every if args.checkpoint_every else None
+    stop, clock = [], {"start": time.monotonic(), "saved": time.monotonic(), "any": False}
+
+    def on_signal(signum, frame):
+        if stop:  # asked twice: now
+            raise KeyboardInterrupt if signum == signal.SIGINT else Terminated()
+        stop.append(signum)
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    view = nullcontext() if args.json else _LiveView(task.name, checkpoint, max_tokens)
     try:
-        writer = TrajectoryWriter(path, {"task": tf.task, "input": problem.input, "policy": meta["policy"]["kind"], **provenance})
-    except OSError as e:
-        raise UsageError(f"trajectory: cannot write {path} ({e.strerror or e}); give a writable file path (--trajectory)") from None
-    max_tokens = tf.limits.max_tokens or task.max_tokens(problem)
-    sampler = Sampler(tf.policy.temperature, tf.policy.seed)
-    how = dict(device=device, rows=args.rows, step=args.step)  # the runtime's choice by default
-    try:
-        if args.json:
-            episode = task.episode(problem, max_tokens=max_tokens, limits=tf.limits, writer=writer)
-            run_episodes(policy, [episode], sampler, **how)
-        else:
-            with _LiveView(tf.task, checkpoint, max_tokens) as view:
-                episode = task.episode(problem, max_tokens=max_tokens, limits=tf.limits, writer=writer,
-                                       on_tool_call=view.tool_call)
-                run_episodes(policy, [episode], sampler, on_progress=lambda: view.update(episode), **how)
-    except ChoiceError as e:  # before any step: the trajectory ends with exit error
-        raise UsageError(f"--rows/--step: {e}") from None
-    except (KeyboardInterrupt, Terminated):
-        print(f"\nthe trajectory so far is in {path}", file=sys.stderr)
-        raise
+        with view:
+            episode, saved_loop = make_episode(None if args.json else view.tool_call)
+            run = EpisodeRun(task, problem, checkpoint, meta, episode, sampler, limits, max_tokens)
+
+            def progress(loop) -> bool:
+                if not args.json:
+                    view.update(episode)
+                now = time.monotonic()
+                out_of_time = now - clock["start"] > limits.max_seconds
+                due = every is not None and now - clock["saved"] > every
+                if (stop or out_of_time or due) and can_save and not episode.done:
+                    run.save(episode_dir, loop)
+                    clock["saved"], clock["any"] = now, True
+                return bool(stop) or out_of_time
+
+            try:
+                run_episodes(policy, [episode], sampler, on_progress=progress, resume=saved_loop,
+                             rows=args.rows, step=args.step)
+            except ChoiceError as e:  # before any step: the trajectory ends with exit error
+                raise UsageError(f"--rows/--step: {e}") from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    saved = Path(episode_dir) / FILE
+    if not episode.done:
+        if stop:
+            episode.abort(INTERRUPTED)
+            where = f"saved: mamba-agent resume {episode_dir}" if clock["any"] else f"the trajectory so far is in {episode.writer.path}"
+            print(f"\ninterrupted; {where}", file=sys.stderr)
+            raise KeyboardInterrupt if stop[0] == signal.SIGINT else Terminated()
+        episode.exit = TIME_LIMIT
+    elif episode.exit != TIME_LIMIT and saved.exists():
+        saved.unlink()  # ended: nothing left to resume
     correct = task.check(problem, episode.answer, episode.tools)
     end = episode.close(correct)
-    result = {"task": tf.task, **end, "reference": problem.reference, **provenance, "trajectory": str(path)}
+    result = {"task": task.name, **end, "reference": problem.reference, **_provenance(checkpoint, meta),
+              "trajectory": str(episode.writer.path)}
+    if saved.exists():
+        result["resume"] = f"mamba-agent resume {episode_dir}"
     if args.json:
         print(json.dumps(result))
     else:
@@ -312,6 +441,7 @@ def _print_result(r: dict) -> None:
 
 
 def train(args) -> int:
+    from mamba_agent.data import DataError
     from mamba_agent.taskfile import first_error
     from mamba_agent.train import TrainConfig, train as run_training
 
@@ -324,6 +454,8 @@ def train(args) -> int:
             policy[key] = json.loads(value)
         except json.JSONDecodeError:
             policy[key] = value
+    if args.data_weight > 1:
+        raise UsageError(f"--data-weight: the share of each batch read from --data, at most 1, got {args.data_weight:g}")
     try:
         if args.device != "auto":
             from mamba_agent.taskfile import device_name
@@ -332,25 +464,38 @@ def train(args) -> int:
         cfg = TrainConfig(task=args.task, policy=policy, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                           seed=args.seed, save_every=args.save_every, device=args.device,
                           data_workers=args.data_workers, max_seconds=args.max_seconds, precision=args.precision,
-                          init_from=args.init_from, length_buckets=args.length_buckets)
-        from mamba_agent.policies import POLICY_CONFIGS
+                          init_from=args.init_from, length_buckets=args.length_buckets, data=args.data,
+                          data_weight=args.data_weight)
+        from mamba_agent.policies import policy_classes
         from mamba_agent.tasks import get_task
         from mamba_agent.vocab import VOCAB_SIZE
 
-        get_task(cfg.task)
-        if args.policy not in POLICY_CONFIGS:
-            raise ValueError(f"unknown policy kind {args.policy!r}; valid kinds: {', '.join(POLICY_CONFIGS)}")
+        if cfg.task is not None:
+            _flag("--task", get_task, cfg.task)
+        if args.data_weight < 1 and not args.data:
+            raise ValueError("--data-weight: give the trajectory files too (--data PATH)")
+        _, config_class = _flag("--policy", policy_classes, args.policy)
         if not args.init_from:
-            POLICY_CONFIGS[args.policy].model_validate({**policy, "vocab_size": VOCAB_SIZE})  # before any work
+            config_class.model_validate({**policy, "vocab_size": VOCAB_SIZE})  # before any work
     except (ValidationError, ValueError) as e:
         raise UsageError(first_error(e) if isinstance(e, ValidationError) else str(e).splitlines()[0]) from None
     try:
         summary = run_training(cfg, args.out)
+    except DataError as e:
+        raise UsageError(f"--data: {e}") from None
     except ValueError as e:  # settings that clash with --out's run or --init-from's checkpoint
         raise UsageError(str(e).splitlines()[0]) from None
     if summary:  # rank 0 (torchrun's other ranks write nothing)
         print(json.dumps({k: v for k, v in summary.items() if k != "config"}))
     return 0
+
+
+def _flag(flag: str, lookup, name: str):
+    """lookup(name), its ValueError (an unknown name, a broken plugin) a UsageError naming `flag`."""
+    try:
+        return lookup(name)
+    except ValueError as e:
+        raise UsageError(f"{flag}: {e}") from None
 
 
 def evaluate(args) -> int:
@@ -418,10 +563,7 @@ def locality(args) -> int:
     from mamba_agent.locality import smallest_local_k
     from mamba_agent.tasks import get_task
 
-    try:
-        task = get_task(args.task)
-    except ValueError as e:
-        raise UsageError(f"--task: {e}") from None
+    task = _flag("--task", get_task, args.task)
     rng = random.Random(0)
     sizes = args.sizes or list(range(1, task.train_max_size + 3))
     try:
@@ -433,6 +575,36 @@ def locality(args) -> int:
     k = smallest_local_k(trajs)
     print(json.dumps({"task": task.name, "sizes": sizes, "trajectories": len(trajs), "k": k}))
     return 0
+
+
+def view(args) -> int:
+    from pathlib import Path
+
+    from mamba_agent.trajectory import TrajectoryError
+    from mamba_agent.view import write_view
+
+    out = Path(args.out or Path(args.trajectory).with_suffix(".html"))
+    if out.resolve() == Path(args.trajectory).resolve():
+        raise UsageError(f"--out {out}: that is the trajectory itself; give another file")
+    try:
+        print(write_view(args.trajectory, out))
+    except TrajectoryError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        raise UsageError(f"--out {out}: {e.strerror}; give a file path in a writable folder") from None
+    return 0
+
+
+def replay(args) -> int:
+    from mamba_agent.replay import replay as run_replay
+    from mamba_agent.trajectory import TrajectoryError
+
+    try:
+        same, message = run_replay(args.trajectory)
+    except TrajectoryError as e:
+        raise UsageError(str(e)) from None
+    print(message, file=sys.stdout if same else sys.stderr)
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ runtime must force into the model next. The runtime loop, the oracles and the te
 episodes through this one method, so a replayed oracle goes through exactly the code a policy does.
 
 Malformed model output never raises: a token only tools may produce ([EDGE], [ERR], [/OBS], ...),
-a command no tool of this task answers, a second [ANS], an [END] with no open argument, or a
-special token inside an argument (which drops the argument) is recorded as a command and answered
-with [ERR]. Too many in a row ends the episode.
+a command no tool of this task answers, a second [ANS], or an [END] with no open argument is
+recorded as a command and answered with [ERR]. Too many in a row ends the episode. An argument
+may hold special tokens (a search pattern may); a tool that takes text answers them with an error.
 """
 
 import time
@@ -72,8 +72,8 @@ class Episode:
         self.output: list[int] = []
         self.n_tokens, self.n_model_tokens, self.format_errors = 0, 0, 0
         self.exit: str | None = None
-        self.end: dict | None = None  # the end record, once closed
         self.n_fed = 0  # prompt and observation tokens the runtime has fed to the policy so far
+        self.end: dict | None = None  # the end record, once closed
         self.started = time.monotonic()
         self._record_run(prompt, INPUT)
         if self.n_tokens >= max_tokens:  # the question alone is over the limit: never read it
@@ -128,13 +128,9 @@ class Episode:
         if self._open_arg is not None:  # inside an argument: ordinary tokens until [END]
             self._record(token, COMMAND)
             command, tool, argument = self._open_arg
-            if token < 256:
+            if token != END:
                 argument.append(token)
                 return []
-            if token != END:  # a special token inside an argument: the command is malformed
-                self._open_arg = None
-                self.format_errors += 1
-                return [ERR]
             self._open_arg = None
             obs = tool.command(command, argument)
             if self.on_tool_call is not None:
@@ -194,22 +190,51 @@ class Episode:
 
     def close(self, correct: bool | None, error: str | None = None) -> dict:
         """End record (also written to the trajectory file): exit, answer, verdict, size, time,
-        and `error` when given. Closing again returns the first record."""
+        `error` when given, and for an evaluated episode where it left the oracle. Closing again
+        returns the first record."""
         if self.end is None:
-            self.end = {
+            end = {
                 "exit": self.exit,
                 "answer": self.answer,
                 "correct": correct,
                 "tokens": self.n_tokens,
                 "seconds": round(self.seconds, 4),
             }
-            if self.expected is not None:  # an evaluation: where the model left the oracle (None: never)
-                self.end["diverged_at"] = self.diverged_at
             if error is not None:
-                self.end["error"] = error
+                end["error"] = error
+            if self.expected is not None:  # an evaluation: where the model left the oracle (None: never)
+                end["diverged_at"] = self.diverged_at
+                if self.diverged_at is not None:  # and the oracle's token there (None: the oracle had ended)
+                    i = self.diverged_at
+                    end["oracle_token"] = decode(self.expected[i : i + 1]) if i < len(self.expected) else None
+            self.end = end
             if self.writer is not None:
-                self.writer.close(self.end)
+                self.writer.close(end)
         return self.end
+
+    def state_dict(self) -> dict:
+        """Where the episode stands, its tools' state included: with a fresh episode of the same
+        problem, `load_state_dict` brings it back (an episode checkpoint)."""
+        open_arg = None
+        if self._open_arg is not None:
+            command, tool, argument = self._open_arg
+            open_arg = {"command": command, "tool": self.tools.index(tool), "argument": list(argument)}
+        return {
+            "n_tokens": self.n_tokens, "n_model_tokens": self.n_model_tokens, "n_fed": self.n_fed,
+            "format_errors": self.format_errors, "after_ans": self.after_ans, "output": list(self.output),
+            "open_arg": open_arg, "seconds": self.seconds, "tools": [tool.state_dict() for tool in self.tools],
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key in ("n_tokens", "n_model_tokens", "n_fed", "format_errors", "after_ans"):
+            setattr(self, key, state[key])
+        self.output = list(state["output"])
+        arg = state["open_arg"]
+        self._open_arg = None if arg is None else (arg["command"], self.tools[arg["tool"]], list(arg["argument"]))
+        self.started = time.monotonic() - state["seconds"]
+        self.exit = None
+        for tool, saved in zip(self.tools, state["tools"], strict=True):
+            tool.load_state_dict(saved)
 
     def abort(self, reason: str, error: BaseException | None = None) -> dict:
         """Close an episode that could not finish: exit `reason` (ERROR, INTERRUPTED) unless it had

@@ -1,4 +1,4 @@
-"""Locality check (shared/locality.md): is every model token a function of the last k tokens?
+"""Locality check (docs/locality.md): is every model token a function of the last k tokens?
 
 For oracle trajectories over a range of sizes, map each k-token context (the model sees ids, not
 roles) to the model tokens that follow it, and count contexts that map to more than one. A task

@@ -6,11 +6,14 @@ Two seams, each chosen once per run (`run_episodes`, by `plan`):
   model's device (tasks whose one tool is pointer or search memory);
 - how the model steps: a stepper of steppers.py (the PyTorch reference, NumPy on the CPU, the
   fused CUDA step, the Triton split step).
-`run(rows)` is the loop over both: `sync` (the host's part between two steps: carry out, retire,
-take new episodes; the point where a run can be saved) and `step` (the model's part, and with
-tensor rows the tools', in one CUDA graph for many steps on CUDA). If anything raises there (a
-tool, the policy) or the run is interrupted, every live episode is closed with exit `error` or
-`interrupted` (`Episode.abort`) before the exception goes on.
+`run(rows)` is the loop over both: `step` (the model's part, and with tensor rows the tools', in
+one CUDA graph for many steps on CUDA) and `sync` (the host's part: carry out, retire, take new
+episodes). Between a step and the next sync the run can be saved (`rows.save()`: each row's
+forced tokens still to read, its sampled token, the stepper's state in the policy's layout, the
+sampler's generator; the episodes save their own state) and resumed in fresh objects, on either
+row form (`run_episodes(resume=...)`). If anything raises in the loop (a tool, the policy) or the
+run is interrupted, every live episode is closed with exit `error` or `interrupted`
+(`Episode.abort`) before the exception goes on.
 
 EpisodeRows: every live row consumes exactly one token per step: a forced token (its prompt,
 then each tool observation) if it has one queued, else the token sampled from its last logits,
@@ -26,6 +29,7 @@ import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -59,7 +63,8 @@ class EpisodeRows:
     between two steps (`sync`) and queues what the row must read next."""
 
     def __init__(self, stepper: Stepper, episodes: Iterable[Episode], sampler: Sampler,
-                 on_done: Callable[[Episode], None] | None = None):
+                 on_done: Callable[[Episode], None] | None = None, resume: "SavedLoop | None" = None):
+        """`resume`: a saved loop to go on from; `episodes` are then its rows' episodes, restored."""
         B = stepper.batch_size
         self.stepper, self.sampler, self.on_done, self.B = stepper, sampler, on_done, B
         self.pending = iter(episodes)
@@ -85,8 +90,23 @@ class EpisodeRows:
             self.replay = graphed(step, stepper.device)
             stepper.reset()  # the warm-up stepped it
             self._read = self._read_graph
+        if resume is None:
+            for r in range(B):
+                self._take(r)
+            return
         for r in range(B):
-            self._take(r)
+            self.rows[r] = next(self.pending, None)
+            self.queues[r].extend(resume.queues[r])
+            self.blocking |= self.rows[r] is not None and any(tool.blocking for tool in self.rows[r].tools)
+        self.sampled = list(resume.sampled)
+        stepper.load_state_dict(resume.stepper_state)
+        sampler.generator.set_state(resume.sampler_rng)
+
+    def save(self) -> "SavedLoop":
+        """The loop between a step and the next sync (the episodes save their own state:
+        `Episode.state_dict`)."""
+        return SavedLoop([list(q) for q in self.queues], list(self.sampled), self.stepper.state_dict(),
+                         self.sampler.generator.get_state())
 
     def _take(self, r: int) -> None:
         self.rows[r] = next(self.pending, None)
@@ -183,14 +203,17 @@ class EpisodeRows:
             self.pool.shutdown()
 
 
-def run(rows, on_progress: Callable[[], None] | None = None, progress_seconds: float = 0.1) -> None:
-    """Decode every episode of `rows` (EpisodeRows or TensorRows) to its end."""
+def run(rows, on_progress: Callable[..., bool | None] | None = None, progress_seconds: float = 0.1) -> None:
+    """Decode every episode of `rows` (EpisodeRows or TensorRows) to its end. `on_progress(rows)`
+    runs every `progress_seconds` between a step and the next sync (where `rows.save()` can be
+    taken) and once at the end; if it returns True the loop stops there, its episodes left open."""
     last_progress = time.monotonic()
     try:
-        while rows.sync():  # between two steps: a run can be saved here
+        while rows.sync():
             rows.step()
             if on_progress is not None and time.monotonic() - last_progress > progress_seconds:
-                on_progress()
+                if on_progress(rows):
+                    return
                 last_progress = time.monotonic()
     except BaseException as e:  # a tool or the policy raised, or the run was interrupted:
         for ep in rows.live_episodes():  # every live episode still gets its trajectory's end line
@@ -200,7 +223,19 @@ def run(rows, on_progress: Callable[[], None] | None = None, progress_seconds: f
         if hasattr(rows, "close"):
             rows.close()
     if on_progress is not None:
-        on_progress()
+        on_progress(rows)
+
+
+@dataclass
+class SavedLoop:
+    """A run between a step and the next sync, in a form either row form resumes from: each
+    row's forced tokens still to read, its sampled token (carried out next where its queue is
+    empty), the stepper's state in the policy's layout (CPU tensors), the sampler's generator."""
+
+    queues: list[list[int]]
+    sampled: list[int]
+    stepper_state: dict[str, torch.Tensor]
+    sampler_rng: torch.Tensor
 
 
 def plan(policy, first: Episode | None, device, temperature: float, rows: str = "auto", step: str = "auto"):
@@ -235,18 +270,21 @@ def run_episodes(
     episodes: Iterable[Episode],
     sampler: Sampler | None = None,
     batch_size: int | None = None,
-    on_progress: Callable[[], None] | None = None,
+    on_progress: Callable[..., bool | None] | None = None,
     on_done: Callable[[Episode], None] | None = None,
     progress_seconds: float = 0.1,
     device: torch.device | str | None = None,
     rows: str = "auto",
     step: str = "auto",
     state_dtype: str = "float32",
+    resume: SavedLoop | None = None,
 ) -> Stepper:
     """Decode every episode to its end. `episodes` may be a lazy iterable: each is taken when a
     row frees up. `batch_size` (default: all of them) rows decode together. `rows` and `step`:
-    `plan`'s (by default its choice); `state_dtype`: the split step's state. `on_done(episode)` runs as each one ends; `on_progress()` every
-    `progress_seconds` and once at the end. Returns the stepper (its state, for measurements)."""
+    `plan`'s (by default its choice); `state_dtype`: the split step's state. `on_done(episode)`
+    runs as each one ends; `on_progress(rows)` as `run` says. `resume`: a saved loop (`rows.save()`)
+    to go on from, on either row form; `episodes` are then its rows' episodes, restored. Returns
+    the stepper (its state, for measurements)."""
     from mamba_agent.tensor_rows import TensorRows, tensor_form
 
     sampler = sampler or Sampler()
@@ -265,9 +303,9 @@ def run_episodes(
             first.abort(ERROR, e)
         raise
     if rows == "tensor":
-        held = TensorRows(stepper, episodes, tensor_form(first), on_done)
+        held = TensorRows(stepper, episodes, tensor_form(first), on_done, resume=resume, sampler=sampler)
     else:
-        held = EpisodeRows(stepper, episodes, sampler, on_done)
+        held = EpisodeRows(stepper, episodes, sampler, on_done, resume)
     run(held, on_progress, progress_seconds)
     return stepper
 

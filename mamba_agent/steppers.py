@@ -22,6 +22,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from mamba_agent.policies.base import state_tensors
+
 class ChoiceError(ValueError):
     """A row form or step that cannot run this policy, task or device (the message says why)."""
 
@@ -70,6 +72,27 @@ class Stepper:
 
     def reset_row(self, row: int) -> None:
         self.policy.reset_row(self.state, row)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The rows' state as CPU tensors in the policy's own layout and dtype (an episode
+        checkpoint: the same whatever stepper or device made it). Only fixed-size states."""
+        tensors = state_tensors(self.state)
+        if tensors is None:
+            raise NotImplementedError(f"{type(self.policy).__name__}'s state grows with the history: "
+                                      "episode checkpoints need a policy with a fixed-size state")
+        like = state_tensors(self.policy.init_state(1, "cpu"))
+        return {name: t.detach().to("cpu", like[name].dtype, copy=True).contiguous() for name, t in tensors.items()}
+
+    def load_state_dict(self, saved: dict[str, Tensor]) -> None:
+        """Copy a `state_dict` into this stepper's state, in place (a captured graph and views of
+        the state keep working), into its own layout and dtype."""
+        tensors = state_tensors(self.state)
+        if tensors is None or tensors.keys() != saved.keys():
+            raise ValueError(f"saved state holds {sorted(saved)}, this policy's holds {sorted(tensors or {})}")
+        for name, t in tensors.items():
+            if t.shape != saved[name].shape:
+                raise ValueError(f"saved state {name} is {tuple(saved[name].shape)}, this policy's {tuple(t.shape)}")
+            t.copy_(saved[name])
 
     def reset_rows(self, rows: Tensor) -> None:
         """Empty rows `rows` (a tensor of indices): in one operation a state tensor where static."""

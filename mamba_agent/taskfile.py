@@ -19,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mamba_agent.episode import Limits
-from mamba_agent.tasks import TASKS, Problem, get_task
+from mamba_agent.tasks import Problem, get_task
 
 TASKFILE_VERSION = 1
 
@@ -59,7 +59,7 @@ class TaskFile(BaseModel, use_attribute_docstrings=True):
     version: int = TASKFILE_VERSION
     """Task-file format version."""
     task: str
-    """Task family: one of the registered tasks."""
+    """Task family: a built-in one, an installed plugin's name, or module:Name (mamba_agent.plugins)."""
     input: dict | None = None
     """The problem, in the family's own fields (addition: a, b)."""
     size: int | None = None
@@ -75,11 +75,13 @@ class TaskFile(BaseModel, use_attribute_docstrings=True):
 
     @model_validator(mode="after")
     def _check(self) -> "TaskFile":
-        if self.task not in TASKS:
-            raise ValueError(f"task: unknown task {self.task!r}; valid tasks: {', '.join(sorted(TASKS))}")
+        try:
+            task = get_task(self.task)
+        except ValueError as e:  # an unknown name, or a plugin that does not load
+            raise ValueError(f"task: {e}") from None
         if (self.input is None) == (self.size is None):
             raise ValueError("give exactly one of `input:` (the problem) or `size:` (a random problem)")
-        if self.size is not None and (why := get_task(self.task).size_error(self.size)):
+        if self.size is not None and (why := task.size_error(self.size)):
             raise ValueError(f"size: {why}")
         if self.version != TASKFILE_VERSION:
             raise ValueError(f"version: this mamba-agent reads task files of version {TASKFILE_VERSION}")

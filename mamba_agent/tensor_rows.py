@@ -32,13 +32,15 @@ import torch
 from mamba_agent.episode import TIME_LIMIT, Episode
 from mamba_agent.steppers import Stepper, graphed
 from mamba_agent.tensor_rows_kernel import (
-    AFTER_ANS, ANS_AT, DIVERGED_AT, EXIT, EXIT_CODES, EXIT_NAMES, EXPECTED_LEN, FED, FLAG_FIELDS, IDLE, INT_FIELDS,
-    LOG_SLOT, MAX_FORMAT_ERRORS, MAX_TOKENS, N_FORCED, N_FORMAT_ERRORS, N_MODEL, N_TOKENS, POINTER, PROMPT_LEN,
-    SEARCH, STOP_AT_DIVERGENCE, TAPE_LEN,
+    AFTER_ANS, ANS_AT, ARG_LEN, ARG_NL, ARG_OPEN, DIVERGED_AT, EXIT, EXIT_CODES, EXIT_NAMES, EXPECTED_LEN, FED,
+    FLAG_FIELDS, IDLE, INT_FIELDS, LOG_SLOT, MAX_FORMAT_ERRORS, MAX_TOKENS, N_FORCED, N_FORMAT_ERRORS, N_MODEL,
+    N_TOKENS, OBS_LEN, OBS_POS, POINTER, PROMPT_LEN, SEARCH, STOP_AT_DIVERGENCE, TAPE_LEN,
 )
 from mamba_agent.tools.pointer import PointerMemory
 from mamba_agent.tools.search import SearchMemory
-from mamba_agent.vocab import BOS, PAD, VOCAB_SIZE, pointer_command
+from mamba_agent.vocab import ANS, BOS, PAD, VOCAB_SIZE, pointer_command
+
+NEWLINE = 10
 
 ROOM = 1.25  # buffers are made this much longer than the longest episode so far: a longer one later still fits
 
@@ -67,7 +69,9 @@ class TensorRows:
     to run them; `on_done(episode)` as each episode ends. Every episode must have `form`."""
 
     def __init__(self, stepper: Stepper, episodes, form: tuple[int, int], on_done: Callable | None = None,
-                 steps_per_sync: int = 128, watch_slots: int = 64):
+                 steps_per_sync: int = 128, watch_slots: int = 64, resume=None, sampler=None):
+        """`resume`: a SavedLoop (runtime.py) to go on from, `episodes` then its rows' episodes,
+        restored; `sampler`: only saved and restored with the run (the rows decode greedily)."""
         self.stepper, self.B, self.device = stepper, stepper.batch_size, stepper.device
         self.tool, self.n_pointers = form
         self.pairs = stepper.pairs
@@ -80,6 +84,7 @@ class TensorRows:
         self.slot_of: dict[int, int] = {}  # watched row -> its log row
         self.width = self.expected_width = 0  # no buffers yet
         self._run: Callable[[], None] | None = None
+        self.resume, self.generator = resume, (sampler.generator if sampler else torch.Generator())
 
     def buffers(self) -> dict[str, torch.Tensor]:
         """Every tensor of the rows' state (what `advance` reads and writes)."""
@@ -96,7 +101,8 @@ class TensorRows:
         self.flags = torch.zeros(len(FLAG_FIELDS), B, dtype=torch.int8, device=dev)
         self.flags[EXIT] = IDLE
         self.tape = torch.zeros(B, width, dtype=i16, device=dev)  # the prompt (no [BOS]), then what is written
-        self.obs = torch.zeros(B, 2 * width + 2 if search else 1, dtype=i16, device=dev)  # the observation owed
+        # the observation owed (a restored run's queue too: what was fed and owed when it was saved)
+        self.obs = torch.zeros(B, 2 * width + 4 if search else 4, dtype=i16, device=dev)
         self.arg = torch.zeros(B, width if search else 1, dtype=i16, device=dev)  # the open argument
         self.line = torch.zeros(B, width if search else 1, dtype=torch.int8, device=dev)  # a search's line marks
         self.expected = torch.zeros(B, expected_width, dtype=i16, device=dev)
@@ -129,6 +135,9 @@ class TensorRows:
         """Between runs of steps: watched rows replayed, rows over their time limit ended,
         finished rows out (their episodes completed, `on_done`), new episodes in. False when
         nothing is left to run."""
+        if self.resume is not None:
+            self._restore(self.resume)
+            self.resume = None
         occupied = [r for r, ep in enumerate(self.rows) if ep is not None]
         if occupied:
             exits = self.flags[EXIT].tolist()  # waits for the steps
@@ -247,6 +256,69 @@ class TensorRows:
         self.stepper.reset_rows(idx)
         for r, ep in taken:
             self.rows[r], self.replayed[r], ep.n_fed = ep, 0, 1
+
+    def save(self):
+        """The run between a step and the next sync, as runtime.SavedLoop (either row form resumes
+        from it): watched rows replayed first (their episodes save their own state, tools
+        included); a row's queue is what it reads next (fed but not read yet, then what its
+        prompt or observation still owes), its sampled token none (its queue is never empty)."""
+        from mamba_agent.runtime import SavedLoop
+
+        occupied = [r for r, ep in enumerate(self.rows) if ep is not None]
+        if any(r not in self.slot_of for r in occupied):
+            raise NotImplementedError("tensor rows save only watched episodes (with a trajectory file)")
+        self._replay(occupied, self.flags[EXIT].tolist())
+        ints = self.ints.cpu().numpy()
+        feed, n_feed = self.feed.cpu().tolist(), self.n_feed.tolist()
+        queues = [[] for _ in range(self.B)]
+        for r in occupied:
+            fed, prompt_len = ints[FED, r], ints[PROMPT_LEN, r]
+            queue = feed[0][r : r + 1] + (feed[1][r : r + 1] if n_feed[r] == 2 else [])
+            queue += self.rows[r].prompt[fed:prompt_len] if fed < prompt_len else self.obs[r, ints[OBS_POS, r] : ints[OBS_LEN, r]].tolist()
+            queues[r] = queue
+        return SavedLoop(queues, [PAD] * self.B, self.stepper.state_dict(), self.generator.get_state())
+
+    def _restore(self, saved) -> None:
+        """Rows 0, 1, ... take the restored episodes and where they stood (their tools' memory,
+        counts, an open argument); each row's queue is owed to it first, and a row with none
+        carries out its sampled token in one step of the tools alone."""
+        from mamba_agent.tensor_rows_kernel import advance
+
+        taken = [(r, ep) for r in range(self.B) if (ep := next(self.pending, None)) is not None]
+        eps = [ep for _, ep in taken]
+        self._build(int(ROOM * max(ep.max_tokens + 1 for ep in eps)),
+                    int(ROOM * max(1 + (0 if ep.expected is None else len(ep.expected)) for ep in eps)))
+        for r, ep in taken:
+            self.slot_of[r] = self.slots.pop()
+        self._load(taken)
+        self.stepper.load_state_dict(saved.stepper_state)
+        self.generator.set_state(saved.sampler_rng)
+        for r, ep in taken:
+            (tool,) = ep.tools or [None]
+            memory = ep.prompt[1:] if tool is None else tool.state_dict()["tape" if self.tool == POINTER else "text"].tolist()
+            queue, prompt_len = saved.queues[r], len(ep.prompt)
+            self.tape[r, : len(memory)] = torch.tensor(memory, dtype=torch.int16)
+            if self.tool == POINTER and self.n_pointers:
+                self.pos[r, : self.n_pointers] = torch.tensor(tool.positions)
+            values = {TAPE_LEN: len(memory), N_TOKENS: ep.n_tokens, N_MODEL: ep.n_model_tokens,
+                      N_FORMAT_ERRORS: ep.format_errors, N_FORCED: ep.n_fed,
+                      DIVERGED_AT: -1 if ep.diverged_at is None else ep.diverged_at,
+                      ANS_AT: memory.index(ANS, prompt_len - 1) if ep.after_ans else -1}
+            if ep.n_model_tokens == 0:  # still reading the prompt: the queue is what is left of it
+                values[FED] = prompt_len - len(queue)
+            else:
+                values |= {FED: prompt_len, OBS_LEN: len(queue), OBS_POS: 0}
+                self.obs[r, : len(queue)] = torch.tensor(queue, dtype=torch.int16)
+            if ep._open_arg is not None:
+                argument = ep._open_arg[2]
+                values[ARG_LEN] = len(argument)
+                self.arg[r, : len(argument)] = torch.tensor(argument, dtype=torch.int16)
+                self.flags[ARG_OPEN, r], self.flags[ARG_NL, r] = 1, int(NEWLINE in argument)
+            for field, value in values.items():
+                self.ints[field, r] = value
+            self.flags[AFTER_ANS, r] = int(ep.after_ans)
+            self.replayed[r] = ep.n_model_tokens
+        advance(self, torch.tensor(saved.sampled, device=self.device))
 
     def live_episodes(self) -> list[Episode]:
         return [ep for ep in self.rows if ep is not None] + list(self.waiting)

@@ -166,19 +166,18 @@ def _advance(
         tl.store(obs, tl.where((at >= 0) & (at < tape_len), cell, EDGE).to(tl.int16), mask=read)
         made += read.to(tl.int32)
         malformed = free & ~ok & ~writes & ~eos
-    else:  # SEARCH: [FIND] opens an argument of bytes up to [END], which runs the search; any other
-        # special token inside it is malformed (and drops it).
+    else:  # SEARCH: [FIND] opens an argument: every token up to [END], which runs the search.
         arg_len = tl.load(arg_len_ptr + rows, mask=m, other=0)
         arg_nl = tl.load(arg_nl_ptr + rows, mask=m, other=0) != 0
         inside = carry & arg_open
-        byte = inside & (token < 256)
         ok = inside & (token == END)
+        joins = inside & ~ok
         opens = free & (token == FIND)
-        tl.store(arg_ptr + rows.to(tl.int64) * W + arg_len, token.to(tl.int16), mask=byte)
-        arg_len = tl.where(opens, 0, arg_len + byte.to(tl.int32))
-        arg_nl = (arg_nl & ~opens) | (byte & (token == 10))
-        malformed = (free & ~opens & ~writes & ~eos) | (inside & ~byte & ~ok)
-        tl.store(arg_open_ptr + rows, ((arg_open & ~inside) | byte | opens).to(tl.int8), mask=m)
+        tl.store(arg_ptr + rows.to(tl.int64) * W + arg_len, token.to(tl.int16), mask=joins)
+        arg_len = tl.where(opens, 0, arg_len + joins.to(tl.int32))
+        arg_nl = (arg_nl & ~opens) | (joins & (token == 10))
+        malformed = free & ~opens & ~writes & ~eos
+        tl.store(arg_open_ptr + rows, ((arg_open & ~ok) | opens).to(tl.int8), mask=m)
         tl.store(arg_len_ptr + rows, arg_len, mask=m)
         tl.store(arg_nl_ptr + rows, arg_nl.to(tl.int8), mask=m)
         if tl.max(ok.to(tl.int32), 0) > 0:  # BLOCK is 1: this row's search

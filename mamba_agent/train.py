@@ -3,9 +3,10 @@
 Batches are generated on the fly from the task's training distribution; the batch of step s on
 rank r comes from a generator seeded by (seed, r, s), so a resumed run sees exactly the data it
 would have seen (with `length_buckets` G, the G batches of a block of steps are pooled, sorted by
-length and cut again, so each step pads to lengths like its own). Every `save_every` steps the
-run folder gets an atomic checkpoint plus `train_state.pt` (optimizer, step); `train` on the same
-folder resumes from there.
+length and cut again, so each step pads to lengths like its own). Trajectory files (`data`,
+mamba_agent/data.py) fill all or part of each batch from a stream that depends on the seed
+alone, so the same holds for them. Every `save_every` steps the run folder gets an atomic
+checkpoint plus `train_state.pt` (optimizer, step); `train` on the same folder resumes from there.
 Several GPUs: `torchrun --nproc_per_node N -m mamba_agent.cli train ...` (DDP; rank 0 writes).
 """
 
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mamba_agent.checkpoint import load_checkpoint, save_checkpoint
 from mamba_agent.console import Bar
+from mamba_agent.data import TrajectoryFiles
 from mamba_agent.policies import build_policy
 from mamba_agent.policies.lookup import LookupConfig, fit_lookup
 from mamba_agent.tasks import get_task
@@ -33,8 +35,9 @@ from mamba_agent.vocab import PAD, VOCAB_SIZE
 class TrainConfig(BaseModel, use_attribute_docstrings=True):
     model_config = ConfigDict(extra="forbid")
 
-    task: str = "addition"
-    """Task family whose oracle trajectories are the training data."""
+    task: str | None = None
+    """Task family whose oracle trajectories are the training data, and whose checkpoint this is;
+    None: the task of the `data` files, or addition without them."""
     policy: dict = Field(default_factory=lambda: {"kind": "mamba"})
     """Policy config: `kind` plus any of that kind's fields (vocab_size is filled in)."""
     steps: int = 2000
@@ -71,10 +74,39 @@ class TrainConfig(BaseModel, use_attribute_docstrings=True):
     step then pads to the length of its own batch, not of the longest problem the task draws,
     which is what an RNN step (sequential in time) and attention (quadratic) cost. For tasks
     whose lengths vary widely: Hanoi's 1..8 disks run from ~70 to ~30,000 tokens."""
+    data: list[str] = Field(default_factory=list)
+    """Trajectory files, or folders (every *.jsonl under them), in the format the runtime writes:
+    trained on instead of, or with, generated ones (mamba_agent/data.py)."""
+    data_weight: float = Field(1.0, gt=0, le=1)
+    """The share of each batch read from `data`: round(data_weight x the batch of a rank) rows, the
+    rest generated from the task as without files."""
     init_from: str | None = None
     """A checkpoint (folder or builtin:<name>) of this task whose weights start the run (more
     training for a trained model; give another seed, or it sees its first batches again). Its
     policy config is used: `policy` may only repeat its kind."""
+
+
+def step_trajectories(task, seed: int, rank: int, step: int, batch_size: int, files: TrajectoryFiles | None = None,
+                      file_rows: int = 0, world: int = 1) -> list:
+    """One rank's trajectories of `step`: batch_size - file_rows generated from the training
+    distribution by a generator seeded by (seed, rank, step), then file_rows from the files'
+    stream, at the positions of this step and rank."""
+    rng = random.Random(f"{seed}-{rank}-{step}")
+    trajs = [task.oracle(task.training_problem(rng)) for _ in range(batch_size - file_rows)]
+    first = (step * world + rank) * file_rows
+    return trajs + [files.at(first + j, seed) for j in range(file_rows)]
+
+
+def file_rows(cfg: TrainConfig, world: int) -> int:
+    """Rows of each rank's batch read from cfg.data (0 without)."""
+    if not cfg.data:
+        return 0
+    batch = cfg.batch_size // world
+    rows = round(cfg.data_weight * batch)
+    if rows == 0 or (cfg.data_weight < 1 and rows == batch):
+        raise ValueError(f"--data-weight {cfg.data_weight:g} of a batch of {batch} is {rows} rows: "
+                         f"give a weight between {1 / batch:.2g} and {1 - 1 / batch:.2g}, or a larger batch")
+    return rows
 
 
 def make_batch(task, rng: random.Random, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -95,13 +127,16 @@ def pad_batch(trajs: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 class Batches(torch.utils.data.IterableDataset):
-    """The batches of steps `start`..`stop`-1 for one rank, a block of `buckets` steps per item
-    (see TrainConfig.length_buckets); worker w of W makes the blocks b with b % W == w, and the
-    DataLoader takes the workers in turn, so the order is the step order."""
+    """The batches of steps `start`..`stop`-1 for one rank of `world`, a block of `buckets` steps
+    per item (see TrainConfig.length_buckets); worker w of W makes the blocks b with b % W == w,
+    and the DataLoader takes the workers in turn, so the order is the step order. `file_rows` of
+    each batch come from `files` (step_trajectories)."""
 
-    def __init__(self, task_name: str, seed: int, rank: int, batch_size: int, start: int, stop: int, buckets: int = 1):
+    def __init__(self, task_name: str, seed: int, rank: int, batch_size: int, start: int, stop: int, buckets: int = 1,
+                 files: TrajectoryFiles | None = None, file_rows: int = 0, world: int = 1):
         self.task_name, self.seed, self.rank, self.batch_size = task_name, seed, rank, batch_size
         self.start, self.stop, self.buckets = start, stop, buckets
+        self.files, self.file_rows, self.world = files, file_rows, world
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -111,8 +146,7 @@ class Batches(torch.utils.data.IterableDataset):
             steps = range(block * G, (block + 1) * G)  # whole blocks, whatever `stop`: the same data for any run length
             trajs = []
             for step in steps:
-                rng = random.Random(f"{self.seed}-{self.rank}-{step}")
-                trajs += [task.oracle(task.training_problem(rng)) for _ in range(B)]
+                trajs += step_trajectories(task, self.seed, self.rank, step, B, self.files, self.file_rows, self.world)
             if G > 1:
                 trajs.sort(key=len)
                 order = list(range(G))
@@ -143,9 +177,11 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
             torch.cuda.set_device(device)
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} must divide evenly over {world} ranks")
-    task = get_task(cfg.task)
+    files = TrajectoryFiles(cfg.data, cfg.task) if cfg.data else None
+    cfg = cfg.model_copy(update={"task": files.task if files else cfg.task or "addition"})
+    task, rows = get_task(cfg.task), file_rows(cfg, world)
     if cfg.policy.get("kind") == "lookup":
-        return fit_lookup_run(cfg, out, task, progress)
+        return fit_lookup_run(cfg, out, task, progress, files, rows)
     torch.manual_seed(cfg.seed)
     if cfg.init_from:
         policy, meta = load_checkpoint(cfg.init_from)
@@ -164,8 +200,11 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     state_path = out / "train_state.pt"
     if state_path.exists():  # resume
         saved = torch.load(state_path, map_location=device, weights_only=False)
-        if {**saved["config"], "steps": cfg.steps, "data_workers": cfg.data_workers} != cfg.model_dump():  # more steps may extend a run
+        settings = TrainConfig.model_validate(saved["config"]).model_dump()  # fields added since: their defaults
+        if {**settings, "steps": cfg.steps, "data_workers": cfg.data_workers} != cfg.model_dump():  # more steps may extend a run
             raise ValueError(f"{out} holds a run with other settings; choose a new --out or the same settings")
+        if saved.get("data_fingerprint") != (files.fingerprint if files else None):
+            raise ValueError(f"--data: the trajectory files changed since {out}'s run began; give the same files or a new --out")
         policy.load_state_dict(saved["model"])
         opt.load_state_dict(saved["optimizer"])
         step, seconds, tokens_seen = saved["step"], saved["seconds"], saved["tokens_seen"]
@@ -175,7 +214,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
     summary = json.loads((out / "config.json").read_text())["training"] if step else {}
     start, loss_ema = time.monotonic() - seconds, None
     batches = torch.utils.data.DataLoader(
-        Batches(cfg.task, cfg.seed, rank, cfg.batch_size // world, step, cfg.steps, cfg.length_buckets),
+        Batches(cfg.task, cfg.seed, rank, cfg.batch_size // world, step, cfg.steps, cfg.length_buckets, files, rows, world),
         batch_size=None, num_workers=cfg.data_workers, prefetch_factor=4 if cfg.data_workers else None,
     )
     for batch in (batch for block in batches for batch in block):
@@ -208,7 +247,7 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
             log.flush()
         if rank == 0 and (step % cfg.save_every == 0 or last):
             summary = {
-                "task_sizes": f"training distribution of {cfg.task} (sizes up to {task.train_max_size})",
+                "task_sizes": data_summary(cfg, task, files),
                 "steps": step,
                 "loss": loss_value,
                 "loss_ema": loss_ema,
@@ -222,7 +261,8 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
             save_checkpoint(policy, out, cfg.task, summary)
             torch.save(
                 {"config": cfg.model_dump(), "model": policy.state_dict(), "optimizer": opt.state_dict(),
-                 "step": step, "seconds": time.monotonic() - start, "tokens_seen": tokens_seen},
+                 "step": step, "seconds": time.monotonic() - start, "tokens_seen": tokens_seen,
+                 "data_fingerprint": files.fingerprint if files else None},
                 out / "train_state.pt.tmp",
             )
             os.replace(out / "train_state.pt.tmp", state_path)
@@ -238,16 +278,23 @@ def train(cfg: TrainConfig, out: str | Path, progress: bool = True) -> dict:
 
 
 
-def fit_lookup_run(cfg: TrainConfig, out: Path, task, progress: bool) -> dict:
-    """The lookup-table policy (locality.md) learns by counting: it sees exactly the trajectories a
+def data_summary(cfg: TrainConfig, task, files: TrajectoryFiles | None) -> str:
+    generated = f"training distribution of {cfg.task} (sizes up to {task.train_max_size})"
+    if files is None:
+        return generated
+    read = f"{len(files):,} trajectories of {cfg.task} in {len(files.paths):,} files ({', '.join(cfg.data)})"
+    return read if cfg.data_weight == 1 else f"{read} for {cfg.data_weight:g} of each batch, the rest from the {generated}"
+
+
+def fit_lookup_run(cfg: TrainConfig, out: Path, task, progress: bool, files: TrajectoryFiles | None, rows: int) -> dict:
+    """The lookup-table policy (docs/locality.md) learns by counting: it sees exactly the trajectories a
     neural policy trained with the same settings would see (steps x batch_size, same seeds)."""
     start = time.monotonic()
     bar = Bar("count", cfg.steps) if progress else None
 
     def trajectories():
         for step in range(cfg.steps):
-            rng = random.Random(f"{cfg.seed}-0-{step}")
-            yield from (task.oracle(task.training_problem(rng)) for _ in range(cfg.batch_size))
+            yield from step_trajectories(task, cfg.seed, 0, step, cfg.batch_size, files, rows)
             if bar:
                 bar.update(step + 1)
 
@@ -256,7 +303,7 @@ def fit_lookup_run(cfg: TrainConfig, out: Path, task, progress: bool) -> dict:
     if bar:
         bar.close()
     summary = {
-        "task_sizes": f"training distribution of {cfg.task} (sizes up to {task.train_max_size})",
+        "task_sizes": data_summary(cfg, task, files),
         "problems": cfg.steps * cfg.batch_size,
         "contexts": policy.config.table_size,
         "conflicts": policy.n_conflicts,

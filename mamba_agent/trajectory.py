@@ -12,15 +12,25 @@ tokens with the same role, streamed as the episode runs, then an `end` line:
   {"format": "mamba-agent-trajectory", "version": 1, "vocab_version": 1, "task": ..., ...}
   {"role": "command", "tokens": [262], "text": "[P1.read]"}
   {"end": {"exit": "finished", "answer": "...", "correct": true, "tokens": 1234, "seconds": 0.8}}
-A crash loses at most the last unflushed second; a file without an `end` line is a crash.
+A crash loses at most the last unflushed second; a file without an `end` line is a crash. An
+episode evaluated against its oracle (exact match) also records, in its `end` line, `diverged_at`:
+the index of its first model token (thought, command, output; counted from 0) that differs from
+the oracle's, null if none did; and where one did, `oracle_token`: the oracle's token there, as
+text (null where the oracle had already ended). Readers ignore keys they do not know, so version
+1 files with and without them read alike.
+An episode the runtime could not finish ends with exit "error" or "interrupted", `correct` null
+and an "error" field (the exception). A process killed outright loses at most the last
+unflushed second; a file without an `end` line is such a kill.
+A file may hold several trajectories one after another (`read_trajectories`).
 """
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mamba_agent.vocab import VOCAB_VERSION, decode
+from mamba_agent.vocab import VOCAB_SIZE, VOCAB_VERSION, decode
 
 INPUT, THOUGHT, COMMAND, OBSERVATION, OUTPUT = range(5)
 ROLE_NAMES = ("input", "thought", "command", "observation", "output")
@@ -76,6 +86,29 @@ class TrajectoryWriter:
         self._write({"end": end})
         self._file.close()
 
+    def position(self) -> dict:
+        """Where the trajectory stands, flushed to disk (an episode checkpoint keeps it):
+        `reopen` continues the same file from here."""
+        self._file.flush()
+        return {"path": str(self.path), "offset": self._file.tell(), "role": self._role, "run": list(self._run)}
+
+    @classmethod
+    def reopen(cls, position: dict, flush_seconds: float = 1.0) -> "TrajectoryWriter":
+        """Continue a trajectory at a saved `position`; what the file holds past it (the end
+        line of the run that was interrupted) is cut off. Raises OSError, or ValueError when
+        the file is shorter than the position (it is not the file that was saved)."""
+        writer = cls.__new__(cls)
+        writer.path = Path(position["path"])
+        writer._file = open(writer.path, "r+")
+        if writer._file.seek(0, 2) < position["offset"]:
+            writer._file.close()
+            raise ValueError(f"{writer.path} is shorter than the checkpoint's position in it: not the trajectory it saved")
+        writer._file.truncate(position["offset"])
+        writer._file.seek(position["offset"])
+        writer._role, writer._run = position["role"], list(position["run"])
+        writer._flush_seconds, writer._last_flush = flush_seconds, time.monotonic()
+        return writer
+
     def _emit_run(self) -> None:
         if self._run:
             self._write({"role": ROLE_NAMES[self._role], "tokens": self._run, "text": decode(self._run)})
@@ -88,22 +121,76 @@ class TrajectoryWriter:
         self._file.write(json.dumps(obj) + "\n")
 
 
+class TrajectoryError(ValueError):
+    """A file that is not a readable trajectory; the message names the file (and line) and the fix."""
+
+
+_decode = json.JSONDecoder().decode  # of a str: twice as fast as json.loads of bytes
+
+
 def read_trajectory(path: str | Path) -> tuple[dict, Trajectory, dict | None]:
-    """(header, trajectory, end) from a JSONL file; `end` is None if the run never finished."""
-    header, traj, end = None, Trajectory(), None
-    with open(path) as f:
-        for line in f:
-            obj = json.loads(line)
-            if header is None:
-                if obj.get("format") != FORMAT:
-                    raise ValueError(f"{path}: not a mamba-agent trajectory (no format header)")
-                header = obj
+    """(header, trajectory, end) of the first trajectory in a JSONL file; `end` is None if the run
+    never finished (a last line cut off mid-write, by a crash, is dropped like an unflushed one).
+    Raises TrajectoryError naming the file, the line and the fix."""
+    for _, _, header, traj, end in read_trajectories(path):
+        return header, traj, end
+    raise TrajectoryError(f"{path}: empty file; give a trajectory JSONL file (what solve writes)")
+
+
+def read_trajectories(path: str | Path, offset: int = 0, line: int = 1) -> Iterator[tuple[int, int, dict, Trajectory, dict | None]]:
+    """Each trajectory in a JSONL file from byte `offset` (line number `line`) on, as (offset, line
+    number of its header, header, trajectory, end): a file may hold several, one after another
+    (`cat` of the runtime's files). `end` is None for one that never finished. Raises
+    TrajectoryError naming the file and line of anything that is not this format."""
+    header = None
+
+    def bad(number: int, why: str) -> TrajectoryError:
+        return TrajectoryError(f"{path}: line {number}: {why}")
+
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise TrajectoryError(f"{path}: {e.strerror}; give a trajectory JSONL file (what solve writes)") from None
+    with f:
+        f.seek(offset)
+        for number, text in enumerate(f, start=line):
+            here, offset = offset, offset + len(text)
+            if not text.strip():
+                continue
+            try:
+                obj = _decode(text.decode())
+            except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+                if header is not None and not text.endswith(b"\n"):
+                    break  # the last line, cut off mid-write: the run did not finish
+                raise bad(number, "not JSON; give a trajectory JSONL file (what solve writes)") from None
+            if not isinstance(obj, dict):
+                raise bad(number, "not a JSON object")
+            if "format" in obj:
+                if obj["format"] != FORMAT:
+                    raise TrajectoryError(f"{path}: line {number}: format {obj['format']!r}, not a mamba-agent "
+                                          "trajectory; give the JSONL file solve writes")
+                if obj.get("version") != VERSION or obj.get("vocab_version") != VOCAB_VERSION:
+                    raise TrajectoryError(f"{path}: trajectory version {obj.get('version')} (vocabulary "
+                                          f"{obj.get('vocab_version')}); this mamba-agent reads version {VERSION} "
+                                          f"(vocabulary {VOCAB_VERSION})")
+                if header is not None:  # the next trajectory begins: this one never finished
+                    yield start, start_line, header, traj, None
+                header, start, start_line, traj = obj, here, number, Trajectory()
+            elif header is None:
+                raise TrajectoryError(f"{path}: line {number}: not a mamba-agent trajectory (no "
+                                      f'"format": "{FORMAT}" header before it); give the JSONL file solve writes')
             elif "end" in obj:
-                end = obj["end"]
+                if not isinstance(obj["end"], dict):
+                    raise bad(number, "the end line's value is not an object")
+                yield start, start_line, header, traj, obj["end"]
+                header = None
             else:
-                role = ROLE_NAMES.index(obj["role"])
-                traj.tokens += obj["tokens"]
-                traj.roles += [role] * len(obj["tokens"])
-    if header is None:
-        raise ValueError(f"{path}: empty trajectory file")
-    return header, traj, end
+                role, tokens = obj.get("role"), obj.get("tokens")
+                if role not in ROLE_NAMES:
+                    raise bad(number, f"role {role!r} is none of {', '.join(ROLE_NAMES)}")
+                if not isinstance(tokens, list) or not all(type(t) is int and 0 <= t < VOCAB_SIZE for t in tokens):
+                    raise bad(number, f"tokens must be a list of token ids 0..{VOCAB_SIZE - 1}")
+                traj.tokens += tokens
+                traj.roles += [ROLE_NAMES.index(role)] * len(tokens)
+    if header is not None:
+        yield start, start_line, header, traj, None

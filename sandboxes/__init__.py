@@ -1,8 +1,9 @@
 """Sandboxes: run a command in a scratch workspace under limits, and get an `ExecResult`.
 
-    from mamba_agent.sandboxes import SandboxLimits, get_sandbox
+    from mamba_agent.sandboxes import SandboxLimits, Workspace, get_sandbox
 
-    with get_sandbox("bubblewrap", workspace, SandboxLimits(wall_s=10)) as sandbox:
+    with Workspace({"main.py": "print(1)"}) as ws, \
+            get_sandbox("bubblewrap", ws.path, SandboxLimits(wall_s=10)) as sandbox:
         result = sandbox.run("python3 main.py > out.txt")   # str: bash -c; list: argv
         result.exit_code, result.stdout, result.timed_out
 
@@ -12,6 +13,9 @@ Backends, chosen by name only (there is no default and no fallback):
 - "local-unsafe": runs on the host with no isolation at all; warns.
 Each backend's module docstring lists what it covers and what it does not. The workspace is
 read-write at its own host path, and is the working directory; /tmp is private to each command.
+Make workspaces with `Workspace` (workspace.py: owned by the sandbox user, capped in size and
+files, removed whatever is left in them), and read what sandboxed code wrote with
+`workspace.read_file` (no link followed, regular files only, a byte cap).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from mamba_agent.sandboxes.base import ExecResult, Sandbox, SandboxLimits, Sandb
 from mamba_agent.sandboxes.bubblewrap import BubblewrapSandbox
 from mamba_agent.sandboxes.docker import DockerSandbox
 from mamba_agent.sandboxes.local import LocalSandbox
+from mamba_agent.sandboxes.workspace import Workspace
 
 BACKENDS: dict[str, type[Sandbox]] = {
     "docker": DockerSandbox,
@@ -29,7 +34,7 @@ BACKENDS: dict[str, type[Sandbox]] = {
     "local-unsafe": LocalSandbox,
 }
 
-__all__ = ["BACKENDS", "ExecResult", "Sandbox", "SandboxLimits", "SandboxUnavailable",
+__all__ = ["BACKENDS", "ExecResult", "Sandbox", "SandboxLimits", "SandboxUnavailable", "Workspace",
            "get_sandbox"]
 
 

@@ -7,7 +7,8 @@ reap it (`Launched`); everything below is written once, here.
 Covered here, for every backend:
 - the command: a `str` runs as `bash -c COMMAND` (what an agent tool passes); a `list` is an argv
   run as is. A program that is missing or not executable gives exit code 127 or 126, as in a
-  shell, not an exception;
+  shell, and any other failure to start it (an argument over the kernel's 128 KiB, E2BIG) a
+  failed result with the reason on stderr, never an exception;
 - the wall timeout: at `limits.wall_s` the backend kills the command (the whole process tree, for
   the isolating backends) and `timed_out` is set;
 - output caps: stdout and stderr are read until EOF; past `limits.output_bytes` per stream the
@@ -15,8 +16,8 @@ Covered here, for every backend:
   `stdout_truncated` / `stderr_truncated` are set. Output is decoded as UTF-8 (bad bytes replaced);
 - nothing waits forever: after the kill, reading and reaping stop after `KILL_GRACE_S`, so a
   process that keeps the pipe open cannot hang the caller;
-- the workspace: made owned by `SANDBOX_UID` before each run when the host runs as root and the
-  backend drops to that user (symlinks are not followed), so the sandboxed user can write it;
+- the workspace is used as it is: make it with `Workspace` (workspace.py), which gives it the
+  owner the sandboxed user needs once, at creation, and caps its size and files;
 - cleanup: `close()`, the context manager, and an atexit hook for sandboxes still open.
 
 Not covered here: isolation itself (each backend's docstring says what it isolates); stdin
@@ -41,6 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 SANDBOX_UID = 65534
 """The unprivileged user (nobody) the isolating backends run commands as when the host is root."""
+ETC_PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/tmp:/bin/bash\n"
+ETC_GROUP = "root:x:0:\nnogroup:x:65534:\n"
+"""/etc/passwd and /etc/group inside the isolating backends (the host's are not shown)."""
 KILL_GRACE_S = 2.0
 """How long to keep reading and reaping after a kill before giving up on the child."""
 OPEN_FILES = 1024
@@ -130,10 +134,10 @@ class Launched:
 class PopenLaunched(Launched):
     """A host process started in its own session; `kill` signals that whole process group."""
 
-    def __init__(self, argv: list[str], cwd: str, env: dict[str, str]):
+    def __init__(self, argv: list[str], cwd: str, env: dict[str, str], pass_fds=()):
         self.proc = subprocess.Popen(
             argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
+            stderr=subprocess.PIPE, start_new_session=True, close_fds=True, pass_fds=pass_fds,
         )
         self.fds = {self.proc.stdout.fileno(): "stdout", self.proc.stderr.fileno(): "stderr"}
 
@@ -232,30 +236,18 @@ class Sandbox:
         argv = ["bash", "-c", command] if isinstance(command, str) else [str(a) for a in command]
         if not argv:
             raise ValueError("empty command")
-        self._prepare_workspace()
         start = time.monotonic()
         try:
             launched = self._launch(argv)
-        except (FileNotFoundError, PermissionError) as e:  # program missing or not executable
+        except OSError as e:  # program missing or not executable, E2BIG, ...: as a shell says it
             err = _Capped(self.limits.output_bytes)
             err.add(f"{e}\n".encode())
-            code = 127 if isinstance(e, FileNotFoundError) else 126  # as a shell says it
+            code = 127 if isinstance(e, FileNotFoundError) else 126
             return self._result(code, _Capped(0), err, start, timed_out=False)
         try:
             return self._collect(launched, start)
         finally:
             launched.close()
-
-    def _prepare_workspace(self) -> None:
-        uid = self.run_as_uid
-        if uid is None:
-            return
-        # Safe against planted links: lchown and os.walk do not follow symlinks, and a hard link
-        # to an outside file cannot be made from inside (the workspace is its own mount there).
-        os.lchown(self.workspace, uid, uid)
-        for root, dirs, files in os.walk(self.workspace):
-            for entry in dirs + files:
-                os.lchown(os.path.join(root, entry), uid, uid)
 
     def _collect(self, launched: Launched, start: float) -> ExecResult:
         cap = self.limits.output_bytes
@@ -314,6 +306,26 @@ class Sandbox:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(workspace={str(self.workspace)!r}, limits={self.limits!r})"
+
+
+def _start_time(pid: int | str) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[19]  # field 22: start time in clock ticks
+    except OSError:
+        return None
+
+
+def owner_tag() -> str:
+    """`PID.STARTTIME` of this process: what names its workspaces, cgroups and containers, so that
+    a later process can tell the leftovers of a dead one from those of a live one."""
+    return f"{os.getpid()}.{_start_time(os.getpid())}"
+
+
+def owner_alive(tag: str) -> bool:
+    """Is the process `owner_tag()` returned `tag` in still running (pid not reused)?"""
+    pid, _, start = tag.partition(".")
+    return pid.isdigit() and _start_time(pid) == start
 
 
 def host_python_dirs() -> list[str]:

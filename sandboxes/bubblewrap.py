@@ -1,65 +1,100 @@
 """The bubblewrap backend: real isolation on the host, no engine, about 10 ms per command.
 
-Launch chain (as root, measured in /work/shared/sandbox-notes.md):
-`[sh: join cgroup] prlimit ... -- bwrap <namespaces and mounts> -- setpriv <drop to nobody> -- CMD`.
-As an ordinary user there is no setpriv and bwrap adds a user namespace (`--unshare-all`).
+Launch chain (as root): `[sh: join cgroup] prlimit ... -- bwrap <namespaces, mounts, seccomp>
+-- setpriv <drop to nobody> -- CMD`. As an ordinary user there is no setpriv and bwrap adds a
+user namespace (`--unshare-all`).
 
 Covered (each has a test in tests/test_sandbox.py):
-- no network: a new network namespace holds only a down loopback; the host's loopback listeners
-  and every other address are unreachable;
-- files: `/` is read-only; /tmp (tmpfs, capped at `memory_mb`), /root, /home and /run are
-  private and empty, except the running interpreter's prefix, bound back read-only; the workspace
-  is bound read-write at its own host path and is the working directory;
+- no network: a new network namespace holds only a down loopback; the host's loopback
+  listeners, abstract unix sockets and every other address are unreachable;
+- files: a fresh root holding only what a program needs, read-only: /usr (with /bin, /lib, ...
+  as on the host), the dynamic loader's and Python's files from /etc, the running interpreter's
+  prefix, and an /etc/passwd and /etc/group naming only root and nobody; /tmp and /dev/shm are
+  private tmpfs (each capped at `memory_mb`), /dev holds only null, zero, full, random, urandom
+  and tty, /proc is the sandbox's own; the workspace is bound read-write at its own host path and
+  is the working directory. Nothing else of the host (/home, /root, /var, /run, /sys, other
+  workspaces, sockets) exists inside;
+- system calls: the seccomp filter of seccomp.py (no new namespaces, keyrings, io_uring, mounts,
+  bpf, perf_event_open, ptrace, ...);
 - user: as root, commands run as uid/gid 65534 with no capabilities and no-new-privs, so they
-  cannot write what nobody cannot write, nor read root's files;
+  cannot write what nobody cannot write;
 - processes: a new pid namespace and `--die-with-parent`: at the wall timeout every process
-  started by the command dies, setsid/nohup included; RLIMIT_NPROC (as root) and a pids cgroup
-  bound fork bombs;
+  started by the command dies, setsid/nohup included; a pids cgroup per sandbox bounds fork bombs
+  (RLIMIT_NPROC where there is no cgroup);
 - memory: a cgroup v1 memory limit on the whole command when the host has one (root, writable
   /sys/fs/cgroup/{memory,pids}): an OOM kill; otherwise RLIMIT_AS per process (MemoryError);
-- CPU (RLIMIT_CPU), file size (RLIMIT_FSIZE), no core dumps;
+- CPU (RLIMIT_CPU), file size (RLIMIT_FSIZE), open files, no core dumps;
+- nothing passes between commands but the workspace: /tmp, /dev/shm, SysV IPC and message
+  queues, the keyrings (unreachable) and every process are the command's own;
 - environment: only PATH, HOME=/tmp, LANG and TERM; nothing from the host process.
 
-Not covered: the kernel is shared (a kernel exploit escapes); /sys, /etc, /usr and the rest of the
-host file system are readable (read-only) by the command, so do not keep secrets in
-world-readable files; on cgroup v2 hosts there is no cgroup (RLIMIT_AS is per process, so the
-command can hold up to `processes` x `memory_mb`); RLIMIT_NPROC counts every process of uid 65534
-on the host, so concurrent sandboxes share it; CPU time is per process and there is no CPU share.
+Not covered: the kernel is shared (a kernel exploit escapes); /usr and the interpreter's prefix
+are readable; on cgroup v2 hosts there is no cgroup (RLIMIT_AS is per process, so the command
+can hold up to `processes` x `memory_mb`, and RLIMIT_NPROC counts every process of uid 65534 on
+the host, so concurrent sandboxes share it); CPU time is per process and there is no CPU share;
+the seccomp filter is a deny list (a system call added to the kernel later is allowed).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import time
 import uuid
 import warnings
 from pathlib import Path
 
 from mamba_agent.sandboxes.base import (
-    OPEN_FILES, SANDBOX_UID, Launched, PopenLaunched, Sandbox, SandboxLimits, SandboxUnavailable,
-    host_python_dirs,
+    ETC_GROUP, ETC_PASSWD, OPEN_FILES, SANDBOX_UID, Launched, PopenLaunched, Sandbox,
+    SandboxLimits, SandboxUnavailable, host_python_dirs, owner_alive, owner_tag,
 )
+from mamba_agent.sandboxes.seccomp import SeccompUnavailable, bpf_program
 
-_MASKED = ["/tmp", "/root", "/home", "/run"]
 _SYSTEM_PATH = ["/usr/local/bin", "/usr/bin", "/bin", "/usr/local/sbin", "/usr/sbin", "/sbin"]
+_TOP_DIRS = ["/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"]  # links into /usr, or dirs
+_ETC = ["/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives",
+        "/etc/localtime", "/etc/nsswitch.conf"]
 _CGROUP_V1 = Path("/sys/fs/cgroup")
+_CGROUP_NAME = re.compile(r"mamba-agent-(\d+\.\d+)-[0-9a-f]+$")
 _JOIN_CGROUP = 'echo $$ >"$1" && echo $$ >"$2" && shift 2 && exec "$@"'
 
 
-def _bind_under_mask(how: str, path: str) -> list[str]:
-    """bwrap arguments binding `path` at itself. Where it lies under a masked directory, its
-    parents are made first with mode 0755 (bwrap would make them 0700, so that nobody could not
-    reach `path`). Paths elsewhere are already visible through `--ro-bind / /`; the read-only ones
-    need no bind."""
-    mask = next((m for m in _MASKED if path == m or path.startswith(m + "/")), None)
-    if mask is None:
-        return [] if how == "--ro-bind" else [how, path, path]
-    args, parent = [], mask
-    for part in Path(path).relative_to(mask).parts[:-1]:
+def _system_binds() -> list[str]:
+    """bwrap arguments for the read-only system part of the root (the same for every command)."""
+    args = ["--ro-bind", "/usr", "/usr", "--perms", "0755", "--dir", "/etc"]  # bwrap's own: 0700
+    for top in _TOP_DIRS:
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    for path in _ETC + sorted(str(p) for p in Path("/etc").glob("python3*")):
+        args += ["--ro-bind-try", path, path]
+    return args
+
+
+def _bind_with_parents(how: str, path: str, made: set[str]) -> list[str]:
+    """bwrap arguments binding `path` at itself, its missing parents made first with mode 0755
+    (so that nobody can reach it). Paths already visible (under /usr) need nothing."""
+    if any(path == m or path.startswith(m + "/") for m in ("/usr", *_TOP_DIRS)):
+        return []
+    args, parent = [], "/"
+    for part in Path(path).parts[1:-1]:
         parent = os.path.join(parent, part)
-        args += ["--perms", "0755", "--dir", parent]
+        if parent not in made:
+            args += ["--perms", "0755", "--dir", parent]
+            made.add(parent)
+    made.add(path)
     return args + [how, path, path]
+
+
+def _memfd(data: bytes) -> int:
+    """A file descriptor reading `data` from its start (bwrap reads --seccomp and data from fds)."""
+    fd = os.memfd_create("mamba-agent-bwrap")
+    os.write(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
 
 
 def _find_tools(names: list[str]) -> dict[str, str]:
@@ -82,12 +117,17 @@ class _CgroupV1:
     def __init__(self, dirs: list[Path]):
         self.dirs = dirs
 
+    swept = False  # has this process removed the cgroups that dead runs left?
+
     @classmethod
     def create(cls, limits: SandboxLimits) -> _CgroupV1 | None:
-        name = f"mamba-agent-{uuid.uuid4().hex[:12]}"
+        name = f"mamba-agent-{owner_tag()}-{uuid.uuid4().hex[:12]}"
         mem, pids = _CGROUP_V1 / "memory" / name, _CGROUP_V1 / "pids" / name
         if os.geteuid() != 0 or not (mem.parent.is_dir() and pids.parent.is_dir()):
             return None
+        if not cls.swept:
+            cls.swept = True
+            cls.remove_stale()
         group = cls([])
         try:
             for d in (mem, pids):
@@ -101,6 +141,21 @@ class _CgroupV1:
             group.remove()
             return None
         return group
+
+    @classmethod
+    def remove_stale(cls) -> None:
+        """Kill what is left in the cgroups of processes that died, and remove those cgroups."""
+        for controller in ("memory", "pids"):
+            for d in (_CGROUP_V1 / controller).glob("mamba-agent-*"):
+                match = _CGROUP_NAME.match(d.name)
+                if not match or owner_alive(match.group(1)):
+                    continue
+                try:
+                    for pid in (d / "cgroup.procs").read_text().split():
+                        os.kill(int(pid), signal.SIGKILL)
+                except OSError:
+                    pass
+                cls([d]).remove()
 
     @property
     def procs_files(self) -> list[str]:
@@ -126,7 +181,8 @@ class BubblewrapSandbox(Sandbox):
     """Runs commands under bubblewrap; see the module docstring for what it covers.
 
     Raises:
-        SandboxUnavailable: bwrap, prlimit or (as root) setpriv missing, or bwrap cannot create
+        SandboxUnavailable: bwrap, prlimit, (as root) setpriv, pyseccomp or libseccomp missing,
+            or bwrap cannot create
             namespaces here (e.g. Ubuntu 23.10+ blocks unprivileged user namespaces).
     """
 
@@ -135,8 +191,13 @@ class BubblewrapSandbox(Sandbox):
     def __init__(self, workspace: str | os.PathLike, limits: SandboxLimits | None = None):
         super().__init__(workspace, limits)
         self.as_root, self.cgroup = os.geteuid() == 0, None
+        self.system_binds = _system_binds()
         try:
             self.tools = _find_tools(["bwrap", "prlimit"] + (["setpriv"] if self.as_root else []))
+            try:
+                bpf_program()
+            except SeccompUnavailable as e:
+                raise SandboxUnavailable(f"bubblewrap sandbox: no seccomp filter: {e}") from e
             self.cgroup = _CgroupV1.create(self.limits)
             self._check()
         except SandboxUnavailable:
@@ -163,33 +224,41 @@ class BubblewrapSandbox(Sandbox):
         lim, ws = self.limits, str(self.workspace)
         env = self.env("/tmp", [os.path.join(d, "bin") for d in host_python_dirs()] + _SYSTEM_PATH)
         prlimit = [self.tools["prlimit"], f"--cpu={lim.cpu_s}", f"--fsize={lim.file_size_mb << 20}",
-                   f"--nofile={OPEN_FILES}", f"--nproc={lim.processes}", "--core=0"]
-        if self.cgroup is None:  # no cgroup: the memory limit is per process, on address space
-            prlimit.append(f"--as={lim.memory_mb << 20}")
+                   f"--nofile={OPEN_FILES}", "--core=0"]
+        if self.cgroup is None:  # no cgroup: limits per process, and forks per uid on the host
+            prlimit += [f"--as={lim.memory_mb << 20}", f"--nproc={lim.processes}"]
         bwrap = [self.tools["bwrap"], "--die-with-parent", "--new-session"]
         if self.as_root:
             bwrap += ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts",
                       "--unshare-cgroup-try"]
         else:
             bwrap += ["--unshare-all"]  # adds a user namespace, which an ordinary user needs
-        bwrap += ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
-                  "--size", str(lim.memory_mb << 20), "--perms", "1777", "--tmpfs", "/tmp"]
-        for masked in _MASKED[1:]:
-            bwrap += ["--tmpfs", masked]
-        for prefix in host_python_dirs():  # the interpreter may live under a masked dir (pyenv)
-            bwrap += _bind_under_mask("--ro-bind", prefix)
-        bwrap += _bind_under_mask("--bind", ws) + ["--chdir", ws, "--clearenv"]
+        bwrap += self.system_binds + ["--dev", "/dev", "--proc", "/proc"]
+        for private in ("/tmp", "/dev/shm"):
+            bwrap += ["--size", str(lim.memory_mb << 20), "--perms", "1777", "--tmpfs", private]
+        made = {"/tmp", "/dev", "/proc", "/etc"}
+        for prefix in host_python_dirs():
+            bwrap += _bind_with_parents("--ro-bind", prefix, made)
+        bwrap += _bind_with_parents("--bind", ws, made) + ["--chdir", ws, "--clearenv"]
         for key, value in env.items():
             bwrap += ["--setenv", key, value]
-        bwrap.append("--")
-        if self.as_root:  # RLIMIT_NPROC is ignored for uid 0: the uid drop is what bounds forks
+        uid = SANDBOX_UID if self.as_root else os.getuid()
+        passwd = ETC_PASSWD if self.as_root else f"{ETC_PASSWD}user:x:{uid}:{os.getgid()}::/tmp:/bin/sh\n"
+        fds = [_memfd(bpf_program()), _memfd(passwd.encode()), _memfd(ETC_GROUP.encode())]
+        bwrap += ["--seccomp", str(fds[0]), "--perms", "0644", "--ro-bind-data", str(fds[1]),
+                  "/etc/passwd", "--perms", "0644", "--ro-bind-data", str(fds[2]), "/etc/group", "--"]
+        if self.as_root:  # drop to nobody: no capabilities, and root's files out of reach
             bwrap += [self.tools["setpriv"], f"--reuid={SANDBOX_UID}", f"--regid={SANDBOX_UID}",
                       "--clear-groups", "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
                       "--"]
         cmd = prlimit + ["--"] + bwrap + argv
         if self.cgroup is not None:
             cmd = ["/bin/sh", "-c", _JOIN_CGROUP, "sh", *self.cgroup.procs_files] + cmd
-        return PopenLaunched(cmd, ws, env)
+        try:
+            return PopenLaunched(cmd, ws, env, pass_fds=fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
 
     def _release(self) -> None:
         if self.cgroup is not None:

@@ -4,26 +4,34 @@ The engine is the one DOCKER_HOST names (or docker's default socket); `sandboxes
 starts one and writes the DOCKER_HOST line. The image (`IMAGE`) is built offline by
 `build_image()` from sandboxes/Dockerfile and a root file system copied from the host.
 
-Covered (each has a test in tests/test_sandbox.py):
-- no network: `network_mode="none"` (a loopback of its own; the host's loopback and every other
-  address unreachable);
-- files: the image's root is read-only; /tmp is a private tmpfs (capped at `memory_mb`); the
-  workspace is bind-mounted read-write at its own host path and is the working directory;
-  nothing else of the host is visible;
+Covered (each has a test in tests/test_sandbox.py or tests/test_workspace.py):
+- no network: `network_mode="none"` (a loopback of its own; the host's loopback, unix sockets
+  and every other address unreachable);
+- files: the image's root is read-only and holds only Python, a shell and coreutils basics; /tmp
+  is a private tmpfs (capped at `memory_mb`), /dev/shm the container's own; the workspace is
+  bind-mounted read-write at its own host path and is the working directory; nothing else of the
+  host is visible;
+- system calls: the seccomp profile of seccomp.py instead of docker's default (which, in docker
+  20.10, lets io_uring and ptrace through): no new namespaces, keyrings, io_uring, mounts, bpf,
+  perf_event_open, ptrace, ...;
 - user: uid/gid 65534 when the host runs as root (else the host user's uid, so that the
   workspace stays writable), all capabilities dropped, no-new-privileges;
-- processes: `pids_limit`; at the wall timeout the container is killed through the API, which
-  kills every process in it, detached ones included; containers are named `mamba-agent-*`,
-  removed after each command, and by `close()`/exit if a run was interrupted;
+- processes: `pids_limit`, and a pid namespace per container; at the wall timeout the container
+  is killed through the API, which kills every process in it, detached ones included;
+  containers are named `mamba-agent-*`, labelled with their owner process, removed after each
+  command, by `close()`/exit if a run was interrupted, and, if the owner was SIGKILLed, by the
+  next process that opens a docker sandbox;
 - memory: the container's cgroup (`mem_limit` = `memswap_limit`): an OOM kill (exit code 137);
-- CPU (ulimit cpu), file size (ulimit fsize), no core dumps;
+- CPU (ulimit cpu), file size (ulimit fsize), open files, no core dumps;
+- nothing passes between commands but the workspace: every command gets a fresh container;
 - environment: only PATH, HOME=/tmp, LANG and TERM; nothing from the host process;
 - output: attached before start and read with the shared caps; the engine keeps no log copy.
 
 Not covered: the kernel is shared (a kernel or engine exploit escapes); whoever can reach the
-engine's socket is root on the host; if the host process is SIGKILLed mid-run, the container lives
-until its command ends and stays behind (named `mamba-agent-*`); /tmp and everything outside the
-workspace start fresh for every command; about 0.4 s of start-up per command on overlay2.
+engine's socket is root on the host; the seccomp profile is a deny list (docker's default is an
+allow list, stricter for system calls neither names); if the host process is SIGKILLed mid-run,
+the container lives until its command ends or the next process removes it; about 0.4 s of
+start-up per command on overlay2.
 """
 
 from __future__ import annotations
@@ -38,8 +46,10 @@ from io import BytesIO
 from pathlib import Path
 
 from mamba_agent.sandboxes.base import (
-    OPEN_FILES, Launched, Sandbox, SandboxLimits, SandboxUnavailable,
+    ETC_GROUP, ETC_PASSWD, OPEN_FILES, Launched, Sandbox, SandboxLimits, SandboxUnavailable,
+    owner_alive, owner_tag,
 )
+from mamba_agent.sandboxes.seccomp import docker_profile
 
 try:  # a declared dependency, but the other backends must work without it
     import docker
@@ -51,6 +61,8 @@ except ImportError:
 IMAGE = "mamba-agent-sandbox:1"
 """The sandbox image's tag; bump the version when the Dockerfile or the root file system changes."""
 NAME_PREFIX = "mamba-agent-"
+LABEL, OWNER_LABEL = "mamba-agent", "mamba-agent.owner"
+"""Every container carries {LABEL: "sandbox", OWNER_LABEL: owner_tag()} (see remove_stale)."""
 _SETUP_HINT = ("Start one with `bash sandboxes/setup_ci.sh` (as root) and export the DOCKER_HOST "
                "line it prints, or point DOCKER_HOST at a running engine.")
 
@@ -75,6 +87,13 @@ def _has_image(client, tag: str) -> bool:
         return True
     except docker.errors.ImageNotFound:
         return False
+
+
+def remove_stale(client) -> None:
+    """Remove the sandbox containers of processes that died (a SIGKILLed run leaves them)."""
+    for container in client.containers.list(all=True, filters={"label": OWNER_LABEL}):
+        if not owner_alive(container.labels.get(OWNER_LABEL, "")):
+            _remove(container)
 
 
 def _remove(container) -> None:
@@ -138,6 +157,7 @@ class DockerSandbox(Sandbox):
     """
 
     name = "docker"
+    swept = False  # has this process removed the containers that dead runs left?
 
     def __init__(self, workspace: str | os.PathLike, limits: SandboxLimits | None = None,
                  image: str = IMAGE):
@@ -150,6 +170,9 @@ class DockerSandbox(Sandbox):
                     f"docker sandbox: image {image} is not built. Build it: `python -c 'from "
                     "mamba_agent.sandboxes.docker import build_image; build_image()'` "
                     "(setup_ci.sh does).")
+            if not DockerSandbox.swept:
+                DockerSandbox.swept = True
+                remove_stale(self.client)
         except SandboxUnavailable:
             self.close()
             raise
@@ -160,12 +183,13 @@ class DockerSandbox(Sandbox):
         gid = self.run_as_uid if self.run_as_uid is not None else os.getgid()
         container = self.client.containers.create(
             self.image, argv, name=f"{NAME_PREFIX}{uuid.uuid4().hex[:12]}",
-            labels={"mamba-agent": "sandbox"}, user=f"{uid}:{gid}", working_dir=ws,
+            labels={LABEL: "sandbox", OWNER_LABEL: owner_tag()}, user=f"{uid}:{gid}", working_dir=ws,
             environment=self.env("/tmp", ["/usr/local/bin", "/usr/bin", "/bin"]),
             network_mode="none", read_only=True, volumes={ws: {"bind": ws, "mode": "rw"}},
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={lim.memory_mb}m,mode=1777"},
             mem_limit=f"{lim.memory_mb}m", memswap_limit=f"{lim.memory_mb}m",
-            pids_limit=lim.processes, cap_drop=["ALL"], security_opt=["no-new-privileges"],
+            pids_limit=lim.processes, cap_drop=["ALL"],
+            security_opt=["no-new-privileges", f"seccomp={docker_profile()}"],
             ulimits=[Ulimit(name="cpu", soft=lim.cpu_s, hard=lim.cpu_s),
                      Ulimit(name="fsize", soft=lim.file_size_mb << 20, hard=lim.file_size_mb << 20),
                      Ulimit(name="nofile", soft=OPEN_FILES, hard=OPEN_FILES),
@@ -202,8 +226,6 @@ _BINARIES = ["bash", "dash", "sh", "python3", "cat", "ls", "echo", "env", "mkdir
              "dirname", "date", "test", "stat", "tr", "cut", "du", "setsid", "grep", "sed", "kill"]
 _STDLIB_SKIP = {"test", "idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages",
                 "dist-packages", "__phello__"}
-_PASSWD = "root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534:nobody:/tmp:/bin/bash\n"
-_GROUP = "root:x:0:\nnogroup:x:65534:\n"
 
 
 def _add_path(tar: tarfile.TarFile, path: str, seen: set[str]) -> None:
@@ -250,8 +272,8 @@ def _write_rootfs(dest: Path) -> None:
             info = tarfile.TarInfo(name)
             info.type, info.mode = tarfile.DIRTYPE, mode
             tar.addfile(info)
-        text_file(tar, "etc/passwd", _PASSWD)
-        text_file(tar, "etc/group", _GROUP)
+        text_file(tar, "etc/passwd", ETC_PASSWD)
+        text_file(tar, "etc/group", ETC_GROUP)
         seen: set[str] = set()
         for path in sorted(set(binaries) | libs | {"/etc/ld.so.cache"}):
             if os.path.exists(path):

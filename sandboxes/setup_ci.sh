@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Prepare a fresh Debian 12 machine (as root) for the sandbox tests; safe to run again.
+# Prepare a fresh Debian 12 machine (as root) for the sandbox and viewer tests; safe to run again.
 #
-#   1. installs bubblewrap, docker.io, util-linux (prlimit, setpriv) and python3 if any is missing;
+#   1. installs bubblewrap, docker.io, util-linux (prlimit, setpriv), libseccomp2 (the bubblewrap
+#      sandbox's seccomp filter, through the pyseccomp dependency), python3 and chromium (the
+#      viewer's tests open its pages in it, headless) if any is missing;
 #   2. starts dockerd with no bridge and no iptables (overlay2, falling back to vfs), its data,
 #      socket and log under $MAMBA_AGENT_DOCKER_DIR (default /tmp/mamba-agent-docker), unless an
 #      engine already answers on that socket;
@@ -11,7 +13,8 @@
 # The tests find the engine through DOCKER_HOST, so after this script:
 #   . /tmp/mamba-agent-docker/env        # or: export DOCKER_HOST=unix:///tmp/mamba-agent-docker/docker.sock
 # Needs the project installed (the image is built by mamba_agent.sandboxes.docker.build_image);
-# $PYTHON (default: python3) is the interpreter that has it. Finishes in about 15 s from scratch.
+# $PYTHON (default: python3) is the interpreter that has it. Finishes in about 15 s from scratch,
+# plus the download of chromium (about 113 MB, 414 MB installed, on 2026-12-07).
 # Stop the engine with: kill "$(cat /tmp/mamba-agent-docker/dockerd.pid)"; then
 #   umount /tmp/mamba-agent-docker/exec/netns/default   (dockerd leaves this mount behind)
 set -euo pipefail
@@ -25,12 +28,14 @@ die() { echo "setup_ci: ERROR: $*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || die "run as root (it installs packages and starts dockerd)"
 
-# 1. Packages. No recommends: the engine needs none of them, and the sandbox needs no network.
+# 1. Packages. No recommends: neither the engine nor the headless browser needs them.
 need=()
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v dockerd >/dev/null || need+=(docker.io)
 { command -v prlimit && command -v setpriv; } >/dev/null || need+=(util-linux)
+ldconfig -p | grep -q 'libseccomp\.so\.2 ' || need+=(libseccomp2)
 [ -x /usr/bin/python3 ] || need+=(python3)  # the image is built from Debian's python3
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
     log "installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive

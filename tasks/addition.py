@@ -12,8 +12,8 @@ The tape starts as `a+b=`. The oracle:
      and ends with `[EOS]` when it reads `=`.
 Why three pointers: with two (P2 walking on from `+` over `=`), P2 reading `=` means "step left"
 in phase 1 and "keep walking" in phase 3, and only a token ~2n back tells them apart; the
-trajectory is then not local and a small model fails beyond ~20 digits (shared/locality.md).
-With P3 every decision depends on the last 8 tokens at any size (tests/test_addition.py).
+trajectory is then not local and a small model fails beyond ~20 digits (docs/locality.md).
+With P3 every decision depends on the last 7 tokens at any size (tests/test_addition.py).
 
 The answer keeps the width of column addition: max(len a, len b) digits, one more on a final
 carry (`007+5` gives `012`). The checker compares values, so `12` is accepted too.

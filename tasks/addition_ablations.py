@@ -1,46 +1,15 @@
 """The paper's ablations of addition: the same problems, without interactive tool use.
 
-Each variant is `addition` (same operands: 1..5 digits each in training, n each in evaluation;
-the same task-file input; a checker that compares values) with another trajectory. Lengths are
-for two n-digit operands. Locality: the smallest k for which the last k tokens decide every
-model token, measured (tests/test_addition_ablations.py) on pairs of problems that differ in one
-operand digit; `addition` itself needs 7 at every n.
-
-addition-nocot: no chain of thought, no tool. For 12+34:
-    [BOS]12+34=  [ANS] 46 [EOS]
-  The model writes `[ANS]` (which marks the output), the sum most significant digit first, as
-  wide as column addition makes it (like `addition`), and `[EOS]`: 3n + 5 tokens (one more on a
-  final carry), n + 2 of them the model's. Not local: the first sum digit depends on every
-  operand digit through the carry chain, and the last one on the last operand digits, which
-  lie behind b and the n sum digits already written; k = 2n + 4 (14 at 5 digits, 44 at 20).
-
-addition-cot-notool: chain of thought without the tool. For 12+34:
-    [BOS]12+34=  [P1.read] 1 [P1.right] [P1.read] 2 [P1.right] [P1.read] + [P1.left]
-    [P2.read] 1 [P2.right] ... [P2.read] = [P2.left]  [P1.read] 2 [P2.read] 4 6 0 [P1.left]
-    [P2.left] [P1.read] 1 [P2.read] 3 4 0 [P1.left] [P2.left] [P1.read] [EDGE] [P2.read] + [ANS]
-    [P3.read] 1 [P3.right] ... [P3.read] [ANS] [P3.left] [P3.read] 0 [P3.left] [P3.read] 4 4
-    [P3.left] [P3.read] 0 [P3.left] [P3.read] 6 6 [P3.left] [P3.read] = [EOS]
-  Token for token the trajectory of `addition` (three pointers), but the pointer commands reach
-  no tape (the `Unanswered` tool accepts them and answers nothing), so the token after each
-  `[Pk.read]` is the model's own guess of what the tape holds there, recorded as a thought and
-  learned like every other model token, whatever it is (`[EDGE]`, `+`, a second `[ANS]`):
-  `SelfAnsweredEpisode`. Nothing is forced after the prompt and the trajectory has no
-  observation. The model must track the pointer positions and the tape in its own state.
-  Guesses made during P3's walk come after `[ANS]` but are thoughts, not outputs, so the answer
-  is still just the sum digits. 38n + ~30 tokens, as `addition`, all but the prompt the model's.
-  Not local: a guessed operand digit lies in the prompt or was last guessed long before (a's
-  first digit: in P1's first walk, then again in the last column, ~14 tokens per digit later);
-  k is about 14n (77 at 5 digits, 138 at 10, 278 at 20, 558 at 40). The paper finds this
-  variant poor even at 5 digits.
-
-addition-calculator: one call of a calculator, add(a,b). For 12+34:
-    [BOS]12+34=  [RUN]add(12,34)[END]  46[/OBS]  [ANS] 46 [EOS]
-  The model copies both operands into the call (`tools/calculator.py` answers the sum), then
-  copies the observation out after `[ANS]`: 6n + 14 tokens (two more on a final carry), 3n + 10
-  of them the model's. Not local: each digit of the call copies the operand digit 2n + 6 tokens
-  back, and each output digit the observation digit n + 3 back; k = 2n + 7 (17 at 5 digits, 47
-  at 20, 87 at 40). The calculator answers without leading zeros, so this task's reference is
-  the plain value (`007+5` gives `12`, where `addition` writes `012`).
+Each variant is `addition` (the same operands: 1..5 digits each in training, n each in
+evaluation; the same task-file input; a checker that compares values) with another trajectory,
+shown here for 12+34:
+    addition-nocot         [BOS]12+34= [ANS] 46 [EOS]
+    addition-cot-notool    [BOS]12+34= [P1.read] 1 [P1.right] ... token for token `addition`'s
+                           trajectory, each token after a `[Pk.read]` the model's own guess
+    addition-calculator    [BOS]12+34= [RUN]add(12,34)[END] 46[/OBS] [ANS] 46 [EOS]
+None is local (the class docstrings say why; tests/test_addition_ablations.py measures k on
+problems that differ in one operand digit; `addition` itself needs 7 at every n), so none is
+expected to generalise beyond the training lengths: the paper's point, and what they measure.
 
 All three oracles run through the real episode (`Episode.act`): the calculator's through the
 Calculator tool; cot-notool's computes each guess on a private pointer tape (the real
@@ -61,6 +30,12 @@ from mamba_agent.vocab import ANS, END, EOS, OBS_END, RUN, encode, pointer_comma
 
 
 class AdditionNoCoT(Addition):
+    """No chain of thought, no tool: `[ANS]`, the sum most significant digit first, as wide as
+    column addition makes it (like `addition`), `[EOS]`: 3n + 5 tokens (one more on a final
+    carry), n + 2 of them the model's. Not local: the first sum digit depends on every operand
+    digit through the carry chain, the last on the last operand digits, which lie behind b and
+    the n sum digits already written: k = 2n + 4."""
+
     name = "addition-nocot"
     version = 1
     oracle_tokens = Task.oracle_tokens  # not addition's trajectory
@@ -98,6 +73,13 @@ class SelfAnsweredEpisode(Episode):
         self.reads, self._guess_next = reads, False
         super().__init__(*args, **kwargs)
 
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "guess_next": self._guess_next}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._guess_next = state["guess_next"]
+
     def _carry_out(self, token: int) -> list[int]:
         if self._guess_next:
             self._guess_next = False
@@ -130,6 +112,15 @@ class _MirroredTape:
 
 
 class AdditionCoTNoTool(Addition):
+    """Chain of thought without the tool: `addition`'s trajectory (three pointers), but the
+    pointer commands reach no tape (`Unanswered` accepts them and answers nothing), so the token
+    after each `[Pk.read]` is the model's own guess of what the tape holds, recorded as a thought
+    and learnt like every other model token, whatever it is (`SelfAnsweredEpisode`): the model
+    must track the pointers and the tape in its own state. Guesses during P3's walk come after
+    `[ANS]` but are thoughts, so the answer is still just the sum digits. 38n + ~30 tokens, all
+    but the prompt the model's. Not local: a guessed operand digit lies in the prompt or was last
+    guessed ~14 tokens a digit before: k is about 14n. The paper finds it poor even at 5 digits."""
+
     name = "addition-cot-notool"
     version = 1
     oracle_tokens = Task.oracle_tokens  # not addition's trajectory
@@ -146,6 +137,12 @@ class AdditionCoTNoTool(Addition):
 
 
 class AdditionCalculator(Addition):
+    """One call of a calculator, `add(a,b)` (`tools/calculator.py` answers the sum), copied out
+    after `[ANS]`: 6n + 14 tokens (two more on a final carry), 3n + 10 of them the model's. Not
+    local: each digit of the call copies the operand digit 2n + 6 tokens back, each output digit
+    the observation digit n + 3 back: k = 2n + 7. The calculator answers without leading zeros,
+    so the reference is the plain value (`007+5` gives `12`, where `addition` writes `012`)."""
+
     name = "addition-calculator"
     version = 1
     oracle_tokens = Task.oracle_tokens  # not addition's trajectory

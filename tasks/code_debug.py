@@ -23,6 +23,13 @@ The oracle's runs are simulated by default (`code_debug_sim`: CPython 3.11's out
 grammar, byte for byte, computed through `ast`, nothing executed): training needs no sandbox. A
 policy's commands, and the checker, always run in the real `backend` sandbox.
 
+Workspaces: `tools(problem)` renders the codebase into a fresh `Workspace` per episode
+(sandboxes/workspace.py: as root a capped tmpfs owned by the sandbox user), which the episode's
+tools hold; it is removed when the last of them is dropped, and at interpreter exit. `check`
+reads the files through the episode's tools with the file tools' safe reader (no link
+followed, no FIFO, a byte cap), so episodes of one problem never see each other's workspace
+and planted files cannot reach outside it.
+
 Checker (`CodeDebug.rejection`): what a maintainer would merge. The answer is `fixed`; the code
 differs from the original only by threading v10 (ASTs compared: each changed def gains one `v10`
 parameter without a default, each call to it passes `v10` there or as `v10=v10`, and exactly the
@@ -34,9 +41,6 @@ directory, exits 0 and prints byte for byte what the maintainer's fix (`fixed_fi
 import ast
 import random
 import re
-import shutil
-import tempfile
-import weakref
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -45,10 +49,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from mamba_agent.episode import FINISHED, Episode
 from mamba_agent.sandboxes import SandboxLimits, get_sandbox
+from mamba_agent.sandboxes.workspace import Workspace, WorkspaceError, read_file
 from mamba_agent.tasks import Problem, Task
 from mamba_agent.tasks.code_debug_sim import CHECK_ARGV, RUN_COMMAND, SimulatedSandbox, run_main
 from mamba_agent.trajectory import Trajectory
-from mamba_agent.tools.files import FileEdit, FileView
+from mamba_agent.tools.files import MAX_FILE_BYTES, FileEdit, FileView
 from mamba_agent.tools.run import Run, close_in_background
 from mamba_agent.vocab import ANS, BOS, EDIT, END, EOS, OBS_END, RUN, VIEW, decode, encode
 
@@ -178,19 +183,6 @@ def generate(size: int, seed: int) -> Codebase:
     return Codebase([rng.randint(0, 99) for _ in range(10)], rng.randint(100, 999), main_calls, functions)
 
 
-class Workspace:
-    """A temporary directory holding one episode's codebase; removed when this object is dropped."""
-
-    def __init__(self, files: dict[str, str]):
-        self.path = Path(tempfile.mkdtemp(prefix="mamba-agent-code-"))
-        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.path), ignore_errors=True)
-        for name, text in files.items():
-            (self.path / name).write_text(text)
-
-    def cleanup(self) -> None:
-        self._finalizer()
-
-
 class CodeDebug(Task):
     name = "code_debug"
     version = 1
@@ -267,10 +259,15 @@ class CodeDebug(Task):
         original, files = cb.files(), {}
         for name in original:
             try:
-                files[name] = (workspace / name).read_text()
-            except (OSError, UnicodeDecodeError) as e:
+                # as the file tools read: no link followed, no FIFO, at most MAX_FILE_BYTES
+                files[name] = read_file(workspace, name, MAX_FILE_BYTES).decode()
+            except (WorkspaceError, UnicodeDecodeError) as e:
                 return f"{name}: cannot be read ({e.__class__.__name__})"
-        if why := threading_error(original, files, cb.reaching()):
+        try:
+            why = threading_error(original, files, cb.reaching())
+        except (ValueError, RecursionError, MemoryError) as e:  # NUL bytes; hostile nesting
+            why = f"the code cannot be parsed ({e.__class__.__name__})"
+        if why:
             return why
         reference = run_main(cb.fixed_files().get, "/check")[1]
         # Room for one byte more than the reference: longer output shows as a difference.
@@ -295,7 +292,7 @@ class CodeDebug(Task):
             r = sandbox.run(CHECK_ARGV)
         finally:
             close_in_background(sandbox)
-            scratch.cleanup()
+            scratch.close()
         return r.exit_code, r.stdout
 
     def solve(self, episode: Episode, problem: Problem) -> None:

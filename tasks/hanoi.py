@@ -1,62 +1,26 @@
 """Tower of Hanoi with the pointer-memory tool: the iterative algorithm, the whole state rewritten
 after every move (four pointers, a 5-local trajectory).
 
-The input is the tower on rod A, bottom to top: distinct sizes, largest first, `(57)(41)(9)(2)`
-(random problems draw them from 1..100; size = the number of disks). The goal is every disk on
-rod C. The answer is the move list in the paper's notation, `(size)FROMTO$` per move:
-`(2)AB$(9)AC$(2)BC$...`, the 2^n - 1 moves of the optimal solution.
+The input is the tower on rod A, bottom to top, distinct sizes largest first: `(57)(41)(9)(2)`
+(random problems draw sizes from 1..100; size = the number of disks). The answer is the optimal
+2^n - 1 moves to rod C in the paper's notation, `(size)FROMTO$` each: `(2)AB$(9)AC$(2)BC$...`.
 
-The state. Since the input lists the disks in size order, the state is one cell per disk,
-smallest first, saying where that disk is; the model never compares two sizes (they are labels it
-copies to the output). A state is a header, `>` if the smallest disk cycles A->B->C->A (n even)
-or `<` if A->C->B->A (n odd), then n cells of three kinds:
-  `A B C`  a run of disks on the smallest disk's rod S, from the smallest up to the mover;
-  `u`..`z` the disk that just moved (from, to): u AB, v AC, w BA, x BC, y CA, z CB;
-  `a b c`  the disks after the mover.
-Moves alternate between the smallest disk (one step along its cycle) and the only other legal
-move, whose disk is the smallest one not on S: the first cell off S. So the next state is a
-left-to-right copy of the last. P1 reads the last state cell by cell while the model writes the
-next one after it, and reaches the new header exactly when the new state is complete (every
-state has n + 1 cells). With `last` the cell just written, a cell read gives:
-  a header: `[ANS]` if `last` is in `A B C` (the scan found no disk off S: all are on C), else
-    the header again;
-  the first cell: a mover (the smallest disk moved last), so the other move comes: the rod in
-    `A B C`; otherwise the smallest disk moves: the mover (rod, the next rod of its cycle);
-  after an `A B C` cell: the same rod continues the run, another rod is the mover (rod, the
-    third rod);
-  after a mover or an `a b c` cell: the rod in `a b c` (a mover's rod is its `to`).
-Setup: P1 walks the input writing each cell's disk cycle, `-` or `+` (the largest disk moves
-A->C->B; the cycle flips at each `(`), reads the first of these marks (the input's end, always
-`-`), and writes the header of the last mark. Then P1 walks the marks writing the state after
-move 1: the smallest disk's mover, then an `a` at each flip, and reads the header it wrote. The
-input itself is the initial state.
-Output, after `[ANS]`: P3 walks right to the input's end (P4 riding along, and resting there) and
-back onto the smallest disk's `(`, where it rests. P2 reads every cell from the start. A mover
-right after a header is the smallest disk's: output `(`, the digits P3 reads to the right and
-`)`; P3 walks back onto the `(`; P2 reads the cell again: the two rods and `$`. Any other `A B C`
-cell or mover: P4 steps left over one disk (onto its `(`), so that at the mover it stands on
-that disk; P2 reads the cell again, and a mover outputs `(`, P4's digits, `)`, P4 walks back to
-the end, P2 reads again, the rods and `$`. `[ANS]` read by P2: `[EOS]`. Walks read every cell
-except one known to be a digit or `)` (after a `(` going right, first going left).
+The state is one cell per disk, smallest first: the input is in size order, so the model never
+compares two sizes (they are labels it copies to the output). A header gives the smallest disk's
+cycle (`>` A->B->C for n even, `<` A->C->B for n odd), then each cell is `A B C` (in the run on
+the smallest disk's rod S, up to the disk that moved), `u`..`z` (the disk that just moved: AB AC
+BA BC CA CB) or `a b c` (after it). Moves alternate between the smallest disk and the one other
+legal move, the first disk off S, so the next state is a left-to-right copy of the last: P1 reads
+the last state cell by cell while the model writes the next one after it (`_copy_states`).
+`_setup` writes the state after move 1; after `[ANS]` (every disk on C) P2 rereads each state and
+P3 and P4 fetch the movers' sizes from the input for the move list (`_output`).
 
-Example, `(7)(2)`: marks `---+++`, header `>`, states `>ua` (2 moved AB), `>Bv` (7 AC), `>xc`
-(2 BC), `>CC` (all on C, then [ANS]); the answer `(2)AB$(7)AC$(2)BC$`. The whole trajectory,
-decoded, is in tests/test_hanoi.py.
-
-Locality (mamba_agent.locality over 300 training problems, n uniform in 1..8, plus 9 and 10
-disks and edge cases; tests/test_hanoi.py keeps it): every model token is a function of the
-last 5 tokens, at any size. The copy needs the cell read and the cell written 3 tokens before;
-5 tells P1's last written mark from its reading of a mark, and a digit P4 reads for the output
-(so written) from one it passes on its walk back. Every phase is told apart by the pointer it
-moves; the rereads of P2's cell keep the mover in view after a walk of up to 5 cells. Over 1,500
-training problems and 9 to 12 disks there are only 2,453 distinct 5-token contexts, and those of
-1,000 training problems cover every context of three 12-disk trajectories (3.5M contexts).
-
-Length, per move: 4 tokens a cell for the copy and 3 for P2 (7n + 7) plus about 45 for the
-size (P3 every other move, P4 the rest, walking on average about one disk and back), plus about
-17 tokens per input cell for the setup walks: 27,000-29,600 tokens at 8 disks (106-116 a move),
-57,000-62,500 at 9, 542,000-556,000 at 12 (132-136 a move, 4,095 moves; 398,000 of them model
-tokens). The oracle makes 12 disks in about 0.4 s.
+Why 5-local: a cell is decided by the cell read and the cell written 3 tokens before; 5 tells P1's
+last written mark from its reading of a mark, and a digit P4 reads for the output from one it
+passes on its walk back; every phase is told apart by the pointer it moves. `mamba-agent locality`
+finds 5 at any size (tests/test_hanoi.py keeps it). About 7n + 45 tokens a move (4 a cell for the
+copy, 3 for P2, ~45 for the size) plus ~17 an input cell for the setup; the decoded trajectory of
+`(7)(2)` (states `>ua`, `>Bv`, `>xc`, `>CC`) is in tests/test_hanoi.py.
 """
 
 import random
@@ -194,6 +158,10 @@ class Hanoi(Task):
 
 def _setup(act, read) -> tuple[int, int]:
     """The marks, the header and the state after move 1; P1 ends having read that header.
+    P1 walks the input writing each cell's disk cycle, `-` or `+` (the largest disk moves
+    A->C->B; the cycle flips at each `(`), reads the first mark (the input's end, always `-`) and
+    writes the header of the last mark; then it walks the marks writing the state after move 1:
+    the smallest disk's mover, then an `a` at each flip. The input itself is the initial state.
     Returns the header and the last cell written."""
     mark, c = BACK, read(1)  # pass 1: each input cell's disk cycle, flipping at `(`
     while True:
@@ -221,7 +189,15 @@ def _setup(act, read) -> tuple[int, int]:
 
 
 def _copy_states(act, read, header: int, last: int) -> None:
-    """One state per move, each copied from the last, until the scan finds every disk on C."""
+    """One state per move, each copied from the last, until the scan finds every disk on C.
+    Every state has n + 1 cells, so P1 reaches the new header exactly when the new state is
+    complete. With `last` the cell just written, the cell read gives:
+      a header: `[ANS]` if `last` is in `A B C` (no disk off S: all are on C), else the header;
+      the first cell: a mover (the smallest disk moved last), so the other move comes: the rod in
+        `A B C`; otherwise the smallest disk moves: the mover (rod, the next rod of its cycle);
+      after an `A B C` cell: the same rod continues the run, another rod is the mover (rod, the
+        third rod);
+      after a mover or an `a b c` cell: the rod in `a b c` (a mover's rod is its `to`)."""
     c = header  # P1 has just read the header of the state the model completed
     while True:
         if c in NEXT:
@@ -244,7 +220,14 @@ def _copy_states(act, read, header: int, last: int) -> None:
 
 
 def _output(act, read) -> None:
-    """P2 reads every cell; P3 (the smallest disk) and P4 (the others) give the sizes."""
+    """P2 reads every cell; P3 (the smallest disk) and P4 (the others) give the sizes.
+    P3 walks right to the input's end (P4 riding along and resting there) and back onto the
+    smallest disk's `(`. A mover right after a header is the smallest disk's: output `(`, the
+    digits P3 reads, `)`; P3 walks back; P2 reads the cell again: the two rods and `$`. Any other
+    `A B C` cell or mover: P4 steps left over one disk, so that at the mover it stands on that
+    disk's `(`; P2 reads again, and a mover outputs `(`, P4's digits, `)`, P4 walks back to the
+    end, P2 reads again: the rods and `$`. `[ANS]` read by P2: `[EOS]`. Walks read every cell
+    but one known to be a digit or `)` (after a `(` going right, first going left)."""
 
     def walk_right(p: int, skip: bool, rider: int | None = None) -> None:
         """Right to the input's end (the first mark), reading every cell but the one after a

@@ -1,75 +1,28 @@
 """Logical graph: evaluate a random Boolean circuit written as Python, with the search-memory tool.
 
-The input is a program of one assignment per line (valid Python, ending with a newline):
-    k417 = True                       # an input (3 in random problems)
-    b902 = not k417                   # an internal node: one operand...
-    x071 = b902 or not k417           # ...or two, `and`/`or`, each optionally negated
-Operands are earlier variables; the last line's variable is the output; `size` is the number of
-internal nodes. Names are a lowercase letter and 3 digits (26,000 names), distinct and drawn at
-random at every size, so a 10-node training program and a 1,000-node test program look alike
-(names v0..v999 would show a model 1-digit names in training and 3-digit ones only in testing).
-Fixed width keeps every search pattern below unambiguous (`b902 =` finds b902's definition and
-its mark and nothing else, `+b902` only its value), and 4 characters rather than `v` + 4 digits saves a tenth of the trajectory.
-In random problems (n >= 2) every variable but the output is an operand of a later node, so the
-output depends on all n nodes (with operands drawn uniformly, a 1,000-node output depends on
-~40 of them, and a "1,000-node" test would be a 40-node one).
+The input is one assignment per line, ending with a newline: inputs `k417 = True`, internal nodes
+`b902 = not k417` or `x071 = b902 or not k417` (one or two earlier operands, each optionally
+negated); the last line's variable is the output and `size` the number of internal nodes. The
+answer is `1` (True) or `0` (False); the checker wants exactly the reference. Names are a
+lowercase letter and 3 digits, drawn at random at every size, so a 10-node training program and
+a 1,000-node test program look alike (v0..v999 would show 3-digit names only in testing), and
+fixed width keeps every search pattern unambiguous (`b902 =` finds b902's definition and mark and
+nothing else, `+b902` only its value). Random programs use every variable, so the output depends
+on all n nodes (with operands drawn uniformly it would depend on ~40 of 1,000).
 
-The oracle is a depth-first search from the output; the DFS stack, the marks and the computed
-values live in the search memory as thoughts. Each operand is a literal, `+a` (a) or `-a` (not
-a), and a computed node v writes both of its literals' values: `+v 1` and `-v 0` (or `+v 0`,
-`-v 1`), so checking a literal is one find whose answer ends with the literal's own value. With
-current node v:
-  1. `[FIND]v =[END]` answers v's definition line, then v's mark `v =x` if step 3 wrote one.
-     An input: its value is the line's; go to 5.
-  2. No mark (literal 1 not known yet): write `v` and a newline (v's name again, a few tokens
-     back from here on), then `[FIND]+a[END]` (or `-a`) for literal 1: `+a 1` (or 0), or nothing
-     if a is not computed: then write `a < v` and a newline (a is computed on behalf of v) and
-     make a the current node (step 1).
-  3. Literal 1 known, x: write the mark `v =x` and a newline and go to 1 (the definition again,
-     now followed by the mark).
-  4. Marked: one operand: v's value is x. Two: write `v 0` or `v 1` when x decides v
-     (`0 and ..`, `1 or ..`), else `v ?`, and a newline; then find literal 2 as in step 2
-     (descending into it the same way if it is not computed). v's value is the decided x, else
-     literal 2's value (both operands are always evaluated: the search is the whole DFS).
-  5. Write `+v x` and `-v y` (x = v's value, y = not x), each with a newline; then
-     `[FIND]v <[END]` answers `v < p`: p is current again (step 1: its definition and mark tell
-     where it was). Nothing: v is the output, so `[ANS]`, the output `1` or `0`, `[EOS]`.
-A value, once written, is found by every later check, so each node is descended into at most
-once and each `v <` line and each mark is unique (`v =` answers at most two lines).
+The oracle (`solve`) is a depth-first evaluation from the output whose stack and values are
+thoughts in the search memory, found again with `[FIND]`: `a < v` (a is computed for v), a mark
+`v =x` (v's first operand is x), and both literals of a computed node, `+v 1` and `-v 0`, so
+checking an operand is one find whose answer ends with its value.
 
 Why this shape: a name is only ever copied from the latest observation or the latest thought,
-never across a check. The old trajectory (one `v := value` line per node, definition found
-again after each descent) copied v's name from its definition line after two operand checks,
-70 tokens back, and a 1,500-step Mamba did not learn it (2/20 at 3 nodes). Here the longest
-copy is that of a name from the start of the line just read: the output's name from the last
-program line (the first command), and v's name written right after its definition (step 2);
-a 28-character line (`a001 = not b002 and not c003`), its newline and `[FIND]` or `[/OBS]`
-make that 30 tokens. Everything else reads at most ~25 tokens back: literal 1 from the
-definition behind `v` and a newline, literal 2 and the operator from the definition behind the
-mark, v's name from the `v` line, the mark or the `v ?` line, a value from the end of the last
-answer.
-
-Locality (mamba_agent.locality over training problems, n uniform in 1..10, plus sizes 50, 200
-and 1,000; tests/test_logical_graph.py keeps both numbers):
-  - k = 30 when the training names come from a small pool (16): contexts then repeat across
-    problems, so the check sees how far back a decision really looks (the copies above). The
-    true figure and a bound at any size (the old trajectory: 70).
-  - k = 23 with random names (150 training problems; 22 with 20): long contexts hardly ever
-    repeat, so fewer conflicts are seen; a lower bound, not the real reach (the old: 35).
-Not much lower is possible with this input: the output's name is the first 4 of up to 28
-characters of the last line and appears nowhere else, so whatever first writes it reads
-29 tokens back; any node's name read after its definition line is as far. Making it shorter
-would take never writing the output's name (it could be found through its last operand).
-
-The lookup table (counting, k = 30, back-off) gets 0% even at 10 nodes: it cannot copy names
-it has not seen in the same context (eval/results/2026-11-28-logical-graph-lookup-cpu/). The
-shipped Mamba (builtin:logical_graph-mamba), trained on 1..10 nodes, is exact on 99 of 100
-problems of 1,000 nodes (eval/README.md).
-
-Length (tokens per internal node on top of the input, which is about 21 tokens a line): about
-235 at n = 10 (~2,600 tokens in all), 210 at n = 200 and n = 1,000 (about 229,000 in all).
-
-The answer is `1` (True) or `0` (False); the checker wants exactly the reference.
+never across a check. The longest copy is a name from the start of the line just read (the
+output's name from the last program line; v's name right after its definition): a 28-character
+line, its newline and `[FIND]` or `[/OBS]`, so the trajectory is 30-local at any size
+(`mamba-agent locality`, with names from a small pool so that contexts repeat;
+tests/test_logical_graph.py keeps it). Not much less is possible with this input: the output's
+name appears only at the start of the last line. The first design was 70-local and a small Mamba
+did not learn it (CHANGELOG.md); lengths and results are in eval/README.md.
 """
 
 import random
@@ -223,6 +176,18 @@ class LogicalGraph(Task):
         return answer == problem.reference
 
     def solve(self, episode: Episode, problem: Problem) -> None:
+        """Depth-first from the output, with current node v:
+        1. `[FIND]v =[END]`: v's definition, then v's mark `v =x` if step 3 wrote one. An input's
+           value is on its line: go to 5.
+        2. No mark: write `v` (its name close again), then find literal 1 (`+a` or `-a`): its value,
+           or nothing if a is not computed: then write `a < v` and make a current (step 1).
+        3. Literal 1 known, x: write the mark `v =x` and go to 1 (the definition, now marked).
+        4. Marked, two operands: write `v 0` or `v 1` where x decides v (`0 and ..`, `1 or ..`),
+           else `v ?`; find literal 2 as in step 2. v's value: the deciding x, else literal 2's.
+        5. Write `+v x` and `-v y` (y = not x); `[FIND]v <[END]` answers `v < p`: p is current
+           again. No answer: v is the output: `[ANS]`, its value, `[EOS]`.
+        A value once written is found by every later check, so each node is descended into once
+        and each `v <` line and each mark is unique (`v =` answers at most two lines)."""
         act = episode.act
 
         def find(pattern: str) -> list[str]:

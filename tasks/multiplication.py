@@ -2,46 +2,27 @@
 
 The tape starts as `a*b=`. One pass over a computes the product column by column, least
 significant first (the paper writes partial products and sums them; one pass is shorter and
-keeps every decision within the last 12 tokens). The oracle:
-  1. Setup. P1 walks right over a until it reads `*`; P2, P3 and P4 ride along (one move each per
-     digit, cheaper than walking them separately), then P1 steps back onto the last digit of a.
-     P2 steps right twice reading b: it reads `=` after one digit (n x 1: P2 steps back onto b)
-     or a digit (n x 2: P2 stays on b's units digit, P3 steps onto its tens digit).
-  2. Column loop: `[P1.read] x`, then the multiplier, `[P3.read] b1 [P2.read] b0` (n x 2) or
-     `[P2.read] b0` (n x 1), then the thoughts and `[P1.left]`. n x 1 writes `c d`: the new
-     carry c and the digit d of x*b0 + carry (c <= 8: a table of 900 cases). n x 2 splits
-     x*b + carry, with a two-digit carry `c1 c0` <= 98, into steps of one small table each
-     (<= 1,000 cases; one step x*b + carry would be a table of ~99,000 that a small model learns
-     only approximately: 81% at 1,000 digits): `e1 e0` = x*b1 + c1, `s1 s0` = x*b0 + c0, the new
-     carry `c1 c0` = e + s1, and the digit d = s0 again, last. A column is `c d` or
-     `e1 e0 s1 s0 c1 c0 d`. Once a is used up P1 reads `[EDGE]` (x counts as 0, P1 stays) and the
-     columns go on while the carry is not 0; `[ANS]` comes right after the `[EDGE]` read that
-     finds carry 0.
-  3. Output. A pointer used for nothing else after the setup, P3 for n x 1 and P4 for n x 2 (the
-     command token itself says which column width applies), walks right from `*` one column
-     width at a time (7 cells for n x 2, 2 for n x 1), reading after each step, until it stops
-     one past [ANS], the tape's end (a wall), and reads `[EDGE]`. Two steps left reach the last
-     column's digit (each column's last cell); output it, then step left one column width at a
-     time and output each digit (most significant first) until the read is `=`, then `[EOS]`.
-The trajectory depends on the problem alone: the variants multiplication-1 and -2 only fix b's
-length, so a policy trained on the mixed family meets the same trajectories in either.
+keeps every decision within the last 12 tokens). The oracle (`solve`):
+  1. Setup. P1 walks right over a to `*`, P2, P3 and P4 riding along, and steps back onto a's
+     last digit; P2 reads b: n x 1 leaves P2 on b, n x 2 leaves P2 on b0 and P3 on b1.
+  2. Columns: `[P1.read] x`, the multiplier (`[P3.read] b1 [P2.read] b0`, or `[P2.read] b0`), the
+     thoughts, `[P1.left]`. n x 1 writes `c d`, the carry and digit of x*b0 + carry (a table of
+     900 cases). n x 2 splits x*b + carry (a two-digit carry `c1 c0`) into steps of at most 1,000
+     cases, `e1 e0 s1 s0 c1 c0 d`: e = x*b1 + c1, s = x*b0 + c0, the new carry e + s1, the digit
+     s0; one step of ~99,000 cases is learnt only approximately (CHANGELOG.md, 2026-11-28). Once
+     a is used up P1 reads `[EDGE]` (x = 0, P1 stays); an `[EDGE]` read with carry 0: `[ANS]`.
+  3. Output. The output pointer (P3 for n x 1, P4 for n x 2: the command says which column width
+     applies) walks right a column at a time to the tape's end, then back, outputting each
+     column's digit, most significant first, until it reads `=`; then `[EOS]`.
+The trajectory depends on the problem alone (multiplication-1 and -2 only fix b's length).
 
-Locality (mamba_agent.locality over training problems, sizes 20, 57, 200 and the 9...9 x 9 and
-9...9 x 99 carry chains; tests/test_multiplication.py keeps it): multiplication-1 is 8-local,
-multiplication-2 and the mixed family are 12-local: the previous carry must still be in view when
-the step that uses it is written (c for n x 1; s1 s0 for n x 2, which needs c0 from 11 tokens
-back). Every phase is told apart by the pointers it uses: after the setup, P1 alone moves over a,
-the multiplier's pointers only read it, and the output pointer only walks the output.
-
-Length, per digit of a, the input digit included: 23 tokens for n x 1 (input 1, setup 6, column
-7, walk right 4, walk left 5; 17 of them model tokens) and 40 for n x 2 (1 + 6 + 14 + 9 + 10;
-33 model tokens), plus under 100: 40,096 tokens for 9...9 (1,000 digits) x 99.
-
-The answer keeps the natural width of the algorithm: len(a) digits, more only where the final
-carry needs them; it is the product zero-padded to len(a) digits (`007*5` gives `035`,
-`123*0` gives `000`). Leading zeros of a are digits like any other; b may be `05` (a 2-digit
-multiplier, n x 2 trajectory); training draws both so (b uniform over 00..99, a's digits
-uniform). The checker compares values, so `35` is accepted for `007*5`.
+Locality (`mamba-agent locality`, training sizes plus the 9...9 x 9 and 9...9 x 99 carry chains;
+tests/test_multiplication.py keeps it): n x 1 is 8-local, n x 2 and the mixed family 12-local: the
+previous carry must be in view when the step using it is written (s1 s0 needs c0 from 11 tokens
+back). Each phase moves its own pointers. 23 tokens per digit of a for n x 1, 40 for n x 2.
+The answer is the product zero-padded to len(a) digits, wider only for a final carry (`007*5`
+gives `035`); the checker compares values. Training draws b over every string the task accepts
+(`05` is a 2-digit multiplier) and a's digits uniformly, leading zeros included.
 """
 
 import random

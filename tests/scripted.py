@@ -1,5 +1,5 @@
-"""A deterministic fake policy: replays recorded trajectories token by token (no model), and the
-replay check the task tests share."""
+"""A deterministic fake policy: replays recorded trajectories token by token (no model), the
+replay check the task tests share, and oracle trajectories recorded to a file as `solve` does."""
 
 import torch
 
@@ -51,3 +51,21 @@ def replay_oracles(task, problems) -> list:
         assert ep.trajectory.tokens == o.tokens and ep.trajectory.roles == o.roles
         assert task.check(p, ep.answer, ep.tools) and ep.answer == p.reference
     return list(zip(oracles, episodes))
+
+
+def record(task, problem, path, wrong_at=None, **episode) -> dict:
+    """Drive the oracle through an episode that streams to `path` (as solve does) and close it;
+    the end line. `wrong_at`: the model token there becomes a '7' (with `expected=`, the oracle's
+    model tokens, the episode then diverges there). `episode`: more Episode arguments."""
+    from mamba_agent.trajectory import TrajectoryWriter
+    from mamba_agent.vocab import encode
+
+    ep = task.episode(problem, writer=TrajectoryWriter(path, {"task": task.name, "input": problem.input}), **episode)
+    if wrong_at is None:
+        task.solve(ep, problem)
+    else:
+        for k, token in enumerate(task.oracle(problem).model_tokens()):
+            ep.act(encode("7")[0] if k == wrong_at else token)
+            if ep.done:
+                break
+    return ep.close(task.check(problem, ep.answer, ep.tools))

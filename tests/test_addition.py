@@ -79,7 +79,7 @@ def test_column_sum_past_the_int_digit_limit():
 
 
 def test_trajectory_is_local():
-    """Every model token is a function of the last 7 tokens, at every size (locality.md)."""
+    """Every model token is a function of the last 7 tokens, at every size (docs/locality.md)."""
     rng = random.Random(3)
     train = [task.oracle(task.training_problem(rng)) for _ in range(1000)]
     long = [task.oracle(task.random_problem(rng, n)) for n in (20, 57, 200)]

@@ -15,9 +15,8 @@ from mamba_agent.runtime import run_episodes
 from mamba_agent.sandboxes import SandboxLimits, get_sandbox
 from mamba_agent.sandboxes.bubblewrap import BubblewrapSandbox
 from mamba_agent.tasks import code_debug, get_task
-from mamba_agent.tasks.code_debug import (
-    ANSWER, CodeDebug, CodeDebugSingleTurn, Workspace, generate, threading_error,
-)
+from mamba_agent.sandboxes.workspace import Workspace
+from mamba_agent.tasks.code_debug import ANSWER, CodeDebug, CodeDebugSingleTurn, generate, threading_error
 from mamba_agent.tasks.code_debug_sim import CHECK_ARGV, RUN_ARGV, SimulatedSandbox, Unsupported
 from mamba_agent.tasks.code_debug_sim import run_main as simulate
 from mamba_agent.taskfile import load_taskfile
@@ -312,7 +311,7 @@ def test_simulated_runs_equal_the_sandbox_on_states_the_oracle_never_reaches():
             for argv in (RUN_ARGV, CHECK_ARGV):
                 real, sim = sandbox.run(argv), simulated.run(argv)
                 assert real.model_dump(include=FIELDS) == sim.model_dump(include=FIELDS)
-        ws.cleanup()
+        ws.close()
     ws, small = Workspace(generate(30, 1).files()), SandboxLimits(output_bytes=100)
     with get_sandbox("bubblewrap", ws.path, small) as sandbox:
         for argv in (RUN_ARGV, CHECK_ARGV):  # output capped as the sandbox caps it

@@ -6,6 +6,7 @@ import pytest
 
 from mamba_agent.episode import Episode
 from mamba_agent.sandboxes import SandboxLimits, SandboxUnavailable
+from mamba_agent.sandboxes.workspace import Workspace, write_file
 from mamba_agent.tools.files import FileEdit, FileView
 from mamba_agent.tools.run import Run
 from mamba_agent.trajectory import COMMAND, OBSERVATION
@@ -27,12 +28,19 @@ def command(ep: Episode, token: int, argument: str | bytes) -> str:
 
 
 @pytest.fixture
-def ws(tmp_path):
-    (tmp_path / "long.txt").write_text("".join(f"line {i}\n" for i in range(1, 101)))
-    (tmp_path / "a.py").write_text("one\ntwo\nthree\n")
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "b.txt").write_text("x\n")
-    return tmp_path
+def ws():
+    """A workspace as the code task makes one (owned by the sandbox user, capped as root)."""
+    with Workspace({"long.txt": "".join(f"line {i}\n" for i in range(1, 101)),
+                    "a.py": "one\ntwo\nthree\n"}) as workspace:
+        (workspace.path / "sub").mkdir()
+        os.chown(workspace.path / "sub", workspace.owner, workspace.owner)
+        workspace.write("sub/b.txt", "x\n")
+        yield workspace.path
+
+
+def write(ws, name: str, text: str) -> None:
+    """A new file, owned as a Workspace makes its files (writable inside the sandbox)."""
+    write_file(ws, name, text.encode(), owner=os.stat(ws).st_uid)
 
 
 @pytest.fixture
@@ -80,7 +88,7 @@ def test_edit_replace_insert_delete(ws, files):
         (VIEW, "../outside.txt", "leaves the workspace"),
         (VIEW, "sub/../../outside.txt", "leaves the workspace"),
         (VIEW, "/etc/passwd", "absolute path"),
-        (VIEW, "link.txt", "leaves the workspace"),
+        (VIEW, "link.txt", "symbolic link"),
         (VIEW, "", "no path"),
         (VIEW, "a.py:9", "outside a.py"),
         (VIEW, "a.py:0", "outside a.py"),
@@ -95,18 +103,18 @@ def test_edit_replace_insert_delete(ws, files):
         (EDIT, "a.py:5-4\nx", "bad range"),
         (EDIT, "../outside.txt:1-1\nx", "leaves the workspace"),
         (EDIT, "/etc/hostname:1-1\nx", "absolute path"),
-        (EDIT, "link.txt:1-1\nx", "leaves the workspace"),
+        (EDIT, "link.txt:1-1\nx", "symbolic link"),
         (EDIT, "nope.py:1-1\nx", "no such file"),
     ],
 )
-def test_errors_are_observations(ws, files, token, argument, message):
-    (ws.parent / "outside.txt").write_text("secret\n")
-    os.symlink(ws.parent / "outside.txt", ws / "link.txt")
+def test_errors_are_observations(ws, files, token, argument, message, tmp_path):
+    (tmp_path / "outside.txt").write_text("secret\n")
+    os.symlink(tmp_path / "outside.txt", ws / "link.txt")
     before = {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()}
     obs = command(files, token, argument)
     assert obs.startswith("error: ") and message in obs, obs
     assert "secret" not in obs
-    assert (ws.parent / "outside.txt").read_text() == "secret\n"
+    assert (tmp_path / "outside.txt").read_text() == "secret\n"
     assert {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()} == before  # nothing written
     assert files.format_errors == 0 and not files.done  # a failed command is not a format error
 
@@ -116,7 +124,7 @@ def test_run_exit_code_and_output(ws):
     assert command(ep, RUN, "echo hi; echo oops >&2; exit 3") == "exit 3\nhi\noops\n"
     assert command(ep, RUN, "python3 -c 'print(6 * 7)'") == "exit 0\n42\n"
     # the workspace's host path reads as relative paths in the output (tracebacks)
-    (ws / "boom.py").write_text("raise ValueError('x')\n")
+    write(ws, "boom.py", "raise ValueError('x')\n")
     obs = command(ep, RUN, "python3 boom.py")
     assert obs.startswith("exit 1\n") and 'File "boom.py", line 1' in obs and str(ws) not in obs
     assert command(ep, RUN, "   ") == "error: empty command"
@@ -124,8 +132,8 @@ def test_run_exit_code_and_output(ws):
 
 def test_run_sees_edits_at_once(ws):
     """No stale bytecode: an edit of the same size within the same second is what runs next."""
-    (ws / "m.py").write_text("import n\n")
-    (ws / "n.py").write_text("print(1)\n")
+    write(ws, "m.py", "import n\n")
+    write(ws, "n.py", "print(1)\n")
     ep = episode([FileEdit(ws), Run(ws)])
     assert command(ep, RUN, "python3 m.py") == "exit 0\n1\n"
     command(ep, EDIT, "n.py:1-1\nprint(2)")
@@ -139,6 +147,11 @@ def test_run_caps_output_and_marks_timeouts(ws):
     assert obs == "exit 0\n" + "x" * 100 + "\n[stdout truncated at 100 bytes]\n"
     obs = command(ep, RUN, "echo started; sleep 30")
     assert obs.startswith("exit 137\nstarted\n") and obs.endswith("[timed out after 1 s]\n")
+
+
+def test_run_a_command_too_long_for_the_kernel_is_an_observation(ws):
+    obs = command(episode([Run(ws)]), RUN, "echo " + "x" * 140_000)
+    assert obs.startswith("exit 126\n") and "Argument list too long" in obs, obs[:200]
 
 
 def test_run_sandbox_is_the_workspace(ws):

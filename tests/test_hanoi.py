@@ -105,7 +105,7 @@ def test_trajectory_two_disks_reads_as_documented():
 
 
 def test_trajectory_is_local():
-    """Every model token is a function of the last 5 tokens, at every size (locality.md)."""
+    """Every model token is a function of the last 5 tokens, at every size (docs/locality.md)."""
     rng = random.Random(3)
     train = [task.oracle(task.training_problem(rng)) for _ in range(300)]
     long = [task.oracle(task.random_problem(rng, n)) for n in (9, 10)]
@@ -209,5 +209,5 @@ def test_bad_input_fields():
 def test_random_size_beyond_the_limit_is_a_clear_error(size, tmp_path):
     path = tmp_path / "big.yaml"
     path.write_text(f"task: hanoi\nsize: {size}\n")
-    with pytest.raises(TaskFileError, match=f"at most 20 disks .*got {size}"):
+    with pytest.raises(TaskFileError, match=f"size: hanoi takes sizes 1..20, got {size}"):
         load_taskfile(path)

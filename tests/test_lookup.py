@@ -1,6 +1,6 @@
 """The lookup-table policy on the addition task (7-local), through the real runtime.
 
-What was measured (k = 7, training problems of 1..5 digits, shared/locality.md's contexts):
+What was measured (k = 7, training problems of 1..5 digits, docs/locality.md's contexts):
 - The table never conflicts at k = 7, and does at k = 4.
 - It solves a problem exactly if and only if training covered every context of its oracle
   trajectory, and otherwise predicts [ERR] at the first uncovered one. Contexts that reach back

@@ -109,7 +109,7 @@ def test_trajectory_shape_123_times_45():
 
 @pytest.mark.parametrize("name,k", [("multiplication-1", 8), ("multiplication-2", 12), ("multiplication", 12)])
 def test_trajectory_is_local(name, k):
-    """Every model token is a function of the last k tokens, at every size (locality.md)."""
+    """Every model token is a function of the last k tokens, at every size (docs/locality.md)."""
     t, rng = get_task(name), random.Random(3)
     train = [t.oracle(t.training_problem(rng)) for _ in range(1000)]
     long = [t.oracle(t.random_problem(rng, n)) for n in (20, 57, 200)]

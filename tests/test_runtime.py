@@ -9,7 +9,7 @@ from mamba_agent.policies import build_policy
 from mamba_agent.runtime import Sampler, run_episodes
 from mamba_agent.tasks import get_task
 from mamba_agent.trajectory import COMMAND, OBSERVATION, Trajectory, TrajectoryWriter, read_trajectory
-from mamba_agent.vocab import ANS, EDGE, END, EOS, ERR, FIND, VIEW, VOCAB_SIZE, decode, encode, pointer_command
+from mamba_agent.vocab import ANS, EDGE, END, EOS, ERR, FIND, RUN, VIEW, VOCAB_SIZE, decode, encode, pointer_command
 from mamba_agent.tools.pointer import PointerMemory
 from tests.scripted import ScriptedPolicy
 
@@ -41,18 +41,21 @@ def test_malformed_commands_are_answered_not_raised():
     assert roles.count(COMMAND) == 3 and roles.count(OBSERVATION) == 3
 
 
-def test_a_special_token_inside_an_argument_drops_the_command():
-    """`[VIEW]f[P1.read]` (a special token before [END]): [ERR], the argument dropped, no tool
-    call; the next command starts afresh (it happened with the shipped code_debug model)."""
+def test_a_special_token_inside_a_text_argument_is_an_error_observation():
+    """`[VIEW]m[P1.read][END]` (it happened with the shipped code_debug model): the file tool
+    answers an error, nothing raises, and the next command works."""
     cd = get_task("code_debug")
     ep = cd.episode(cd.problem({"size": 3, "seed": 1}), keep=True)
-    assert ep.act(VIEW) == [] and ep.act(ord("m")) == []
-    assert ep.act(pointer_command(1, "read")) == [ERR] and ep.format_errors == 1
-    assert ep.act(END) == [ERR]  # no open argument any more
+    for t in (VIEW, ord("m"), pointer_command(1, "read")):
+        assert ep.act(t) == []
+    assert decode(ep.act(END), specials=False).startswith("error: the argument holds a special token")
+    for t in [RUN, pointer_command(2, "left")]:
+        assert ep.act(t) == []
+    assert decode(ep.act(END), specials=False).startswith("error: the argument holds a special token")
     for t in [VIEW, *encode("main.py")]:
         assert ep.act(t) == []
     assert decode(ep.act(END), specials=False).startswith("[main.py lines 1-")
-    assert ep.format_errors == 0 and not ep.done
+    assert not ep.done
 
 
 def test_second_ans_is_malformed_and_a_good_token_resets_the_count():
@@ -219,13 +222,15 @@ def test_an_episode_that_cannot_finish_still_ends_its_trajectory(tmp_path):
         def command(self, token, argument=None):
             raise self.error
 
-    script = Trajectory([BOS, RUN, ord("x"), END, EOS], [])  # the scripted policy reads only the tokens
+    script = Episode([BOS], [], max_tokens=50, keep=True)
+    for t in [RUN, ord("x"), END, EOS]:
+        script.act(t)
     for error, reason in [(OSError(5, "the engine is gone"), ERROR), (KeyboardInterrupt(), INTERRUPTED)]:
         paths = [tmp_path / f"{reason}-{i}.jsonl" for i in range(2)]
         episodes = [Episode([BOS], [Broken(error)], max_tokens=50, writer=TrajectoryWriter(p, {}))
                     for p in paths]
         with pytest.raises(type(error)):
-            run_episodes(ScriptedPolicy([script] * 2), episodes)
+            run_episodes(ScriptedPolicy([script.trajectory] * 2), episodes)
         for path in paths:
             _, _, end = read_trajectory(path)
             assert end is not None and end["exit"] == reason and end["correct"] is None

@@ -6,7 +6,8 @@ them. A developer without docker can set MAMBA_AGENT_SANDBOX_OPTIONAL=1 to skip 
 tests instead (the skip reason says what is missing). CI prepares the machine with
 `bash sandboxes/setup_ci.sh` and exports the DOCKER_HOST line it prints.
 
-The probes only ever target loopback.
+The probes only ever target loopback and files, sockets and processes the test made; the
+module checks at its end that it left no workspace, mount, cgroup or container behind.
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ import uuid
 import pytest
 
 from mamba_agent.sandboxes import SandboxLimits, SandboxUnavailable, get_sandbox
-from mamba_agent.sandboxes.base import KILL_GRACE_S, SANDBOX_UID
-from mamba_agent.sandboxes.docker import NAME_PREFIX, DockerSandbox
+from mamba_agent.sandboxes.base import KILL_GRACE_S, SANDBOX_UID, owner_tag
+from mamba_agent.sandboxes.docker import NAME_PREFIX, OWNER_LABEL, DockerSandbox
+from mamba_agent.sandboxes.workspace import Workspace, write_file
 
+pytestmark = pytest.mark.usefixtures("nothing_left_behind")
 ISOLATING = ["docker", "bubblewrap"]
 ALL = ISOLATING + ["local-unsafe"]
 OPTIONAL = os.environ.get("MAMBA_AGENT_SANDBOX_OPTIONAL") == "1"
@@ -52,10 +55,10 @@ def python(code: str) -> list[str]:
 
 
 @pytest.fixture
-def workspace(tmp_path):
-    path = tmp_path / "ws"
-    path.mkdir()
-    return path
+def workspace():
+    """A fresh Workspace (as root: a capped tmpfs owned by the sandbox user); its path."""
+    with Workspace() as ws:
+        yield ws.path
 
 
 def _opener(name, workspace):
@@ -86,34 +89,15 @@ def isolating(request, workspace):
         sandbox.close()
 
 
-def processes_of(uid: int) -> list[int]:
-    """Host pids whose real uid is `uid`."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/status") as f:
-                status = f.read()
-        except (OSError, ValueError):
-            continue
-        if f"\nUid:\t{uid}\t" in status:
-            pids.append(int(entry))
-    return pids
-
-
 def containers_named(prefix: str) -> list:
+    """Containers whose name (or id) starts with `prefix`."""
     import docker
     client = docker.from_env()
     try:
-        return client.containers.list(all=True, filters={"name": prefix})
+        return [c for c in client.containers.list(all=True)
+                if c.name.startswith(prefix) or c.id.startswith(prefix)]
     finally:
         client.close()
-
-
-def wait_until_gone(uid: int, timeout: float = 3.0) -> list[int]:
-    deadline = time.monotonic() + timeout
-    while (left := processes_of(uid)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
 
 
 # --- basic behaviour: every backend ------------------------------------------------------------
@@ -138,7 +122,7 @@ def test_missing_or_unexecutable_program_is_a_result(any_sandbox, workspace):
 
 
 def test_workspace_is_shared_with_host_and_is_cwd(any_sandbox, workspace):
-    (workspace / "in.txt").write_text("from host\n")  # owned by the host user
+    write_file(workspace, "in.txt", b"from host\n", owner=os.stat(workspace).st_uid)
     result = any_sandbox().run("cat in.txt; echo from sandbox > out.txt; echo more >> in.txt; pwd")
     assert result.exit_code == 0, result.stderr
     assert result.stdout == f"from host\n{workspace}\n"
@@ -200,6 +184,18 @@ def test_local_backend_is_never_chosen_implicitly(workspace, monkeypatch):
     local.close()
 
 
+def test_bubblewrap_without_libseccomp_binding_says_how_to_install_it(workspace, monkeypatch):
+    from mamba_agent.sandboxes import seccomp
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)  # import pyseccomp now fails
+    seccomp.bpf_program.cache_clear()
+    try:
+        with pytest.raises(SandboxUnavailable, match="pip install pyseccomp"):
+            get_sandbox("bubblewrap", workspace)
+    finally:
+        monkeypatch.undo()
+        seccomp.bpf_program.cache_clear()
+
+
 def test_docker_without_engine_says_how_to_start_one(workspace, monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", f"unix://{workspace}/no-engine.sock")
     with pytest.raises(SandboxUnavailable, match="setup_ci.sh"):
@@ -222,8 +218,9 @@ def test_docker_containers_are_named_and_removed(workspace):
     sandbox.run("true")
     interrupted = sandbox._launch(["sleep", "30"])  # a run that never finished
     assert interrupted.container.name.startswith(NAME_PREFIX)
+    assert interrupted.container.labels == {"mamba-agent": "sandbox", OWNER_LABEL: owner_tag()}
     sandbox.close()
-    assert containers_named(NAME_PREFIX) == []
+    assert containers_named(interrupted.container.name) == []
 
 
 def test_docker_containers_are_removed_at_exit(workspace):
@@ -296,35 +293,63 @@ def test_engine_socket_unreachable(isolating):
     assert result.exit_code == 0 and "connected" not in result.stdout, result
 
 
-def test_fork_bomb_is_bounded(isolating):
+def in_pid_namespace(ns: str) -> list[int]:
+    """Host pids of the processes in pid namespace `ns` (what /proc/self/ns/pid links to)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and os.readlink(f"/proc/{entry}/ns/pid") == ns:
+                pids.append(int(entry))
+        except OSError:
+            continue
+    return pids
+
+
+def test_fork_bomb_is_bounded(isolating, workspace):
+    """Counted in the bomb's own pid namespace, so another sandbox running meanwhile (here: one
+    with 40 processes of the same uid) does not count, and neither starves the other."""
     limit, wall = 32, 4
     sandbox = isolating(processes=limit, wall_s=wall)
-    sandbox_uid = SANDBOX_UID if os.geteuid() == 0 else None
-    peak, running = [0], True
+    peak, running, ns = [0], True, workspace / "ns.txt"
 
-    def watch():  # host side: how many processes of the sandbox user exist at once
+    def watch():  # host side: how many processes the sandbox's pid namespace holds at once
+        while running and not (ns.exists() and ns.read_text().endswith("\n")):
+            time.sleep(0.01)
         while running:
-            peak[0] = max(peak[0], len(processes_of(sandbox_uid)))
+            peak[0] = max(peak[0], len(in_pid_namespace(ns.read_text().strip())))
             time.sleep(0.05)
 
-    watcher = threading.Thread(target=watch, daemon=True)
-    if sandbox_uid is not None:
-        watcher.start()
+    crowd = []
+
+    def crowd_in():  # another sandbox of the same uid, 40 processes busy meanwhile
+        with Workspace() as ws, get_sandbox(sandbox.name, ws.path, SandboxLimits(wall_s=10)) as other:
+            crowd.append(other.run("for i in $(seq 40); do sleep 3 & done; n=0; "
+                                   "for p in /proc/[0-9]*; do n=$((n+1)); done; echo $n; wait"))
+
+    threads = [threading.Thread(target=watch, daemon=True), threading.Thread(target=crowd_in)]
+    for thread in threads:
+        thread.start()
     # The bomb runs in a background subshell. Meanwhile the shell waits and counts the processes
     # it sees with builtins only (it could not fork any more; fd 3 is a pipe nobody writes to),
     # then stays until the wall timeout kills everything.
-    result = sandbox.run("exec 3< <(exec sleep 60); bomb() { bomb | bomb & }; (bomb) & "
+    result = sandbox.run("python3 -S -c 'import os; print(os.readlink(\"/proc/self/ns/pid\"))' "
+                         "> ns.txt; exec 3< <(exec sleep 60); "
+                         "bomb() { bomb | bomb & }; (bomb) & "
                          "read -t 2 -u 3; n=0; for p in /proc/[0-9]*; do n=$((n+1)); done; "
                          "echo seen=$n; read -t 60 -u 3")
     running = False
+    for thread in threads:
+        thread.join()
+    assert crowd and int(crowd[0].stdout) > 40, crowd  # all 40 started: no starvation
     summary = result.model_copy(update={"stderr": result.stderr[-300:]})  # for failure messages
     assert result.timed_out and result.duration_s < wall + MARGIN_S, summary
     seen = [int(line[5:]) for line in result.stdout.splitlines() if line.startswith("seen=")]
     assert seen and seen[0] <= limit + 1, summary  # + bubblewrap's own init
-    if sandbox_uid is not None:
-        watcher.join()
-        assert 0 < peak[0] <= limit, f"{peak[0]} processes at once"
-        assert wait_until_gone(sandbox_uid) == []  # nothing of the bomb is left on the host
+    assert 0 < peak[0] <= limit + 1, f"{peak[0]} processes at once"
+    deadline = time.monotonic() + 3
+    while in_pid_namespace(ns.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert in_pid_namespace(ns.read_text().strip()) == []  # nothing of the bomb is left
     assert subprocess.run(["true"]).returncode == 0  # the host can still start processes
 
 
@@ -398,7 +423,7 @@ def test_tmp_is_private_and_capped(isolating, tmp_path):
         "head -c 100M /dev/zero > /tmp/big; stat -c %s /tmp/big")
     seen, _, tmp_size = result.stdout.partition("---\n")
     assert "host only" not in seen
-    assert set(seen.split()) <= {".pyenv"}  # bubblewrap binds the interpreter back
+    assert set(seen.split()) <= {".pyenv"}  # bubblewrap binds the interpreter's prefix
     # /tmp is memory: the write stops at the tmpfs size, or the memory cgroup kills the command.
     assert result.killed or int(tmp_size) <= 64 << 20
 
@@ -411,3 +436,259 @@ def test_parent_secret_is_invisible(isolating, monkeypatch):
     assert result.exit_code == 0
     assert "absent" in result.stdout and "PATH=" in result.stdout
     assert secret not in result.stdout + result.stderr
+
+
+# --- hostile probes: the kernel's surface (seccomp), both isolating backends --------------------
+SYSCALL_PROBE = """
+import ctypes, errno
+libc = ctypes.CDLL(None, use_errno=True)
+r = libc.syscall({nr}, {args})
+print(r, errno.errorcode.get(ctypes.get_errno(), ctypes.get_errno()) if r == -1 else "ok")
+"""
+CLONE_NEWUSER, CLONE_NEWNS, SIGCHLD = 0x10000000, 0x00020000, 17
+REFUSED_SYSCALLS = {  # x86-64 numbers; what each would start
+    "unshare(CLONE_NEWUSER)": (272, f"{CLONE_NEWUSER}"),  # a user namespace: full capabilities
+    "unshare(CLONE_NEWNS)": (272, f"{CLONE_NEWNS}"),
+    "clone(CLONE_NEWUSER)": (56, f"{CLONE_NEWUSER | SIGCHLD}, 0, 0, 0, 0"),
+    "setns": (308, "0, 0"),
+    "mount tmpfs": (165, 'b"x", b"/tmp", b"tmpfs", 0, 0'),
+    "umount2": (166, 'b"/proc", 2'),
+    "fsopen": (430, 'b"tmpfs", 0'),
+    "add_key": (248, 'b"user", b"mamba-agent-probe", b"secret", 6, ctypes.c_int(-2)'),
+    "keyctl(get keyring)": (250, "0, ctypes.c_int(-4), 0"),  # KEYCTL_GET_KEYRING_ID of @u
+    "request_key": (249, 'b"user", b"mamba-agent-probe", 0, 0'),
+    "io_uring_setup": (425, "4, ctypes.create_string_buffer(120)"),
+    "bpf": (321, "0, ctypes.create_string_buffer(128), 128"),
+    "perf_event_open": (298, "ctypes.create_string_buffer(128), 0, -1, -1, 0"),
+    "ptrace(TRACEME)": (101, "0, 0, 0, 0"),
+    "process_vm_readv": (310, "1, 0, 0, 0, 0, 0"),
+    "userfaultfd": (323, "0"),
+    "pivot_root": (155, 'b"/tmp", b"/tmp"'),
+    "chroot": (161, 'b"/tmp"'),
+    "kexec_load": (246, "0, 0, 0, 0"),
+}
+
+
+@pytest.mark.parametrize("call", list(REFUSED_SYSCALLS))
+def test_dangerous_system_calls_are_refused(isolating, call):
+    nr, args = REFUSED_SYSCALLS[call]
+    result = isolating().run(python(SYSCALL_PROBE.format(nr=nr, args=args)))
+    assert result.exit_code == 0, result
+    assert result.stdout in ("-1 EPERM\n", "-1 EACCES\n"), (call, result.stdout)
+
+
+def test_clone3_is_enosys_and_threads_and_forks_still_work(isolating):
+    # clone3's flags sit in memory a filter cannot read: ENOSYS sends libc back to clone.
+    result = isolating().run(python(SYSCALL_PROBE.format(nr=435, args="0, 0") + """
+import os, subprocess, threading
+t = threading.Thread(target=print, args=("thread",)); t.start(); t.join()
+pid = os.fork()
+if pid == 0:
+    os._exit(7)
+print(subprocess.run(["true"]).returncode, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+"""))
+    assert result.stdout == "-1 ENOSYS\nthread\n0 7\n", result
+
+
+def test_foreign_abi_system_calls_kill(isolating):
+    # x32 system call numbers (bit 30) bypass a filter that checks only x86-64 numbers.
+    result = isolating().run(python(SYSCALL_PROBE.format(nr=0x40000000 | 272, args=CLONE_NEWUSER)))
+    assert result.exit_code == 128 + signal.SIGSYS and result.stdout == "", result
+
+
+def test_no_new_privileges_and_no_capabilities(isolating):
+    result = isolating().run("grep -E '^(NoNewPrivs|CapBnd|CapPrm|CapAmb|Seccomp):' /proc/self/status")
+    fields = dict(line.split(":\t") for line in result.stdout.splitlines())
+    assert fields == {"NoNewPrivs": "1", "CapBnd": "0000000000000000", "CapPrm": "0000000000000000",
+                      "CapAmb": "0000000000000000", "Seccomp": "2"}, result
+
+
+def test_no_device_nodes_no_hard_links_out_no_kernel_knobs(isolating, workspace):
+    result = isolating().run(
+        "mknod dev c 1 3 2>/dev/null && echo mknod; ln /etc/passwd hard 2>/dev/null && echo link; "
+        "echo 1 2>/dev/null > /proc/sys/kernel/sysrq && echo sysctl; "
+        "hostname probe 2>/dev/null && echo hostname; echo done")
+    assert result.stdout == "done\n", result
+    assert sorted(os.listdir(workspace)) == []
+
+
+# --- hostile probes: nothing passes between runs or sandboxes ------------------------------------
+def test_keyrings_carry_nothing_between_episodes(isolating):
+    """Run A stores a key in the user keyring of the shared uid; a fresh sandbox on another
+    workspace looks for it (keyctl search of @u). Both are refused, so nothing crosses."""
+    store = SYSCALL_PROBE.format(nr=248, args=REFUSED_SYSCALLS["add_key"][1])
+    search = SYSCALL_PROBE.format(nr=250, args='10, ctypes.c_int(-4), b"user", b"mamba-agent-probe", 0')
+    assert isolating().run(python(store)).stdout == "-1 EPERM\n"
+    with Workspace() as other:
+        with get_sandbox(isolating().name, other.path) as fresh:
+            assert fresh.run(python(search)).stdout == "-1 EPERM\n"
+
+
+def test_tmp_shm_and_ipc_are_fresh_for_every_run(isolating):
+    sandbox = isolating()
+    first = sandbox.run(python("""
+        import ctypes, os
+        open("/tmp/left", "w").write("x"); open("/dev/shm/left", "w").write("x")
+        libc = ctypes.CDLL(None, use_errno=True)
+        print(libc.shmget(0x6d616d62, 4096, 0o1666) >= 0)  # IPC_CREAT | 0666: a SysV segment
+    """))
+    assert first.stdout == "True\n", first
+    second = sandbox.run(python("""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        print("left" in os.listdir("/tmp"), os.listdir("/dev/shm"), libc.shmget(0x6d616d62, 0, 0))
+    """))
+    assert second.stdout == "False [] -1\n", second  # /tmp holds only the workspace's mount
+
+
+@pytest.mark.parametrize("parent", [None, "/var/tmp"])  # /tmp, and a directory not masked
+def test_other_workspaces_are_out_of_reach(isolating, parent):
+    with Workspace({"secret.txt": "other episode\n"}, parent=parent) as other:
+        result = isolating().run(f"cat {other.path}/secret.txt; ls {other.path.parent}; true")
+    assert "other episode" not in result.stdout
+    assert other.path.name not in result.stdout
+
+
+def test_host_processes_are_invisible_and_unsignalled(isolating):
+    # A host process running as the sandbox user (as another sandbox's would): not visible, and
+    # a kill aimed at its host pid reaches nothing.
+    uid = SANDBOX_UID if os.geteuid() == 0 else os.getuid()
+    victim = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                               "sleep", "30"] if os.geteuid() == 0 else ["sleep", "30"])
+    try:
+        result = isolating().run(f"kill -9 {victim.pid} {os.getpid()} 2>/dev/null; "
+                                 "ls /proc | grep -c '^[0-9]'")
+        assert victim.poll() is None  # still alive
+        assert int(result.stdout) < 10, result  # only the sandbox's own few processes
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_host_unix_sockets_are_unreachable(isolating, tmp_path):
+    """A listening unix socket in a world-writable directory, and an abstract one."""
+    public = tmp_path / "public"
+    public.mkdir(mode=0o777)
+    public.chmod(0o777)
+    tmp_path.chmod(0o755)
+    path, abstract = str(public / "s"), f"\0mamba-agent-probe-{uuid.uuid4().hex}"
+    with socket.socket(socket.AF_UNIX) as a, socket.socket(socket.AF_UNIX) as b:
+        a.bind(path)
+        os.chmod(path, 0o777)
+        b.bind(abstract)
+        for s in (a, b):
+            s.listen()
+            s.setblocking(False)
+        result = isolating().run(python(f"""
+            import socket
+            for address in [{path!r}, {abstract!r}]:
+                try:
+                    socket.socket(socket.AF_UNIX).connect(address)
+                    print("connected")
+                except OSError as e:
+                    print("blocked")
+        """))
+        assert result.stdout == "blocked\nblocked\n", result
+        for s in (a, b):
+            with pytest.raises(BlockingIOError):
+                s.accept()
+
+
+def test_host_files_outside_the_system_dirs_are_invisible(isolating, tmp_path):
+    """A world-readable file of another project (here: ours, in /var/tmp) cannot be read;
+    /home, /root, /var, /sys and the host's /etc/passwd do not exist inside."""
+    secret = f"mamba-agent-probe-{uuid.uuid4().hex}"
+    other = f"/var/tmp/{secret}.txt"
+    with open(other, "w") as f:
+        f.write(secret)
+    os.chmod(other, 0o644)
+    try:
+        result = isolating().run(f"cat {other}; ls /home /var /sys/kernel 2>/dev/null; "
+                                 "grep -c . /etc/passwd; true")
+    finally:
+        os.unlink(other)
+    assert secret not in result.stdout
+    assert result.stdout.split()[-1] == "2", result  # root and nobody only
+
+
+# --- hostile probes: the workspace ---------------------------------------------------------------
+def test_workspace_size_is_capped(isolating, workspace):
+    if not Workspace().capped:
+        pytest.skip("not root: workspaces are plain directories (no cap)")
+    result = isolating(file_size_mb=4, wall_s=20).run(
+        "for i in $(seq 64); do head -c 4M /dev/zero > f$i 2>/dev/null || break; done; du -sm .")
+    assert int(result.stdout.split()[0]) <= 64, result  # WORKSPACE_MB
+
+
+def test_workspace_inodes_are_capped(isolating, workspace):
+    if not Workspace().capped:
+        pytest.skip("not root: workspaces are plain directories (no cap)")
+    result = isolating(wall_s=20).run(python("""
+        import os
+        n = 0
+        try:
+            while n < 100_000:
+                open(f"f{n}", "w").close(); n += 1
+        except OSError as e:
+            print(n, e.strerror)
+    """))
+    made, _, why = result.stdout.partition(" ")
+    assert int(made) < 16_384 and why == "No space left on device\n", result
+
+
+def test_a_deep_tree_neither_crashes_the_next_run_nor_leaks(isolating):
+    with Workspace() as ws:
+        sandbox = get_sandbox(isolating().name, ws.path)
+        try:
+            made = sandbox.run(python("""
+                import os
+                for _ in range(1100):
+                    os.mkdir("d"); os.chdir("d")
+                open("bottom.txt", "w").write("deep")
+                print("made")
+            """))
+            assert made.stdout == "made\n", made
+            again = sandbox.run("echo again")
+            assert again.stdout == "again\n"
+        finally:
+            sandbox.close()
+    assert not ws.path.exists()
+
+
+def test_a_huge_command_is_a_failed_result(isolating):
+    result = isolating().run("echo " + "x" * 140_000)  # one argument over the kernel's 128 KiB
+    assert result.exit_code != 0 and "too long" in result.stderr.lower(), result
+    assert isolating().run("echo ok").stdout == "ok\n"
+
+
+def test_leftovers_of_a_killed_run_are_removed_at_start(monkeypatch):
+    """A process that made a workspace, a bubblewrap sandbox (cgroups) and a docker container is
+    SIGKILLed; the next process to make each removes them, and nothing of a live process."""
+    for name in ISOLATING:
+        open_sandbox(name, "/tmp").close()  # fail (or skip) here if a backend is missing
+    script = textwrap.dedent("""
+        import os, signal, sys
+        from mamba_agent.sandboxes import get_sandbox
+        from mamba_agent.sandboxes.workspace import Workspace
+        ws = Workspace()
+        bwrap, docker = get_sandbox("bubblewrap", ws.path), get_sandbox("docker", ws.path)
+        container = docker._launch(["sleep", "60"]).container
+        print(ws.path, container.id, *(bwrap.cgroup.dirs if bwrap.cgroup else []), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    ws, container, *cgroups = killed.stdout.split()
+    assert os.path.exists(ws)
+    from mamba_agent.sandboxes import bubblewrap, workspace
+    monkeypatch.setattr(workspace, "_swept", set())
+    monkeypatch.setattr(bubblewrap._CgroupV1, "swept", False)
+    monkeypatch.setattr(DockerSandbox, "swept", False)
+    with Workspace() as live:  # this process's own: left alone by the sweep
+        for name in ISOLATING:
+            get_sandbox(name, live.path).close()
+        assert live.path.exists()
+    assert not os.path.exists(ws)
+    assert ws not in open("/proc/self/mountinfo").read()
+    assert not any(os.path.exists(d) for d in cgroups)
+    assert containers_named(container) == []

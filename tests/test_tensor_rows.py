@@ -48,8 +48,9 @@ def pointer_stream(rng: random.Random, n: int) -> list[int]:
 
 def search_stream(rng: random.Random, memory: str, n: int) -> list[int]:
     """Model tokens that exercise every search rule: finds of pieces of the memory (and of what
-    is written), empty ones, ones with a newline or a special token inside, thoughts with
-    newlines, [ANS], malformed specials, rarely [EOS]."""
+    is written), empty ones, ones with a newline or a special token inside (which a pattern may
+    hold: [ANS] is in the memory once written), thoughts with newlines, [ANS], malformed
+    specials, rarely [EOS]."""
     out = []
     while len(out) < n:
         kind = rng.choices(["find", "write", "empty", "newline", "broken", "special", "ans", "eos"],
@@ -64,7 +65,7 @@ def search_stream(rng: random.Random, memory: str, n: int) -> list[int]:
         elif kind == "newline":
             out += [FIND, *encode("1\nx"), END]
         elif kind == "broken":
-            out += [FIND, *encode("a0"), rng.choice(POINTER_COMMANDS + [ANS, FIND]), END]
+            out += [FIND, *rng.choice([[ANS], encode("a0") + [rng.choice(POINTER_COMMANDS + [ANS, FIND])]]), END]
         elif kind == "special":
             out.append(rng.choice(OTHERS + POINTER_COMMANDS[:3] + [END]))
         else:
@@ -277,3 +278,51 @@ def test_shipped_model_solves_in_pairs_with_an_8bit_state():
         run(TensorRows(RoundedPairs(policy, len(problems)), episodes, tensor_form(episodes[0])))
     assert all(ep.exact for ep in episodes)
     assert [ep.n_tokens for ep in episodes] == [len(task.oracle(p).tokens) for p in problems]
+
+
+@pytest.mark.parametrize("task_name, checkpoint, size, forms", [
+    ("addition", "builtin:addition-mamba", 12, ["tensor", "python", "tensor"]),
+    ("logical_graph", "builtin:logical_graph-mamba", 3, ["python", "tensor", "python"]),
+])
+def test_saved_on_one_row_form_resumes_on_the_other(task_name, checkpoint, size, forms, tmp_path):
+    """An episode stopped (after a run of steps), saved as the episode checkpoints save it and
+    resumed in fresh objects, each piece on a row form of `forms` in turn: the tokens, answer and
+    trajectory file of one that ran through on Python rows."""
+    from mamba_agent.checkpoint import load_checkpoint
+    from mamba_agent.runtime import Sampler, run_episodes
+    from mamba_agent.saved_episode import EpisodeRun, load, restore
+    from mamba_agent.trajectory import TrajectoryWriter
+
+    task = get_task(task_name)
+    policy, meta = load_checkpoint(checkpoint)
+    problem = task.random_problem(random.Random(5), size)
+    whole = task.episode(problem, writer=TrajectoryWriter(tmp_path / "whole.jsonl", {}))
+    run_episodes(policy, [whole], rows="python")
+    whole.close(task.check(problem, whole.answer))
+    ep, saved, steps, at = task.episode(problem, writer=TrajectoryWriter(tmp_path / "pieces.jsonl", {})), None, [0], [0]
+    for i, rows in enumerate(forms):
+        last = i == len(forms) - 1
+
+        def progress(loop, run=EpisodeRun(task, problem, "test", meta, ep, Sampler(), Limits(), ep.max_tokens)):
+            steps[0] += 1
+            if not last and steps[0] % 2 == 0 and not run.episode.done:  # every other run of steps
+                run.save(tmp_path / "ep", loop)
+                return True
+            return False
+
+        run_episodes(policy, [ep], on_progress=progress, progress_seconds=-1, resume=saved, rows=rows)
+        if last:
+            break
+        ep.writer._file.close()
+        record = load(tmp_path / "ep")
+        assert record["episode"]["n_tokens"] > at[-1]  # this piece stopped and saved, further on
+        at.append(record["episode"]["n_tokens"])
+        ep = task.episode(problem)
+        saved, _ = restore(record, task, ep)
+    ep.close(task.check(problem, ep.answer))
+    assert len(at) == len(forms)
+    assert (ep.exit, ep.n_tokens, ep.answer) == (whole.exit, whole.n_tokens, whole.answer)
+
+    def lines(path):
+        return [line for line in path.read_text().splitlines() if '"end"' not in line]
+    assert lines(tmp_path / "pieces.jsonl") == lines(tmp_path / "whole.jsonl")

@@ -13,16 +13,25 @@ deletes the range; more lines than the range inserts; END = START-1 inserts befo
 replacing anything (START = T+1 appends).
 
 Every observation, errors included, is closed by [/OBS]. A command that cannot be carried out
-(no such file, a directory, a path outside the workspace, an absolute path, a bad range, a
-malformed argument, bytes that are not UTF-8) answers one line starting `error:`, never raises.
-Paths are relative to the workspace; `..` and symlinks leading outside it are refused.
+(no such file, a directory, a FIFO, a symbolic link, a path outside the workspace, an absolute
+path, a file over `MAX_FILE_BYTES`, a bad range, a malformed argument, bytes that are not UTF-8,
+a full workspace) answers one line starting `error:`, never raises. Paths are relative to the
+workspace and are opened through `sandboxes.workspace.open_file`: no `..`, and no symbolic link
+is followed, at any component. A view also stops at `max_bytes` of lines (a line longer than
+that alone is cut, `[line cut at N bytes]`), so a huge line never becomes a huge observation.
 Files are read and written as UTF-8 text with `\\n` line ends.
 """
 
 from pathlib import Path
 
-from mamba_agent.tools import Tool
+from mamba_agent.sandboxes.workspace import WorkspaceError, read_file, write_file
+from mamba_agent.tools import SPECIAL_IN_ARGUMENT, Tool, argument_bytes
 from mamba_agent.vocab import EDIT, OBS_END, VIEW, encode
+
+MAX_FILE_BYTES = 1 << 20
+"""Largest file the tools read (an edit reads the whole file first)."""
+VIEW_BYTES = 8_000
+"""Default `max_bytes` of a view's lines."""
 
 
 class ToolError(Exception):
@@ -39,44 +48,25 @@ class _WorkspaceFiles(Tool):
 
     def command(self, token: int, argument: list[int] | None = None) -> list[int]:
         try:
-            text = bytes(argument or []).decode("utf-8")
-            answer = self._run(text)
+            raw = argument_bytes(argument)
+            answer = SPECIAL_IN_ARGUMENT if raw is None else self._run(raw.decode("utf-8"))
         except UnicodeDecodeError:
             answer = "error: the argument is not valid UTF-8"
-        except ToolError as e:
+        except (ToolError, WorkspaceError) as e:
             answer = f"error: {e}"
+        except OSError as e:  # anything the workspace helpers did not foresee: still an answer
+            answer = f"error: {e.strerror or e}"
         return encode(answer) + [OBS_END]
 
     def _run(self, argument: str) -> str:
         raise NotImplementedError
 
-    def _resolve(self, name: str) -> Path:
-        """The workspace file `name` names; ToolError unless it is a regular file inside."""
-        if not name:
-            raise ToolError("no path given")
-        if "\x00" in name or "\n" in name:
-            raise ToolError(f"bad path {name[:80]!r}")
-        rel = Path(name)
-        if rel.is_absolute():
-            raise ToolError(f"absolute path {name!r}: give a path relative to the workspace")
-        if ".." in rel.parts:
-            raise ToolError(f"path {name!r} leaves the workspace")
-        path = (self.workspace / rel).resolve()  # follows symlinks: a link out is caught below
-        if not path.is_relative_to(self.workspace):
-            raise ToolError(f"path {name!r} leaves the workspace")
-        if not path.exists():
-            raise ToolError(f"no such file: {name}")
-        if not path.is_file():
-            raise ToolError(f"not a regular file: {name}")
-        return path
-
-
-def _read_lines(path: Path, name: str) -> list[str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ToolError(f"{name} is not UTF-8 text") from None
-    return text.split("\n")[:-1] if text.endswith("\n") else (text.split("\n") if text else [])
+    def _read_lines(self, name: str) -> list[str]:
+        try:
+            text = read_file(self.workspace, name, MAX_FILE_BYTES).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ToolError(f"{name[:80]} is not UTF-8 text") from None
+        return text.split("\n")[:-1] if text.endswith("\n") else (text.split("\n") if text else [])
 
 
 def _number(lines: list[str], first: int) -> list[str]:
@@ -94,22 +84,29 @@ class FileView(_WorkspaceFiles):
 
     argument_commands = frozenset({VIEW})
 
-    def __init__(self, workspace: str | Path, window: int = 40):
+    def __init__(self, workspace: str | Path, window: int = 40, max_bytes: int = VIEW_BYTES):
         super().__init__(workspace)
-        if window < 1:
-            raise ValueError(f"window must be at least 1, got {window}")
-        self.window = window
+        if window < 1 or max_bytes < 1:
+            raise ValueError(f"window and max_bytes must be at least 1, got {window}, {max_bytes}")
+        self.window, self.max_bytes = window, max_bytes
 
     def _run(self, argument: str) -> str:
         name, start = argument, 1
         head, sep, tail = argument.rpartition(":")
         if sep and tail.isascii() and tail.isdigit():
             name, start = head, int(tail)
-        path = self._resolve(name)
-        lines = _read_lines(path, name)
+        lines = self._read_lines(name)
         if start < 1 or start > max(len(lines), 1):
             raise ToolError(f"start line {start} is outside {name} (1-{max(len(lines), 1)})")
-        shown = lines[start - 1 : start - 1 + self.window]
+        shown, size = [], 0
+        for line in lines[start - 1 : start - 1 + self.window]:
+            size += len(line.encode()) + 1
+            if size > self.max_bytes:
+                if not shown:  # one line over the cap alone: its start, marked
+                    cut = line.encode()[: self.max_bytes].decode("utf-8", errors="ignore")
+                    shown.append(f"{cut}[line cut at {self.max_bytes} bytes]")
+                break
+            shown.append(line)
         last = start + len(shown) - 1 if shown else 0
         return "\n".join([f"[{name} lines {start if shown else 0}-{last} of {len(lines)}]", *_number(shown, start)])
 
@@ -126,8 +123,7 @@ class FileEdit(_WorkspaceFiles):
             raise ToolError("expected path:START-END, a newline, then the new text")
         a, _, b = span.partition("-")
         start, end = _int(a, "START"), _int(b, "END")
-        path = self._resolve(name)
-        lines = _read_lines(path, name)
+        lines = self._read_lines(name)
         if not (1 <= start <= len(lines) + 1 and start - 1 <= end <= len(lines)):
             raise ToolError(
                 f"bad range {start}-{end} for {name} ({len(lines)} lines): need 1 <= START <= END <= "
@@ -135,10 +131,7 @@ class FileEdit(_WorkspaceFiles):
             )
         new = _new_lines(text)
         lines[start - 1 : end] = new
-        try:
-            path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-        except OSError as e:
-            raise ToolError(f"cannot write {name}: {e.strerror}") from None
+        write_file(self.workspace, name, "".join(line + "\n" for line in lines).encode())
         last = start + len(new) - 1
         head = f"[edited {name}: lines {start}-{end} -> {start}-{last} of {len(lines)}]"
         return "\n".join([head, *_number(new, start)])

@@ -7,6 +7,8 @@ nothing. Every pointer starts on the first input token. A pointer stops one cell
 appended to the tape, so pointers can read what the model wrote.
 """
 
+import torch
+
 from mamba_agent.tools import Tool
 from mamba_agent.vocab import EDGE, N_POINTERS, pointer_command
 
@@ -27,6 +29,12 @@ class PointerMemory(Tool):
 
     def write(self, token: int) -> None:
         self.tape.append(token)
+
+    def state_dict(self) -> dict:
+        return {"tape": torch.tensor(self.tape, dtype=torch.int16), "positions": list(self.positions)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tape, self.positions = state["tape"].tolist(), list(state["positions"])
 
     def command(self, token: int, argument: list[int] | None = None) -> list[int]:
         p, move = self._ops[token]

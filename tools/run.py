@@ -11,8 +11,10 @@ do not depend on where the workspace lies and a replay on a fresh workspace sees
 Commands run with PYTHONDONTWRITEBYTECODE=1: no __pycache__ in the workspace, so an edit is never
 shadowed by stale bytecode (a .pyc is keyed on the source's mtime in whole seconds and its size).
 
-A failing, killed or timed-out command is an observation. Only infrastructure failures raise:
-the sandbox backend cannot run here (SandboxUnavailable, from the constructor).
+A failing, killed or timed-out command is an observation, and so is a backend that fails with
+an OSError mid-command (`error: the sandbox failed: ...`). Only infrastructure failures raise:
+the sandbox backend cannot run here (SandboxUnavailable, from the constructor), or fails in a
+way that is not an OSError (the runtime then closes the episode with exit `error`).
 
 `Run(workspace, sandbox=S)` sends the commands to S instead of a backend it builds: anything with
 `limits` and `run(argv) -> ExecResult`. The code task's oracle passes its `SimulatedSandbox`,
@@ -24,7 +26,7 @@ import weakref
 from pathlib import Path
 
 from mamba_agent.sandboxes import SandboxLimits, get_sandbox
-from mamba_agent.tools import Tool
+from mamba_agent.tools import SPECIAL_IN_ARGUMENT, Tool, argument_bytes
 from mamba_agent.vocab import OBS_END, RUN, encode
 
 DEFAULT_LIMITS = SandboxLimits(wall_s=10.0, cpu_s=10, memory_mb=512, output_bytes=8_000)
@@ -59,10 +61,16 @@ class Run(Tool):
             self._finalizer()
 
     def command(self, token: int, argument: list[int] | None = None) -> list[int]:
-        command = bytes(argument or []).decode("utf-8", errors="replace")
+        raw = argument_bytes(argument)
+        if raw is None:
+            return encode(SPECIAL_IN_ARGUMENT) + [OBS_END]
+        command = raw.decode("utf-8", errors="replace")
         if not command.strip():
             return encode("error: empty command") + [OBS_END]
-        r = self.sandbox.run(["env", "PYTHONDONTWRITEBYTECODE=1", "bash", "-c", command])
+        try:
+            r = self.sandbox.run(["env", "PYTHONDONTWRITEBYTECODE=1", "bash", "-c", command])
+        except (OSError, RecursionError) as e:  # the backend failed mid-command (an engine's
+            return encode(f"error: the sandbox failed: {e}"[:500]) + [OBS_END]  # socket, ...)
         parts = [f"exit {r.exit_code}\n", r.stdout]
         if r.stdout_truncated:
             parts.append(f"\n[stdout truncated at {self.sandbox.limits.output_bytes} bytes]\n")

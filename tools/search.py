@@ -18,6 +18,8 @@ C-speed `str.find` pass over the whole memory. O(n) finds over O(n) lines stay c
 of a 1,000-node logical graph makes ~6,000 finds over up to ~3,000 lines in 0.2 s in all.
 """
 
+import torch
+
 from mamba_agent.tools import Tool
 from mamba_agent.vocab import ERR, FIND, OBS_END
 
@@ -34,6 +36,13 @@ class SearchMemory(Tool):
 
     def write(self, token: int) -> None:
         self._pending.append(chr(token))
+
+    def state_dict(self) -> dict:
+        self._flush()
+        return {"text": torch.tensor([ord(c) for c in self._text], dtype=torch.int16)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._text, self._pending = "".join(map(chr, state["text"].tolist())), []
 
     @property
     def lines(self) -> list[list[int]]:

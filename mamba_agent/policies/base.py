@@ -12,6 +12,7 @@ The state is an inference object: it stores values without autograd history, so 
 step are meant to run under `torch.no_grad()` (step enforces it itself).
 """
 
+import dataclasses
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -26,15 +27,31 @@ class PolicyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     kind: str
-    """Which policy to build: a key of `mamba_agent.policies.POLICY_CONFIGS`."""
+    """Which policy to build: a built-in kind (`mamba_agent.policies.POLICY_CONFIGS`) or a plugin's
+    name; a plugin's config keeps this field as it is (a str), and its value is the plugin's name."""
     vocab_size: int
     """Number of token ids; logits have this last dimension."""
 
 
 class Policy(nn.Module, ABC):
-    """A next-token model with a state that the runtime carries between calls."""
+    """A next-token model with a state that the runtime carries between calls.
+
+    A plugin policy subclasses this, defines the four abstract methods and sets `Config` to its
+    PolicyConfig subclass (the fields it is built from; `--set field=value` fills them). What it
+    must keep true (tests/test_policies.py checks each built-in one):
+      - It sees token ids only (never roles) and scores all `config.vocab_size` of them.
+      - `forward(tokens)` from an empty state, prefill into a state, and `step` agree: the logits
+        of a sequence fed in one call, in pieces, or token by token are the same (up to float
+        rounding), since training runs the first and decoding the others.
+      - Everything it learns is a parameter or buffer: a checkpoint is `state_dict()` in
+        safetensors plus `config.model_dump()` as JSON, and `Config(**that)` rebuilds it.
+      - A state of fixed size per row (`reset_row` empties one) lets the runtime start a new
+        episode in any free row; a state that rows share must raise in `reset_row`.
+    """
 
     config: PolicyConfig
+    Config: type[PolicyConfig]
+    """A plugin's config class (built-in kinds are listed in mamba_agent.policies instead)."""
     static_state = False
     """The state is a fixed set of tensors that `step` updates in place (not a growing cache):
     a CUDA graph may capture a step."""
@@ -72,3 +89,16 @@ class Policy(nn.Module, ABC):
     def num_parameters(self) -> int:
         """Number of distinct parameters (tied weights counted once)."""
         return sum(p.numel() for p in self.parameters())
+
+
+def state_tensors(state: Any) -> dict[str, Tensor] | None:
+    """A fixed-size state's tensors by name (a tensor, or a dataclass of tensors and None);
+    None for a state that also holds other values (a KV cache's length: it grows)."""
+    if isinstance(state, Tensor):
+        return {"state": state}
+    if not dataclasses.is_dataclass(state):
+        return None
+    values = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    if any(v is not None and not isinstance(v, Tensor) for v in values.values()):
+        return None
+    return {name: v for name, v in values.items() if v is not None}

@@ -1,4 +1,4 @@
-"""The lookup-table policy (shared/locality.md): predict the model token that followed this
+"""The lookup-table policy (docs/locality.md): predict the model token that followed this
 k-token context in the training trajectories.
 
 It is fitted by counting, not trained (`fit_lookup`). On a k-local task it generalises exactly

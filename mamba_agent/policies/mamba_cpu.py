@@ -150,10 +150,22 @@ class NumpyStepper(Stepper):
         return matmul(res, self.head, self.logits_out)
 
     def prefill(self, tokens: Tensor) -> Tensor:
+        self._unring()
+        return super().prefill(tokens)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        self._unring()
+        return super().state_dict()
+
+    def load_state_dict(self, saved: dict[str, Tensor]) -> None:
+        super().load_state_dict(saved)
+        self.slot = self.d_conv - 1  # saved in PyTorch's order
+
+    def _unring(self) -> None:
+        """The conv ring back in PyTorch's order, oldest input first."""
         W = self.d_conv
-        if self.slot != W - 1:  # the ring back in PyTorch's order: oldest input first
+        if self.slot != W - 1:
             order = [(self.slot + 1 + k) % W for k in range(W)]
             for conv in self.conv_states:
                 conv[...] = conv[..., order]
             self.slot = W - 1
-        return super().prefill(tokens)

@@ -1,34 +1,28 @@
 """Mamba's decode step for large batches: four Triton kernels a layer, each shaped for what it moves.
 
-The step is split where its shape changes, every kernel's program small enough that an SM holds
-16-32 warps of it (Triton 3.6; eval/kernel_resources.py counts them; the whole step in one
-kernel needed 255 registers a thread, spilled, and was 2.3x slower):
+The step is split where its shape changes, each program small enough that an SM holds 16-32 of
+its warps (eval/kernel_resources.py counts them; the whole step in one kernel needed 255
+registers a thread, spilled, and was 2.3x slower):
   1. `_out_norm`, over blocks of rows: the residual entering the layer (the embedding, or the
      residual plus out_proj(y) of the layer before) and its RMSNorm xn.
   2. `_in_conv`, over (rows, channels) like a GEMM tile: x, z = in_proj(xn), the causal conv step
      on the state's window, u = silu(conv x) and the gate silu(z).
   3. `_x_proj`, over blocks of rows: Δ (low rank), B and C of u, in one product.
   4. `_ssm`, one row and a block of channels a program: Δ = softplus(dt_proj),
-     h = exp(Δ A) h + Δ B u, y = (C h + D u) gate. It streams the SSM state, 4/5 of the bytes.
-`_head` takes the logits of the final norm and the greedy pick: 4 L + 2 launches a step. u, the
-gate and y go through memory in the state's dtype, xn in the weights'; no atomics, so the
-results do not depend on scheduling. Weights are prepared once (transposed, the norm gains
-folded in).
+     h = exp(Δ A) h + Δ B u, y = (C h + D u) gate. It streams the SSM state, most of the bytes.
+`_head` takes the logits and the greedy pick: 4 L + 2 launches a step, no atomics, so results do
+not depend on scheduling. u, the gate and y go through memory in the state's dtype (bf16 for an
+8-bit state), xn in the weights'. Weights are prepared once (transposed, norm gains folded in).
 
 Pairs (`greedy_pair`, `step_pair`): a row may read two tokens in one step where the second is
-forced (a prompt token, or the observation of the read that the first one is: the tensor rows'
-`pairs`); the model's choice after the first would be ignored, so it is never made, and the
-conv window and the SSM state are read and written once for both. Activations are token-major
-(row t B + b); `_out_norm` and `_x_proj` run over (row blocks, tokens), a block of second tokens
-that no row reads returning at once; `_in_conv` and `_ssm` take both tokens of their rows,
-loading the second's inputs before they know it is read (their latency then overlaps the first
-token's work). A 1,000-digit addition takes 26,032 steps instead of 38,048.
-
-The state may be fp32, bf16, or stored in 8 bits (a float8_e4m3fn SSM state and conv window,
-rounded once a step when stored; u, the gate and y stay bf16): 20 KiB a row instead of 80. `_ssm`
-then updates the state in fp16, two values an instruction (its 10 mantissa bits against the
-state's 3): 96 registers a thread instead of 154. Where the time goes on the H200, tile by tile
-and kernel by kernel: eval/README.md ("A split step" to "An fp16 SSM update").
+forced (a prompt token, or the observation of the read the first one is: the tensor rows'
+pairs); the model's ignored choice after the first is never made, and the conv window and the
+SSM state are read and written once for both.
+The state may be fp32, bf16 or stored in 8 bits (float8_e4m3fn, rounded once a step when
+stored): 20 KiB a row instead of 80. `_ssm` then updates it in fp16, two values an instruction
+(10 mantissa bits against the state's 3), which needs fewer registers, so more warps an SM. What
+each design choice measured, and what was tried and reverted: CHANGELOG.md (2026-11-29) and
+eval/README.md.
 """
 
 import math

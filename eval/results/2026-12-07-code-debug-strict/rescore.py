@@ -32,7 +32,8 @@ from mamba_agent.provenance import commit
 from mamba_agent.runtime import run_episodes
 from mamba_agent.sandboxes import get_sandbox
 from mamba_agent.tasks import get_task
-from mamba_agent.tasks.code_debug import ANSWER, Workspace, generate
+from mamba_agent.sandboxes.workspace import Workspace
+from mamba_agent.tasks.code_debug import ANSWER, generate
 from mamba_agent.tasks.code_debug_sim import CHECK_ARGV
 from mamba_agent.tools.files import FileEdit
 
@@ -127,7 +128,7 @@ def sandbox_run(files):
         with get_sandbox("bubblewrap", ws.path) as sandbox:
             return sandbox.run(CHECK_ARGV)
     finally:
-        ws.cleanup()
+        ws.close()
 
 
 def main(checkpoint: str, label: str, out: str, *plan: str) -> None:
