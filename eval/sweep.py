@@ -145,8 +145,12 @@ def evaluate(checkpoint: str, sizes: list[int], samples: int, out: str | Path, b
     bar = Bar(f"eval {label}" + (f" (rank {rank})" if world > 1 else ""), len(todo)) if progress and todo else None
     cases = {}  # episode -> (size, index, problem)
 
+    ready = []  # when the first batch of episodes was made: decoding starts there
+
     def episodes():  # made as rows free up
-        for (n, i), (p, expected) in zip(todo, prepared(task, todo, world)):
+        for k, ((n, i), (p, expected)) in enumerate(zip(todo, prepared(task, todo, world))):
+            if k == min(batch_size, len(todo)) - 1:
+                ready.append(time.monotonic())
             writer = None
             if traj_dir is not None and (trajectory_sample is None or i < trajectory_sample):
                 header = {"task": task.name, "input": p.input, "policy": meta["policy"]["kind"], "size": n,
@@ -190,9 +194,12 @@ def evaluate(checkpoint: str, sizes: list[int], samples: int, out: str | Path, b
     if bar:
         bar.close()
     if todo and progress:
-        seconds = time.monotonic() - start
-        stderr.print(f"eval {label}: {len(todo):,} episodes in {seconds:,.1f} s ({len(todo) / seconds:,.1f} a second; "
-                     f"rows {rows}, step {step}" + (f", {state_dtype} state" if state_dtype != "float32" else "") + ")")
+        end = time.monotonic()
+        how = f"rows {rows}, step {step}" + (f", {state_dtype} state" if state_dtype != "float32" else "")
+        decoding = end - (ready[0] if ready else start)
+        stderr.print(f"eval {label}: {len(todo):,} episodes in {end - start:,.1f} s ({len(todo) / (end - start):,.1f} a "
+                     f"second; {how}); decoding from the first batch's start {decoding:,.1f} s "
+                     f"({len(todo) / decoding:,.1f} a second)")
     if world > 1:
         torch.distributed.barrier()
         if rank == 0:

@@ -206,14 +206,15 @@ def test_tensor_forms():
 
 def solve_both(task_name: str, sizes, tmp_path, checkpoint: str):
     """The shipped model on the same problems with the tools in Python and as tensors (on the
-    CPU: the NumPy step, the kernel in Triton's interpreter): every episode ends the same, the
-    watched ones (a trajectory file each) write the same file."""
+    CPU: the NumPy step, the kernel in Triton's interpreter; on a GPU the steps the runtime picks,
+    compiled): every episode ends the same, the watched ones (a trajectory file each) write the
+    same file."""
     from mamba_agent.checkpoint import load_checkpoint
     from mamba_agent.runtime import run_episodes
     from mamba_agent.trajectory import TrajectoryWriter, read_trajectory
 
     task = get_task(task_name)
-    policy, _ = load_checkpoint(checkpoint)
+    policy, _ = load_checkpoint(checkpoint, device=DEVICE)
     rng = random.Random(7)
     problems = [task.random_problem(rng, n) for n in sizes]
     oracles = [task.oracle(p).model_tokens() for p in problems]
@@ -227,7 +228,7 @@ def solve_both(task_name: str, sizes, tmp_path, checkpoint: str):
     runs = {}
     for rows in ("python", "tensor"):
         runs[rows] = eps = episodes(rows)
-        run_episodes(policy, eps, batch_size=len(eps) - 1, rows=rows)  # a row is refilled
+        run_episodes(policy, eps, batch_size=len(eps) - 1, rows=rows, device=DEVICE)  # a row is refilled
         for p, ep in zip(problems, eps):
             ep.close(task.check(p, ep.answer))
     for a, b in zip(*runs.values()):
@@ -271,7 +272,7 @@ def test_shipped_model_solves_in_pairs_with_an_8bit_state():
             return logits.argmax(-1)
 
     task = get_task("addition")
-    policy, _ = load_checkpoint("builtin:addition-mamba")
+    policy, _ = load_checkpoint("builtin:addition-mamba", device=DEVICE)
     problems = [task.random_problem(random.Random(4), n) for n in (2, 9, 17)]
     episodes = [task.episode(p, expected=task.oracle_tokens(p)) for p in problems]
     with torch.no_grad():
@@ -294,10 +295,10 @@ def test_saved_on_one_row_form_resumes_on_the_other(task_name, checkpoint, size,
     from mamba_agent.trajectory import TrajectoryWriter
 
     task = get_task(task_name)
-    policy, meta = load_checkpoint(checkpoint)
+    policy, meta = load_checkpoint(checkpoint, device=DEVICE)
     problem = task.random_problem(random.Random(5), size)
     whole = task.episode(problem, writer=TrajectoryWriter(tmp_path / "whole.jsonl", {}))
-    run_episodes(policy, [whole], rows="python")
+    run_episodes(policy, [whole], rows="python", device=DEVICE)
     whole.close(task.check(problem, whole.answer))
     ep, saved, steps, at = task.episode(problem, writer=TrajectoryWriter(tmp_path / "pieces.jsonl", {})), None, [0], [0]
     for i, rows in enumerate(forms):
@@ -310,7 +311,7 @@ def test_saved_on_one_row_form_resumes_on_the_other(task_name, checkpoint, size,
                 return True
             return False
 
-        run_episodes(policy, [ep], on_progress=progress, progress_seconds=-1, resume=saved, rows=rows)
+        run_episodes(policy, [ep], on_progress=progress, progress_seconds=-1, resume=saved, rows=rows, device=DEVICE)
         if last:
             break
         ep.writer._file.close()
