@@ -132,7 +132,9 @@ def read_trajectory(path: str | Path) -> tuple[dict, Trajectory, dict | None]:
     """(header, trajectory, end) of the first trajectory in a JSONL file; `end` is None if the run
     never finished (a last line cut off mid-write, by a crash, is dropped like an unflushed one).
     Raises TrajectoryError naming the file, the line and the fix."""
-    for _, _, header, traj, end in read_trajectories(path):
+    trajectories = read_trajectories(path)
+    for _, _, header, traj, end in trajectories:
+        next(trajectories, None)  # what follows must be well-formed too (another trajectory, or nothing)
         return header, traj, end
     raise TrajectoryError(f"{path}: empty file; give a trajectory JSONL file (what solve writes)")
 
@@ -142,7 +144,7 @@ def read_trajectories(path: str | Path, offset: int = 0, line: int = 1) -> Itera
     number of its header, header, trajectory, end): a file may hold several, one after another
     (`cat` of the runtime's files). `end` is None for one that never finished. Raises
     TrajectoryError naming the file and line of anything that is not this format."""
-    header = None
+    header, ended = None, False
 
     def bad(number: int, why: str) -> TrajectoryError:
         return TrajectoryError(f"{path}: line {number}: {why}")
@@ -159,10 +161,11 @@ def read_trajectories(path: str | Path, offset: int = 0, line: int = 1) -> Itera
                 continue
             try:
                 obj = _decode(text.decode())
-            except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+            except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
                 if header is not None and not text.endswith(b"\n"):
                     break  # the last line, cut off mid-write: the run did not finish
-                raise bad(number, "not JSON; give a trajectory JSONL file (what solve writes)") from None
+                why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else "not JSON"
+                raise bad(number, f"{why}; give a trajectory JSONL file (what solve writes)") from None
             if not isinstance(obj, dict):
                 raise bad(number, "not a JSON object")
             if "format" in obj:
@@ -176,6 +179,8 @@ def read_trajectories(path: str | Path, offset: int = 0, line: int = 1) -> Itera
                 if header is not None:  # the next trajectory begins: this one never finished
                     yield start, start_line, header, traj, None
                 header, start, start_line, traj = obj, here, number, Trajectory()
+            elif header is None and number > line and ended:
+                raise bad(number, "a line after the end line")
             elif header is None:
                 raise TrajectoryError(f"{path}: line {number}: not a mamba-agent trajectory (no "
                                       f'"format": "{FORMAT}" header before it); give the JSONL file solve writes')
@@ -183,7 +188,7 @@ def read_trajectories(path: str | Path, offset: int = 0, line: int = 1) -> Itera
                 if not isinstance(obj["end"], dict):
                     raise bad(number, "the end line's value is not an object")
                 yield start, start_line, header, traj, obj["end"]
-                header = None
+                header, ended = None, True
             else:
                 role, tokens = obj.get("role"), obj.get("tokens")
                 if role not in ROLE_NAMES:

@@ -152,16 +152,16 @@ def damage(lines: list[dict], how: str) -> list[dict]:
 
 
 @pytest.mark.parametrize("how, said", [
-    ("format version", "2.jsonl:1: trajectory format version 2, this mamba-agent reads version 1"),
-    ("vocabulary", "2.jsonl:1: vocabulary version 0, this mamba-agent speaks 1"),
+    ("format version", "2.jsonl: trajectory version 2 (vocabulary 1); this mamba-agent reads version 1"),
+    ("vocabulary", "2.jsonl: trajectory version 1 (vocabulary 0); this mamba-agent reads version 1 (vocabulary 1)"),
     ("task version", "2.jsonl:1: recorded on version 2 of the addition trajectory, this addition is version 1"),
     ("other task", "2.jsonl:1: a trajectory of task 'hanoi', and this run trains 'addition': give one task's files"),
     ("unknown task", "0.jsonl:1: its task is not known here (unknown task 'subtraction'"),
     ("no end", "2.jsonl:1: the trajectory has no end line (its run did not finish)"),
     ("no model tokens", "2.jsonl:1: a trajectory with no model tokens (thought, command, output) to learn"),
-    ("token", "2.jsonl:1: token 1000 is not in the vocabulary (ids 0..279)"),
-    ("role", "2.jsonl:2: expected a role (input, thought, command, observation, output) and its tokens"),
-    ("results", "2.jsonl:1: not a mamba-agent trajectory (no 'mamba-agent-trajectory' header line before it)"),
+    ("token", "2.jsonl: line 2: tokens must be a list of token ids 0..279"),
+    ("role", "2.jsonl: line 2: role 'question' is none of input, thought, command, observation, output"),
+    ("results", '2.jsonl: line 1: not a mamba-agent trajectory (no "format": "mamba-agent-trajectory" header before it)'),
 ])
 def test_a_bad_trajectory_file_is_one_line_naming_it(tmp_path, capsys, how, said):
     record(tmp_path / "d", steps=1)
@@ -182,7 +182,7 @@ def test_missing_empty_truncated_and_misweighted_data(tmp_path, capsys):
     for argv, said in [
         (["--data", str(tmp_path / "nowhere")], "--data: " + str(tmp_path / "nowhere") + ": no such file or folder"),
         (["--data", str(tmp_path / "empty")], "a folder with no .jsonl files under it"),
-        (["--data", str(tmp_path / "d")], f"3.jsonl:{len(cut.read_text().splitlines())}: not a JSON line (a damaged or truncated file?)"),
+        (["--data", str(tmp_path / "d")], "3.jsonl:1: the trajectory has no end line (its run did not finish)"),
         (["--data-weight", "0.5"], "--data-weight: give the trajectory files too (--data PATH)"),
         (["--data", str(tmp_path / "empty"), "--data-weight", "2"], "--data-weight: the share of each batch read from --data, at most 1, got 2"),
     ]:
