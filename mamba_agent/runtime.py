@@ -26,6 +26,7 @@ trajectories to disk.
 """
 
 import itertools
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -254,6 +255,8 @@ def plan(policy, first: Episode | None, device, temperature: float, rows: str = 
     if rows == "tensor" and temperature:
         raise ChoiceError("tensor rows decode greedily: use temperature 0 or --rows python")
     static = getattr(policy, "static_state", False)  # rows reset in place, many steps in one graph
+    if rows == "tensor" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ChoiceError("tensor rows run on CUDA (elsewhere only in Triton's interpreter, for tests): use --rows python")
     if rows == "tensor" and not static:
         raise ChoiceError("tensor rows need a policy with a fixed-size state (mamba, lstm, gru): use --rows python")
     if rows == "auto":

@@ -29,19 +29,27 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from mamba_agent.episode import TIME_LIMIT, Episode
+from mamba_agent.episode import DIVERGED, FINISHED, FORMAT_ERRORS, TIME_LIMIT, TOKEN_LIMIT, Episode
 from mamba_agent.steppers import Stepper, graphed
-from mamba_agent.tensor_rows_kernel import (
-    AFTER_ANS, ANS_AT, ARG_LEN, ARG_NL, ARG_OPEN, DIVERGED_AT, EXIT, EXIT_CODES, EXIT_NAMES, EXPECTED_LEN, FED,
-    FLAG_FIELDS, IDLE, INT_FIELDS, LOG_SLOT, MAX_FORMAT_ERRORS, MAX_TOKENS, N_FORCED, N_FORMAT_ERRORS, N_MODEL,
-    N_TOKENS, OBS_LEN, OBS_POS, POINTER, PROMPT_LEN, SEARCH, STOP_AT_DIVERGENCE, TAPE_LEN,
-)
 from mamba_agent.tools.pointer import PointerMemory
 from mamba_agent.tools.search import SearchMemory
 from mamba_agent.vocab import ANS, BOS, PAD, VOCAB_SIZE, pointer_command
 
+# The per-row state: `ints` (int32) and `flags` (int8), one row of each per field, in this order
+# (the kernel takes each field as its own pointer, named `<field>_ptr`).
+INT_FIELDS = ("prompt_len", "tape_len", "fed", "n_forced", "n_tokens", "n_model", "format_errors", "ans_at",
+              "diverged_at", "expected_len", "max_tokens", "max_format_errors", "obs_len", "obs_pos", "arg_len",
+              "log_slot")
+(PROMPT_LEN, TAPE_LEN, FED, N_FORCED, N_TOKENS, N_MODEL, N_FORMAT_ERRORS, ANS_AT, DIVERGED_AT, EXPECTED_LEN,
+ MAX_TOKENS, MAX_FORMAT_ERRORS, OBS_LEN, OBS_POS, ARG_LEN, LOG_SLOT) = range(len(INT_FIELDS))
+FLAG_FIELDS = ("exit", "after_ans", "stop_at_divergence", "arg_open", "arg_nl")
+EXIT, AFTER_ANS, STOP_AT_DIVERGENCE, ARG_OPEN, ARG_NL = range(len(FLAG_FIELDS))
+# Exit codes (flags[EXIT]): 0 while live; the host sets TIME_LIMIT's; IDLE marks a row with no episode.
+EXIT_CODES = {FINISHED: 1, TOKEN_LIMIT: 2, FORMAT_ERRORS: 3, DIVERGED: 4, TIME_LIMIT: 5}
+EXIT_NAMES = {code: name for name, code in EXIT_CODES.items()}
+IDLE = 6
+POINTER, SEARCH = 0, 1
 NEWLINE = 10
-
 ROOM = 1.25  # buffers are made this much longer than the longest episode so far: a longer one later still fits
 
 
@@ -79,6 +87,9 @@ class TensorRows:
         self.waiting: deque[Episode] = deque()
         self.on_done, self.steps_per_sync = on_done, steps_per_sync
         self.rows: list[Episode | None] = [None] * self.B
+        # Per row, for the host's checks between runs of steps (in NumPy: 32,768 rows each sync).
+        self.occupied = np.zeros(self.B, bool)
+        self.started, self.max_seconds = np.zeros(self.B), np.full(self.B, np.inf)
         self.replayed = [0] * self.B
         self.slots = list(range(min(watch_slots, self.B)))  # free rows of the log
         self.slot_of: dict[int, int] = {}  # watched row -> its log row
@@ -138,20 +149,17 @@ class TensorRows:
         if self.resume is not None:
             self._restore(self.resume)
             self.resume = None
-        occupied = [r for r, ep in enumerate(self.rows) if ep is not None]
-        if occupied:
-            exits = self.flags[EXIT].tolist()  # waits for the steps
-            now = time.monotonic()
-            for r in occupied:
-                ep = self.rows[r]
-                if exits[r] == 0 and now - ep.started > ep.limits.max_seconds:
-                    self.flags[EXIT, r] = exits[r] = EXIT_CODES[TIME_LIMIT]
-            self._replay([r for r in occupied if r in self.slot_of], exits)
-            self._retire([r for r in occupied if exits[r] != 0])
+        if self.occupied.any():
+            exits = self.flags[EXIT].cpu().numpy()  # waits for the steps
+            over = np.flatnonzero(self.occupied & (exits == 0) & (time.monotonic() - self.started > self.max_seconds))
+            if len(over):
+                self.flags[EXIT, torch.from_numpy(over).to(self.device)] = exits[over] = EXIT_CODES[TIME_LIMIT]
+            self._replay(list(self.slot_of), exits)
+            self._retire(np.flatnonzero(self.occupied & (exits != 0)).tolist())
         self._take()
-        return any(ep is not None for ep in self.rows)
+        return bool(self.occupied.any())
 
-    def _replay(self, rows: list[int], exits: list[int]) -> None:
+    def _replay(self, rows: list[int], exits: np.ndarray) -> None:
         """Watched rows: their new model tokens through their episodes (trajectory, tool calls)."""
         if not rows:
             return
@@ -188,7 +196,7 @@ class TensorRows:
                 ep.format_errors = int(ints[N_FORMAT_ERRORS, i])
                 ep.diverged_at = int(ints[DIVERGED_AT, i]) if ints[DIVERGED_AT, i] >= 0 else None
             ep.n_fed = int(ints[N_FORCED, i])
-            self.rows[r] = None
+            self.rows[r], self.occupied[r] = None, False
             if self.on_done is not None:
                 self.on_done(ep)
 
@@ -199,7 +207,7 @@ class TensorRows:
         """New episodes into free rows, in order, as far as they fit the buffers and the log; the
         first that does not waits, with those after it, and when every row is free the buffers
         are made again to fit them."""
-        free = [r for r, ep in enumerate(self.rows) if ep is None]
+        free = np.flatnonzero(~self.occupied).tolist()
         batch = []
         while len(batch) < len(free) and (ep := self.waiting.popleft() if self.waiting else next(self.pending, None)):
             if ep.done:  # over a limit before its first token
@@ -256,6 +264,7 @@ class TensorRows:
         self.stepper.reset_rows(idx)
         for r, ep in taken:
             self.rows[r], self.replayed[r], ep.n_fed = ep, 0, 1
+            self.occupied[r], self.started[r], self.max_seconds[r] = True, ep.started, ep.limits.max_seconds
 
     def save(self):
         """The run between a step and the next sync, as runtime.SavedLoop (either row form resumes
@@ -264,10 +273,10 @@ class TensorRows:
         prompt or observation still owes), its sampled token none (its queue is never empty)."""
         from mamba_agent.runtime import SavedLoop
 
-        occupied = [r for r, ep in enumerate(self.rows) if ep is not None]
+        occupied = np.flatnonzero(self.occupied).tolist()
         if any(r not in self.slot_of for r in occupied):
             raise NotImplementedError("tensor rows save only watched episodes (with a trajectory file)")
-        self._replay(occupied, self.flags[EXIT].tolist())
+        self._replay(occupied, self.flags[EXIT].cpu().numpy())
         ints = self.ints.cpu().numpy()
         feed, n_feed = self.feed.cpu().tolist(), self.n_feed.tolist()
         queues = [[] for _ in range(self.B)]

@@ -2,7 +2,9 @@
 
 A lane per row for pointer memory (BLOCK rows a program); a program per row for search memory,
 whose `[FIND]` scans the row's whole memory in blocks of SCAN tokens. The state is
-tensor_rows.py's (per-row counters in `ints`, flags in `flags`, the token buffers); the rules are
+tensor_rows.py's (per-row counters in `ints`, flags in `flags`, the token buffers; its
+INT_FIELDS and FLAG_FIELDS are the order of this kernel's `<field>_ptr` arguments, its EXIT_CODES
+the exit codes written here); the rules are
 Episode's, tested against it token by token (tests/test_tensor_rows.py, in Triton's interpreter
 without a GPU). What a row reads next is, in order: its prompt, the observation it is owed, else
 the model's token, which is carried out now.
@@ -11,23 +13,8 @@ the model's token, which is carried out now.
 import triton
 import triton.language as tl
 
-from mamba_agent.episode import DIVERGED, FINISHED, FORMAT_ERRORS, TIME_LIMIT, TOKEN_LIMIT
+from mamba_agent.tensor_rows import SEARCH
 from mamba_agent.vocab import ANS, EDGE, END, EOS, ERR, FIND, OBS_END, PAD
-
-# The per-row state: `ints` (int32) and `flags` (int8), one row of each per field, in this order
-# (the kernel takes each field as its own pointer, named `<field>_ptr`).
-INT_FIELDS = ("prompt_len", "tape_len", "fed", "n_forced", "n_tokens", "n_model", "format_errors", "ans_at",
-              "diverged_at", "expected_len", "max_tokens", "max_format_errors", "obs_len", "obs_pos", "arg_len",
-              "log_slot")
-(PROMPT_LEN, TAPE_LEN, FED, N_FORCED, N_TOKENS, N_MODEL, N_FORMAT_ERRORS, ANS_AT, DIVERGED_AT, EXPECTED_LEN,
- MAX_TOKENS, MAX_FORMAT_ERRORS, OBS_LEN, OBS_POS, ARG_LEN, LOG_SLOT) = range(len(INT_FIELDS))
-FLAG_FIELDS = ("exit", "after_ans", "stop_at_divergence", "arg_open", "arg_nl")
-EXIT, AFTER_ANS, STOP_AT_DIVERGENCE, ARG_OPEN, ARG_NL = range(len(FLAG_FIELDS))
-# Exit codes (flags[EXIT]): 0 while live; the host sets TIME_LIMIT's; IDLE marks a row with no episode.
-EXIT_CODES = {FINISHED: 1, TOKEN_LIMIT: 2, FORMAT_ERRORS: 3, DIVERGED: 4, TIME_LIMIT: 5}
-EXIT_NAMES = {code: name for name, code in EXIT_CODES.items()}
-IDLE = 6
-POINTER, SEARCH = 0, 1
 
 
 @triton.jit

@@ -236,3 +236,34 @@ def test_an_episode_that_cannot_finish_still_ends_its_trajectory(tmp_path):
             assert end is not None and end["exit"] == reason and end["correct"] is None
         assert ERROR != reason or "engine is gone" in end["error"]
         assert episodes[0].close(True)["exit"] == reason  # closing again changes nothing
+
+
+def test_the_runtime_needs_no_triton_on_the_cpu():
+    """A CPU install has no Triton (only the test extra brings it): the runtime, with tensor
+    rows refused there and the tools in Python by default, runs without it."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["triton"] = None  # `import triton` raises ImportError
+import os
+os.environ.pop("TRITON_INTERPRET", None)
+from mamba_agent.checkpoint import load_checkpoint
+from mamba_agent.runtime import plan, run_episodes
+from mamba_agent.steppers import ChoiceError
+from mamba_agent.tasks import get_task
+task = get_task("addition")
+policy, _ = load_checkpoint("builtin:addition-mamba")
+episode = task.episode(task.problem({"a": "12", "b": "34"}))
+assert plan(policy, episode, "cpu", 0.0) == ("python", "numpy")
+try:
+    plan(policy, episode, "cpu", 0.0, rows="tensor")
+    raise SystemExit("tensor rows were not refused")
+except ChoiceError as e:
+    assert "CUDA" in str(e)
+run_episodes(policy, [episode])
+assert episode.answer == "46", episode.answer
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -16,8 +16,8 @@ pytest.importorskip("triton")
 
 from mamba_agent.episode import Episode, Limits  # noqa: E402
 from mamba_agent.tasks import get_task  # noqa: E402
-from mamba_agent.tensor_rows import TensorRows, tensor_form  # noqa: E402
-from mamba_agent.tensor_rows_kernel import FLAG_FIELDS, INT_FIELDS, _advance, advance  # noqa: E402
+from mamba_agent.tensor_rows import FLAG_FIELDS, INT_FIELDS, TensorRows, tensor_form  # noqa: E402
+from mamba_agent.tensor_rows_kernel import _advance, advance  # noqa: E402
 from mamba_agent.tools.pointer import PointerMemory  # noqa: E402
 from mamba_agent.tools.search import SearchMemory  # noqa: E402
 from mamba_agent.vocab import ANS, END, EOS, FIND, PAD, SPECIAL, encode, pointer_command  # noqa: E402
