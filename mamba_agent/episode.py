@@ -110,7 +110,8 @@ class Episode:
                     return []
         self.n_model_tokens += 1
         obs = self._carry_out(token)
-        self._record_run(obs, OBSERVATION)
+        if obs:
+            self._record_run(obs, OBSERVATION)
         if self.exit is None:
             if self.n_tokens >= self.max_tokens:
                 self.exit = TOKEN_LIMIT

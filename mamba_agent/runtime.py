@@ -76,9 +76,11 @@ class EpisodeRows:
         self.blocking = False  # has any episode a blocking tool? (else skip looking for its calls)
         self.pool = None  # threads for blocking tool calls, made when first needed
         self.feed = torch.zeros(B, dtype=torch.long, device=stepper.device)
+        self.feed_host = self.feed.numpy() if stepper.device.type == "cpu" else None  # views, made once
         self._read = self._read_eager
         if stepper.device.type == "cuda" and stepper.static:  # one graph a step: the copies in and out too
             self.host_in = torch.zeros(B, dtype=torch.long).pin_memory()
+            self.host_in_view = self.host_in.numpy()
             self.host_out = torch.zeros(B, dtype=torch.long).pin_memory()
             greedy = sampler.temperature == 0
 
@@ -182,8 +184,8 @@ class EpisodeRows:
             self.sampled = self._read(self.tokens)
 
     def _read_eager(self, tokens: list[int]) -> list[int]:
-        if self.stepper.device.type == "cpu":
-            self.feed.numpy()[:] = tokens
+        if self.feed_host is not None:
+            self.feed_host[:] = tokens
         else:
             self.feed.copy_(torch.tensor(tokens))
         if self.sampler.temperature == 0:
@@ -191,7 +193,7 @@ class EpisodeRows:
         return self.sampler(self.stepper.logits(self.feed))
 
     def _read_graph(self, tokens: list[int]) -> list[int]:
-        self.host_in.numpy()[:] = tokens
+        self.host_in_view[:] = tokens
         self.replay()
         torch.cuda.current_stream(self.stepper.device).synchronize()
         return self.host_out.tolist() if self.logits is None else self.sampler(self.logits)

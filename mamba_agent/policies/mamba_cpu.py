@@ -103,7 +103,7 @@ class NumpyStepper(Stepper):
 
     def greedy(self, feed: Tensor, n_feed: Tensor | None = None) -> Tensor:
         # The final norm scales each row's logits by a positive number: the argmax is the same without it.
-        np.argmax(self._unnormed_logits(feed), -1, self.ids_out)
+        self._unnormed_logits(feed).argmax(-1, out=self.ids_out)
         return self.ids
 
     def _unnormed_logits(self, feed: Tensor) -> np.ndarray:
@@ -117,7 +117,7 @@ class NumpyStepper(Stepper):
         slot = self.slot = (self.slot + 1) % self.d_conv  # over the oldest input
         if feed is not self.feed:
             self.feed, self.feed_in = feed, feed.numpy()
-        np.take(self.embedding, self.feed_in, 0, res)
+        self.embedding.take(self.feed_in, 0, res)  # methods, not np.take and np.argmax: no dispatch
         for in_w, conv_w, conv_b, x_w, dt_w, A, D, out_w, conv, conv_slots, h in self.layers:
             matmul(res, in_w, xz)
             div(xz, self._norm_scale(res), xz)  # [x | z / 2] = in_proj(norm(res))
