@@ -7,7 +7,8 @@ state, N = d_state; shapes use B for batch, L for time, W = d_conv.
 
 Kernels are chosen per call: only CUDA tensors use them, through one cached, guarded import
 (`_kernels`); MAMBA_AGENT_NO_KERNELS=1 forces the PyTorch path (read once, at the first CUDA
-call). For bf16, keep the weights in fp32 and use autocast: A_log and D are used in fp32 (the
+call). Everywhere else the scan and the conv before it run fused on the CPU, or as chunked
+PyTorch ops (mamba_scan.py). For bf16, keep the weights in fp32 and use autocast: A_log and D are used in fp32 (the
 kernels require it) and the residual stream stays fp32.
 """
 
@@ -26,7 +27,7 @@ from pydantic import PositiveInt, model_validator
 from torch import Tensor, nn
 
 from mamba_agent.policies.base import CUDAGraphDecoder, Decoder, Policy, PolicyConfig
-from mamba_agent.policies.mamba_scan import fast_selective_scan
+from mamba_agent.policies.mamba_scan import causal_conv_silu, fast_selective_scan
 
 log = logging.getLogger(__name__)
 
@@ -186,30 +187,23 @@ class MambaMixer(nn.Module):
         """`forward` without mamba-ssm, time-major throughout: (B, L, channels), as the
         projections make and take them."""
         x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, L, d_inner) each
-        x = F.silu(self._conv_time_major(x, conv_state))  # (B, L, d_inner)
+        x = self._conv_silu(x, conv_state)  # (B, L, d_inner)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, L, R|N|N)
-        delta = F.softplus(F.linear(dt, self.dt_proj.weight).float() + self.dt_proj.bias.float())  # Δ (B, L, d_inner)
+        dt = F.linear(dt, self.dt_proj.weight)  # (B, L, d_inner): Δ = softplus(dt + bias), in the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
-        y, h = fast_selective_scan(x, delta, A, B, C, self.D.float(), z, ssm_state)  # (B, L, d_inner)
+        y, h = fast_selective_scan(x, dt, self.dt_proj.bias, A, B, C, self.D, z, ssm_state)  # (B, L, d_inner)
         if ssm_state is not None:
             ssm_state.copy_(h.detach())
         return self.out_proj(y)  # (B, L, d_model)
 
-    def _conv_time_major(self, x: Tensor, conv_state: Tensor | None) -> Tensor:
-        """`_conv` on x (B, L, d_inner) -> (B, L, d_inner): W shifted multiply-adds, which cost
-        less than conv1d's backward on the CPU (57 ms a layer at batch 32 x 237)."""
+    def _conv_silu(self, x: Tensor, conv_state: Tensor | None) -> Tensor:
+        """silu(`_conv`) on x (B, L, d_inner) -> (B, L, d_inner), updating conv_state likewise."""
         W = self.conv1d.kernel_size[0]
-        if conv_state is None:
-            history = x.new_zeros(x.shape[0], W - 1, x.shape[2])  # (B, W-1, d_inner)
-        else:
-            history = conv_state[..., 1:].transpose(1, 2).to(x.dtype)  # (B, W-1, d_inner)
-        x = torch.cat([history, x], dim=1)  # (B, W-1+L, d_inner)
+        history = None if conv_state is None else conv_state[..., 1:].transpose(1, 2)  # (B, W-1, d_inner)
+        out = causal_conv_silu(x, history, self.conv1d.weight[:, 0], self.conv1d.bias)
         if conv_state is not None:
-            conv_state.copy_(x[:, -W:].detach().transpose(1, 2))
-        L, weight = x.shape[1] - (W - 1), self.conv1d.weight[:, 0]  # (d_inner, W)
-        out = torch.addcmul(self.conv1d.bias, x[:, :L], weight[:, 0])
-        for k in range(1, W):
-            out = torch.addcmul(out, x[:, k : k + L], weight[:, k])
+            window = torch.cat([history.to(x.dtype), x[:, -W:]], dim=1)[:, -W:]  # (B, W, d_inner): the last W inputs
+            conv_state.copy_(window.detach().transpose(1, 2))
         return out
 
     def _from_initial_state(self, h0: Tensor, dt: Tensor, A: Tensor, C: Tensor, z: Tensor) -> Tensor:

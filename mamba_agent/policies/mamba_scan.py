@@ -1,18 +1,24 @@
-"""The selective scan of Mamba-1 in PyTorch: the sequential reference and a chunked scan for
-training and prefill on the CPU (and on CUDA without mamba-ssm's kernels).
+"""Mamba-1's selective scan without mamba-ssm: the sequential reference, a fused CPU kernel, and a
+chunked PyTorch scan; `fast_selective_scan` picks the fused kernel for CPU tensors where it
+builds, else the chunked scan. The CUDA kernels stay in mamba.py.
 
-h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t;  y_t = C_t h_t + D u_t;  out_t = y_t * silu(z_t).
+Δ_t = softplus(dt_t + dt_bias);  h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t;  y_t = C_t h_t + D u_t;
+out_t = y_t * silu(z_t). Shapes are time-major, as the projections make them: (B, L, channels).
 
-`selective_scan` is the recurrence one time step at a time: the reference. `chunked_selective_scan`
-computes the same numbers with no loop over time steps and without holding the (B, L, d_inner,
-N) factors at once: rows and time are cut into blocks of at most `block_elements` state values;
-inside a block the time axis is folded into K chunks of T steps (T ~ sqrt(length)), the
-recurrence runs over the T positions of all K chunks at once, then over the K chunks, and each
-chunk adds its carried-in state times the running product of its decays. Every factor is a
-product of decays exp(Δ A) <= 1 (Δ >= 0, A < 0): nothing overflows, and an underflow to 0 is
-the true value to within 1e-38. The backward (a custom autograd Function) keeps only each
-block's starting state and recomputes the block, running the same recurrence backwards in time
-for the adjoint λ_t = dL/dh_t: λ_t = C_t dy_t + exp(Δ_{t+1} A) λ_{t+1}.
+- `selective_scan`: the recurrence one time step at a time, the reference the others are tested
+  against. Its backward holds every step's (B, d_inner, N) state: gigabytes at batch 32.
+- `cpu_selective_scan`: scan_cpu.c, built once with the machine's C compiler (`cpu_kernel`).
+  Each thread takes rows; each (row, 16 channels) keeps its N x 16 state in registers and reads
+  its inputs once. The forward keeps the state every 32 steps; the backward recomputes the 32
+  steps in between and runs the adjoint λ_t = dL/dh_t = C_t dy_t + exp(Δ_{t+1} A) λ_{t+1} back.
+  `causal_conv_silu` fuses the convolution before it the same way.
+- `chunked_selective_scan`: PyTorch ops with no loop over time steps and no (B, L, d_inner, N)
+  tensor: rows and time are cut into blocks of at most `block_elements` state values; inside a
+  block the time axis is folded into K chunks of T ~ sqrt(length) steps, the recurrence runs over
+  the T positions of all K chunks at once, then over the K chunks, and each chunk adds its
+  carried-in state times the running product of its decays. Every factor is a product of decays
+  exp(Δ A) <= 1 (Δ >= 0, A < 0): nothing overflows, and an underflow to 0 is the true value to
+  within 1e-38. Its backward keeps each block's starting state and recomputes the block.
 """
 
 import ctypes
@@ -35,14 +41,15 @@ log = logging.getLogger(__name__)
 
 
 def selective_scan(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, h0: Tensor | None = None
+    u: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor,
+    h0: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """The selective SSM as a sequential recurrence over time: the reference.
 
-    u, delta, z (B, L, d_inner); A (d_inner, N); B, C (B, L, N); D (d_inner,); h0 (B, d_inner, N)
-    or None for zeros. Returns out (B, L, d_inner) and h_L (B, d_inner, N), both fp32.
+    u, dt, z (B, L, d_inner); dt_bias, D (d_inner,); A (d_inner, N); B, C (B, L, N); h0 (B, d_inner,
+    N) or None for zeros. Returns out (B, L, d_inner) and h_L (B, d_inner, N), both fp32.
     """
-    u, delta = u.float(), delta.float()
+    u, delta = u.float(), F.softplus(dt.float() + dt_bias.float())  # Δ
     # Time first, split with unbind: its backward stacks the L gradients once, where indexing
     # [t] would allocate and add a full (L, ...) gradient for every t.
     deltaA = torch.exp(delta.transpose(0, 1)[..., None] * A)  # (L, B, d_inner, N)
@@ -59,12 +66,13 @@ def selective_scan(
 
 
 def chunked_selective_scan(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, h0: Tensor | None = None,
-    block_elements: int = 2**22,
+    u: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor,
+    h0: Tensor | None = None, block_elements: int = 2**22,
 ) -> tuple[Tensor, Tensor]:
     """`selective_scan`'s arguments and results, computed in blocks of at most `block_elements`
     state values (rows x steps x d_inner x N; one row's steps are split if they exceed it)."""
-    u, delta, B, C = (x.float() for x in (u, delta, B, C))
+    u, B, C = (x.float() for x in (u, B, C))
+    delta = F.softplus(dt.float() + dt_bias.float())  # Δ (B, L, d_inner)
     y, h = _ChunkedScan.apply(u, delta, A.float(), B, C, h0, block_elements)  # (B, L, d_inner), (B, d_inner, N)
     return torch.addcmul(y, u, D.float()) * F.silu(z.float()), h  # (C h + D u) silu(z)
 
@@ -219,21 +227,22 @@ def _chunk_length(L: int) -> int:
 
 
 def fast_selective_scan(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, h0: Tensor | None = None
+    u: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor,
+    h0: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """`selective_scan`, fast: the fused kernel for CPU tensors where it builds, else the chunked
     PyTorch scan."""
     scan = cpu_selective_scan if not u.is_cuda and cpu_kernel() is not None else chunked_selective_scan
-    return scan(u, delta, A, B, C, D, z, h0)
+    return scan(u, dt, dt_bias, A, B, C, D, z, h0)
 
 
 def cpu_selective_scan(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, h0: Tensor | None = None
+    u: Tensor, dt: Tensor, dt_bias: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor,
+    h0: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """`selective_scan` on CPU tensors through the fused kernel of scan_cpu.c (see `cpu_kernel`)."""
-    u, delta, B, C = (x.float().contiguous() for x in (u, delta, B, C))
-    y, h = _CPUScan.apply(u, delta, A.float(), B, C, h0)  # (B, L, d_inner), (B, d_inner, N)
-    return torch.addcmul(y, u, D.float()) * F.silu(z.float()), h  # (C h + D u) silu(z)
+    u, dt, B, C, z = (x.float().contiguous() for x in (u, dt, B, C, z))
+    return _CPUScan.apply(u, dt, dt_bias.float(), A.float(), B, C, D.float(), z, h0)
 
 
 _SEGMENT = 32
@@ -268,9 +277,12 @@ def cpu_kernel() -> ctypes.CDLL | None:
         log.warning("the fused CPU scan is unavailable (%s); Mamba trains with the chunked PyTorch scan", detail)
         return None
     long, ptr = ctypes.c_long, ctypes.c_void_p
-    kernel.scan_forward.argtypes = [long] * 8 + [ptr] * 8
-    kernel.scan_backward.argtypes = [long] * 6 + [ptr] * 13
-    kernel.scan_forward.restype = kernel.scan_backward.restype = None
+    kernel.scan_forward.argtypes = [long] * 8 + [ptr] * 11
+    kernel.scan_backward.argtypes = [long] * 6 + [ptr] * 19
+    kernel.conv_forward.argtypes = [long] * 5 + [ptr] * 6
+    kernel.conv_backward.argtypes = [long] * 5 + [ptr] * 8
+    for fn in (kernel.scan_forward, kernel.scan_backward, kernel.conv_forward, kernel.conv_backward):
+        fn.restype = None
     return kernel
 
 
@@ -298,11 +310,11 @@ def _ptr(t: Tensor | None) -> ctypes.c_void_p:
 
 
 class _CPUScan(torch.autograd.Function):
-    """y = C h (B, L, d_inner) and h_L from contiguous fp32 u, Δ (B, L, d_inner), A (d_inner, N),
-    B, C (B, L, N), h0 (B, d_inner, N) or None."""
+    """out = (C h + D u) silu(z) (B, L, d_inner) and h_L (B, d_inner, N) from contiguous fp32 u,
+    dt, z (B, L, d_inner), dt_bias, D (d_inner,), A (d_inner, N), B, C (B, L, N), h0 or None."""
 
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, h0):
+    def forward(ctx, u, dt, dt_bias, A, B, C, D, z, h0):
         kernel, threads = cpu_kernel(), torch.get_num_threads()
         rows, L, d = u.shape
         N = A.shape[1]
@@ -312,30 +324,78 @@ class _CPUScan(torch.autograd.Function):
         keep = torch.is_grad_enabled() or any(ctx.needs_input_grad)
         starts = u.new_empty(rows, -(-L // _SEGMENT), d, N) if keep else None
         dims = (L, d, N, _SEGMENT)
-        pointers = [_ptr(x) for x in (u, delta, AT, B, C, h, y, starts)]
+        pointers = [_ptr(x) for x in (u, dt, dt_bias, AT, B, C, D, z, h, y, starts)]
         if rows >= threads:  # rows apart; or, for a few rows, groups of 16 channels apart
             parts = [(r0, r1, 0, d) for r0, r1 in _parts(rows, threads)]
         else:
             parts = [(0, rows, 16 * c0, min(d, 16 * c1)) for c0, c1 in _parts(-(-d // 16), threads)]
         _in_threads([functools.partial(kernel.scan_forward, *p, *dims, *pointers) for p in parts])
-        ctx.save_for_backward(u, delta, AT, B, C, starts)
+        ctx.save_for_backward(u, dt, dt_bias, AT, B, C, D, z, starts)
         ctx.has_h0 = h0 is not None
         return y, h
 
     @staticmethod
     def backward(ctx, dy, dh_last):
-        u, delta, AT, B, C, starts = ctx.saved_tensors
+        u, dt, dt_bias, AT, B, C, D, z, starts = ctx.saved_tensors
         kernel = cpu_kernel()
         rows, L, d = u.shape
         N = AT.shape[0]
         dy, lam = dy.float().contiguous(), dh_last.float().clone()  # lam: dL/dh_L in, dL/dh0 out
-        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        du, ddt, dz = torch.empty_like(u), torch.empty_like(dt), torch.empty_like(z)
         dB, dC = torch.zeros_like(B), torch.zeros_like(C)
         parts = _parts(rows, min(rows, torch.get_num_threads()))  # rows apart: dB, dC sum over channels
-        dATs = u.new_zeros(len(parts), N, d)  # one accumulator a thread
-        pointers = [_ptr(x) for x in (u, delta, AT, B, C, starts, dy, lam, du, ddelta)]
+        dAT, dD, ddt_bias = u.new_zeros(len(parts), N, d), u.new_zeros(len(parts), d), u.new_zeros(len(parts), d)
+        pointers = [_ptr(x) for x in (u, dt, dt_bias, AT, B, C, D, z, starts, dy, lam, du, ddt, dz)]
         _in_threads([
-            functools.partial(kernel.scan_backward, r0, r1, L, d, N, _SEGMENT, *pointers, _ptr(dATs[i]), _ptr(dB), _ptr(dC))
-            for i, (r0, r1) in enumerate(parts)
+            functools.partial(kernel.scan_backward, r0, r1, L, d, N, _SEGMENT, *pointers, _ptr(dAT[i]), _ptr(dB), _ptr(dC),
+                              _ptr(dD[i]), _ptr(ddt_bias[i]))
+            for i, (r0, r1) in enumerate(parts)  # one accumulator a thread for the sums over rows
         ])
-        return du, ddelta, dATs.sum(0).t(), dB, dC, lam if ctx.has_h0 else None
+        return du, ddt, ddt_bias.sum(0), dAT.sum(0).t(), dB, dC, dD.sum(0), dz, lam if ctx.has_h0 else None
+
+
+def causal_conv_silu(x: Tensor, history: Tensor | None, weight: Tensor, bias: Tensor) -> Tensor:
+    """silu(causal depthwise conv): x (B, L, d_inner) after history (B, W-1, d_inner) or zeros,
+    weight (d_inner, W), oldest input first -> (B, L, d_inner); fused on the CPU where the kernel
+    builds, else W shifted multiply-adds."""
+    if not x.is_cuda and cpu_kernel() is not None:
+        x, weight, bias = x.float().contiguous(), weight.float(), bias.float()
+        return _CPUConvSilu.apply(x, None if history is None else history.float().contiguous(), weight, bias)
+    W, L = weight.shape[1], x.shape[1]
+    if history is None:
+        history = x.new_zeros(x.shape[0], W - 1, x.shape[2])
+    x = torch.cat([history.to(x.dtype), x], dim=1)  # (B, W-1+L, d_inner)
+    out = torch.addcmul(bias, x[:, :L], weight[:, 0])
+    for k in range(1, W):
+        out = torch.addcmul(out, x[:, k : k + L], weight[:, k])
+    return F.silu(out)
+
+
+class _CPUConvSilu(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, history, weight, bias):
+        kernel = cpu_kernel()
+        rows, L, d = x.shape
+        W = weight.shape[1]
+        wT = weight.t().contiguous()  # (W, d_inner)
+        out = torch.empty_like(x)
+        pre = torch.empty_like(x) if torch.is_grad_enabled() or any(ctx.needs_input_grad) else None
+        pointers = [_ptr(t) for t in (x, history, wT, bias, pre, out)]
+        _in_threads([functools.partial(kernel.conv_forward, r0, r1, L, d, W, *pointers)
+                     for r0, r1 in _parts(rows, min(rows, torch.get_num_threads()))])
+        ctx.save_for_backward(x, history, wT, pre)
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, history, wT, pre = ctx.saved_tensors
+        kernel = cpu_kernel()
+        rows, L, d = x.shape
+        W = wT.shape[0]
+        dout, dx = dout.float().contiguous(), torch.zeros_like(x)
+        parts = _parts(rows, min(rows, torch.get_num_threads()))
+        dwT, dbias = x.new_zeros(len(parts), W, d), x.new_zeros(len(parts), d)  # one accumulator a thread
+        pointers = [_ptr(t) for t in (x, history, wT, pre, dout, dx)]
+        _in_threads([functools.partial(kernel.conv_backward, r0, r1, L, d, W, *pointers, _ptr(dwT[i]), _ptr(dbias[i]))
+                     for i, (r0, r1) in enumerate(parts)])
+        return dx, None, dwT.sum(0).t(), dbias.sum(0)
