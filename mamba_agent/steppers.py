@@ -46,9 +46,8 @@ class Stepper:
 
     prefill_row_tokens = 8192
     """Row-tokens per forward call of a prefill: a long prompt goes through in chunks that
-    continue each other's state exactly, so memory stays bounded (the PyTorch Mamba scan holds
-    two fp32 (rows, tokens, d_inner, N) factors: 256 MiB here at the shipped size; 30 prompts of
-    20,000 tokens at once took 24 GB and were killed)."""
+    continue each other's state exactly, so memory stays bounded (activations grow with the
+    row-tokens of a call; 30 prompts of 20,000 tokens at once took 24 GB and were killed)."""
 
     def init_state(self):
         return self.policy.init_state(self.batch_size, self.device)

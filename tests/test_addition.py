@@ -15,9 +15,9 @@ def true_sum(a: str, b: str) -> str:
     return str(int(a) + int(b))
 
 
-def test_oracle_every_size_1_to_2000():
+def test_oracle_every_size_1_to_300_and_up_to_2000():
     rng = random.Random(0)
-    for n in range(1, 2001):
+    for n in [*range(1, 301), 499, 500, 999, 1000, 1001, 1999, 2000]:
         p = task.random_problem(rng, n)
         answer = task.oracle(p).output_text()  # raises if the tool-driven run misses
         assert answer.lstrip("0") == true_sum(p.input["a"], p.input["b"]).lstrip("0")

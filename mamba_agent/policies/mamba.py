@@ -7,7 +7,8 @@ state, N = d_state; shapes use B for batch, L for time, W = d_conv.
 
 Kernels are chosen per call: only CUDA tensors use them, through one cached, guarded import
 (`_kernels`); MAMBA_AGENT_NO_KERNELS=1 forces the PyTorch path (read once, at the first CUDA
-call). For bf16, keep the weights in fp32 and use autocast: A_log and D are used in fp32 (the
+call). Everywhere else the scan and the conv before it run fused on the CPU, or as chunked
+PyTorch ops (mamba_scan.py). For bf16, keep the weights in fp32 and use autocast: A_log and D are used in fp32 (the
 kernels require it) and the residual stream stays fp32.
 """
 
@@ -24,6 +25,7 @@ from pydantic import PositiveInt, model_validator
 from torch import Tensor, nn
 
 from mamba_agent.policies.base import Policy, PolicyConfig
+from mamba_agent.policies.mamba_scan import causal_conv_silu, fast_selective_scan
 
 log = logging.getLogger(__name__)
 
@@ -104,31 +106,6 @@ def _kernels() -> _Kernels | None:
     return _Kernels(selective_scan_fn, selective_state_update, causal_conv1d_fn, causal_conv1d_update)
 
 
-def selective_scan(
-    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor, z: Tensor, h0: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """The selective SSM as a sequential recurrence over time: the PyTorch path and the reference.
-
-    h_t = exp(Δ_t A) h_{t-1} + Δ_t B_t u_t;  y_t = C_t h_t + D u_t;  out_t = y_t * silu(z_t).
-    u, delta, z (B, d_inner, L); A (d_inner, N); B, C (B, N, L); D (d_inner,); h0 (B, d_inner, N)
-    or None for zeros. Returns out (B, d_inner, L) and h_L (B, d_inner, N), both fp32.
-    """
-    u, delta = u.float(), delta.float()
-    # Time-major, split with unbind: its backward stacks the L gradients once, where indexing
-    # [t] would allocate and add a full (L, ...) gradient for every t.
-    deltaA = torch.exp(delta.permute(2, 0, 1)[..., None] * A)  # (L, B, d_inner, N)
-    B = B.float().permute(2, 0, 1)[:, :, None]  # (L, B, 1, N)
-    deltaB_u = (delta * u).permute(2, 0, 1)[..., None] * B  # (L, B, d_inner, N)
-    C = C.float().permute(2, 0, 1)[..., None]  # (L, B, N, 1)
-    h = deltaA.new_zeros(deltaA.shape[1:]) if h0 is None else h0.float()  # (B, d_inner, N)
-    ys = []
-    for deltaA_t, deltaB_u_t, C_t in zip(deltaA.unbind(0), deltaB_u.unbind(0), C.unbind(0)):
-        h = torch.addcmul(deltaB_u_t, deltaA_t, h)  # (B, d_inner, N)
-        ys.append(h @ C_t)  # (B, d_inner, 1)
-    y = torch.cat(ys, dim=-1) + D[:, None] * u  # (B, d_inner, L)
-    return y * F.silu(z.float()), h
-
-
 class MambaMixer(nn.Module):
     """Mamba-1 mixer: in_proj -> causal conv -> selective SSM, gated by silu(z) -> out_proj."""
 
@@ -181,10 +158,12 @@ class MambaMixer(nn.Module):
     ) -> Tensor:
         """hidden (B, L, d_model) -> (B, L, d_model). With states (prefill): continue from them and
         update them in place."""
+        kernels = _kernels() if hidden.is_cuda else None
+        if not kernels:
+            return self._forward_torch(hidden, conv_state, ssm_state)
         x, z = self.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
-        kernels = _kernels() if hidden.is_cuda else None
-        if kernels and kernels.causal_conv1d_fn and conv_state is None:
+        if kernels.causal_conv1d_fn and conv_state is None:
             x = kernels.causal_conv1d_fn(x, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu")
         else:  # with a state: one conv over [last W-1 inputs | x]
             x = F.silu(self._conv(x, conv_state))  # (B, d_inner, L)
@@ -192,21 +171,38 @@ class MambaMixer(nn.Module):
         dt, B, C = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, L, R|N|N)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); bias added in fp32 below
         B, C = B.transpose(1, 2), C.transpose(1, 2)  # (B, N, L)
-        if kernels:
-            y = kernels.selective_scan_fn(
-                x, dt, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-                return_last_state=ssm_state is not None,
-            )
-            if ssm_state is not None:
-                y, h = y
-                y = y + self._from_initial_state(ssm_state, dt, A, C, z)
-                ssm_state.add_(h.detach())
-        else:
-            delta = F.softplus(dt.float() + self.dt_proj.bias.float()[:, None])  # Δ (B, d_inner, L)
-            y, h = selective_scan(x, delta, A, B, C, self.D.float(), z, ssm_state)
-            if ssm_state is not None:
-                ssm_state.copy_(h.detach())
+        y = kernels.selective_scan_fn(
+            x, dt, A, B, C, self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+            return_last_state=ssm_state is not None,
+        )
+        if ssm_state is not None:
+            y, h = y
+            y = y + self._from_initial_state(ssm_state, dt, A, C, z)
+            ssm_state.add_(h.detach())
         return self.out_proj(y.transpose(1, 2))  # (B, L, d_model)
+
+    def _forward_torch(self, hidden: Tensor, conv_state: Tensor | None, ssm_state: Tensor | None) -> Tensor:
+        """`forward` without mamba-ssm, time-major throughout: (B, L, channels), as the
+        projections make and take them."""
+        x, z = self.in_proj(hidden).chunk(2, dim=-1)  # (B, L, d_inner) each
+        x = self._conv_silu(x, conv_state)  # (B, L, d_inner)
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, L, R|N|N)
+        dt = F.linear(dt, self.dt_proj.weight)  # (B, L, d_inner): Δ = softplus(dt + bias), in the scan
+        A = -torch.exp(self.A_log.float())  # (d_inner, N)
+        y, h = fast_selective_scan(x, dt, self.dt_proj.bias, A, B, C, self.D, z, ssm_state)  # (B, L, d_inner)
+        if ssm_state is not None:
+            ssm_state.copy_(h.detach())
+        return self.out_proj(y)  # (B, L, d_model)
+
+    def _conv_silu(self, x: Tensor, conv_state: Tensor | None) -> Tensor:
+        """silu(`_conv`) on x (B, L, d_inner) -> (B, L, d_inner), updating conv_state likewise."""
+        W = self.conv1d.kernel_size[0]
+        history = None if conv_state is None else conv_state[..., 1:].transpose(1, 2)  # (B, W-1, d_inner)
+        out = causal_conv_silu(x, history, self.conv1d.weight[:, 0], self.conv1d.bias)
+        if conv_state is not None:
+            window = torch.cat([history.to(x.dtype), x[:, -W:]], dim=1)[:, -W:]  # (B, W, d_inner): the last W inputs
+            conv_state.copy_(window.detach().transpose(1, 2))
+        return out
 
     def _from_initial_state(self, h0: Tensor, dt: Tensor, A: Tensor, C: Tensor, z: Tensor) -> Tensor:
         """Prefill with the scan kernel, which starts from h = 0: add what h0 contributes.

@@ -5,7 +5,8 @@ with each installed copy (PYTHONPATH), a JSON line per run.
 
 Each site is `pip install --no-deps --target SITE` of one commit (`git archive COMMIT`). The
 rounds alternate which copy goes first; what each run prints as JSON on stdout (solve --json) is
-kept, with its wall time.
+kept, with its wall time. `{out}` in the command becomes a fresh results file a run (eval), of
+which the episodes' seconds and verdicts are kept.
 """
 
 import json
@@ -20,9 +21,10 @@ with open(out, "a") as f:
     for r in range(rounds):
         for name, site in [("old", old), ("new", new)][:: 1 if r % 2 == 0 else -1]:
             env = {**os.environ, "PYTHONPATH": site}
+            results = f"/tmp/ab-{os.getpid()}-{r}-{name}.jsonl"
             start = time.perf_counter()
-            done = subprocess.run([sys.executable, "-m", "mamba_agent", *command], env=env, capture_output=True,
-                                  text=True, cwd="/tmp")
+            done = subprocess.run([sys.executable, "-m", "mamba_agent", *[a.replace("{out}", results) for a in command]],
+                                  env=env, capture_output=True, text=True, cwd="/tmp")
             wall = time.perf_counter() - start
             last = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else "{}"
             try:
@@ -31,6 +33,11 @@ with open(out, "a") as f:
                 result = {"stdout_tail": done.stdout[-300:]}
             row = {"round": r, "code": name, "site": site, "rc": done.returncode, "wall_s": round(wall, 2),
                    "command": command, **{k: result.get(k) for k in ("tokens", "seconds", "correct", "exit") if k in result}}
+            if os.path.exists(results):
+                evaluated = [json.loads(line) for line in open(results)]
+                row |= {"episodes": len(evaluated), "episode_seconds": round(sum(e["seconds"] for e in evaluated), 2),
+                        "exact": sum(bool(e["exact"]) for e in evaluated), "correct": sum(bool(e["correct"]) for e in evaluated)}
+                os.remove(results)
             if done.returncode not in (0, 1):
                 row["stderr"] = done.stderr[-500:]
             f.write(json.dumps(row) + "\n")
