@@ -75,7 +75,7 @@ def prepared(task, todo: list[tuple[int, int]], world: int = 1):
     """Each problem of `todo` with its oracle's tokens, in order; made by worker processes where
     there are many and cores to spare (a 12-disk Hanoi oracle takes 0.6 s, 100 of them a minute
     on one core)."""
-    workers = min((os.cpu_count() or 1) // world - 1, len(todo) // 16, 15)
+    workers = min((os.cpu_count() or 1) // world - 1, len(todo) // 4, 15)
     if workers < 2:
         yield from (eval_case(task.name, n, i) for n, i in todo)
         return
