@@ -74,6 +74,62 @@ def _find(mem, mem_len, arg, plen, obs, line, SCAN: tl.constexpr, OBS_END: tl.co
 
 
 @triton.jit
+def _pointer(token, free, rows, m, tape, obs, tape_len, pos_ptr, pointer_of_ptr, move_of_ptr, W, P: tl.constexpr,
+             EDGE: tl.constexpr):
+    """PointerMemory.command for the rows whose token is a pointer command of the task's P: a read
+    answers the cell (or [EDGE]) into obs; a move stops one past either end. Returns (a command,
+    the observation tokens made)."""
+    p = tl.where(free, tl.load(pointer_of_ptr + token, mask=m, other=P), P)
+    ok = p < P
+    at_ptr = pos_ptr + rows * (P + 1) + p
+    at = tl.load(at_ptr, mask=m, other=0)
+    move = tl.load(move_of_ptr + token, mask=m, other=0)
+    read = ok & (move == 0)
+    cell = tl.load(tape + tl.minimum(tl.maximum(at, 0), W - 1), mask=read, other=0)
+    tl.store(at_ptr, tl.minimum(tl.maximum(at + move, -1), tape_len), mask=ok)
+    tl.store(obs, tl.where((at >= 0) & (at < tape_len), cell, EDGE).to(tl.int16), mask=read)
+    return ok, read.to(tl.int32)
+
+
+@triton.jit
+def _search(token, carry, free, arg_open, rows, m, tape_ptr, tape_len, obs_ptr, arg_ptr, line_ptr, arg_open_ptr,
+            arg_len_ptr, arg_nl_ptr, W, OW, SCAN: tl.constexpr, END: tl.constexpr, ERR: tl.constexpr,
+            FIND: tl.constexpr, OBS_END: tl.constexpr):
+    """Episode's argument rule and SearchMemory.command, for one row (BLOCK is 1): [FIND] opens an
+    argument, every token up to [END] joins it, [END] runs the search into obs. Returns (a
+    command: [FIND] opened one, the search ran, the observation tokens made)."""
+    arg_len = tl.load(arg_len_ptr + rows, mask=m, other=0)
+    arg_nl = tl.load(arg_nl_ptr + rows, mask=m, other=0) != 0
+    inside = carry & arg_open
+    ok = inside & (token == END)
+    joins = inside & ~ok
+    opens = free & (token == FIND)
+    tl.store(arg_ptr + rows.to(tl.int64) * W + arg_len, token.to(tl.int16), mask=joins)
+    arg_len = tl.where(opens, 0, arg_len + joins.to(tl.int32))
+    arg_nl = (arg_nl & ~opens) | (joins & (token == 10))
+    tl.store(arg_open_ptr + rows, ((arg_open & ~ok) | opens).to(tl.int8), mask=m)
+    tl.store(arg_len_ptr + rows, arg_len, mask=m)
+    tl.store(arg_nl_ptr + rows, arg_nl.to(tl.int8), mask=m)
+    made = tl.zeros_like(arg_len)
+    if tl.max(ok.to(tl.int32), 0) > 0:
+        row = tl.max(rows, 0).to(tl.int64)
+        plen = tl.max(arg_len, 0)
+        out = obs_ptr + row * OW
+        if plen == 0:  # grep would answer everything: never useful
+            tl.store(out, ERR)
+            tl.store(out + 1, OBS_END)
+            n = plen + 2
+        elif tl.max(arg_nl.to(tl.int32), 0) > 0:  # no line holds a newline
+            tl.store(out, OBS_END)
+            n = plen * 0 + 1
+        else:
+            n = _find(tape_ptr + row * W, tl.max(tape_len, 0), arg_ptr + row * W, plen, out, line_ptr + row * W, SCAN,
+                      OBS_END)
+        made += n
+    return opens, ok, made
+
+
+@triton.jit
 def _advance(
     sampled_ptr, feed_ptr, n_feed_ptr, tape_ptr, obs_ptr, expected_ptr, log_ptr, pos_ptr, pointer_of_ptr,
     move_of_ptr, arg_ptr, line_ptr,
@@ -139,49 +195,15 @@ def _advance(
     ans_at = tl.where(writes & (token == ANS), tape_len, ans_at)
     after_ans |= writes & (token == ANS)
     eos = free & (token == EOS)
-    made = tl.zeros_like(fed)  # observation tokens made this step
 
-    if TOOL == 0:  # POINTER: a read answers the cell (or [EDGE]); a move stops one past either end.
-        p = tl.where(free, tl.load(pointer_of_ptr + token, mask=m, other=P), P)
-        ok = p < P
-        at_ptr = pos_ptr + rows * (P + 1) + p
-        at = tl.load(at_ptr, mask=m, other=0)
-        move = tl.load(move_of_ptr + token, mask=m, other=0)
-        read = ok & (move == 0)
-        cell = tl.load(tape + tl.minimum(tl.maximum(at, 0), W - 1), mask=read, other=0)
-        tl.store(at_ptr, tl.minimum(tl.maximum(at + move, -1), tape_len), mask=ok)
-        tl.store(obs, tl.where((at >= 0) & (at < tape_len), cell, EDGE).to(tl.int16), mask=read)
-        made += read.to(tl.int32)
-        malformed = free & ~ok & ~writes & ~eos
-    else:  # SEARCH: [FIND] opens an argument: every token up to [END], which runs the search.
-        arg_len = tl.load(arg_len_ptr + rows, mask=m, other=0)
-        arg_nl = tl.load(arg_nl_ptr + rows, mask=m, other=0) != 0
-        inside = carry & arg_open
-        ok = inside & (token == END)
-        joins = inside & ~ok
-        opens = free & (token == FIND)
-        tl.store(arg_ptr + rows.to(tl.int64) * W + arg_len, token.to(tl.int16), mask=joins)
-        arg_len = tl.where(opens, 0, arg_len + joins.to(tl.int32))
-        arg_nl = (arg_nl & ~opens) | (joins & (token == 10))
-        malformed = free & ~opens & ~writes & ~eos
-        tl.store(arg_open_ptr + rows, ((arg_open & ~ok) | opens).to(tl.int8), mask=m)
-        tl.store(arg_len_ptr + rows, arg_len, mask=m)
-        tl.store(arg_nl_ptr + rows, arg_nl.to(tl.int8), mask=m)
-        if tl.max(ok.to(tl.int32), 0) > 0:  # BLOCK is 1: this row's search
-            row = tl.max(rows, 0).to(tl.int64)
-            plen = tl.max(arg_len, 0)
-            out = obs_ptr + row * OW
-            if plen == 0:  # grep would answer everything: never useful
-                tl.store(out, ERR)
-                tl.store(out + 1, OBS_END)
-                n = plen + 2
-            elif tl.max(arg_nl.to(tl.int32), 0) > 0:  # no line holds a newline
-                tl.store(out, OBS_END)
-                n = plen * 0 + 1
-            else:
-                n = _find(tape_ptr + row * W, tl.max(tape_len, 0), arg_ptr + row * W, plen, out, line_ptr + row * W,
-                          SCAN, OBS_END)
-            made += n
+    if TOOL == 0:
+        handled, made = _pointer(token, free, rows, m, tape, obs, tape_len, pos_ptr, pointer_of_ptr, move_of_ptr, W,
+                                 P, EDGE)
+        ok = handled  # a command carried out: the format errors start again
+    else:
+        handled, ok, made = _search(token, carry, free, arg_open, rows, m, tape_ptr, tape_len, obs_ptr, arg_ptr, line_ptr,
+                                    arg_open_ptr, arg_len_ptr, arg_nl_ptr, W, OW, SCAN, END, ERR, FIND, OBS_END)
+    malformed = free & ~handled & ~writes & ~eos
     tl.store(obs, ERR, mask=malformed)
     made += malformed.to(tl.int32)
     new_obs = made > 0
