@@ -11,6 +11,7 @@ may hold special tokens (a search pattern may); a tool that takes text answers t
 """
 
 import time
+from collections import deque
 from collections.abc import Callable
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -24,6 +25,7 @@ FINISHED = "finished"  # the model emitted [EOS]
 TOKEN_LIMIT = "token_limit"
 TIME_LIMIT = "time_limit"
 FORMAT_ERRORS = "format_errors"  # too many malformed commands in a row
+REPEATING = "repeating"  # the same tool calls, with the same answers, over and over
 DIVERGED = "diverged"  # evaluation only: the model left the oracle trajectory
 ERROR = "error"  # could not finish: a tool or the policy raised (Episode.abort, from the runtime)
 INTERRUPTED = "interrupted"  # could not finish: the run was stopped (SIGINT, SIGTERM)
@@ -38,6 +40,10 @@ class Limits(BaseModel, use_attribute_docstrings=True):
     """Wall-clock limit for one episode, in seconds."""
     max_format_errors: int = Field(20, ge=1)
     """Malformed commands in a row before the episode ends."""
+    max_repeats: int = Field(3, ge=2)
+    """A cycle of 1..4 tool calls with arguments (view, edit, run, find), each with the same
+    argument and the same answer, made this many times in a row ends the episode (`repeating`):
+    nothing changed, so nothing will."""
 
 
 class Episode:
@@ -68,6 +74,7 @@ class Episode:
         self._single = {tok: tool for tool in tools for tok in tool.commands}
         self._with_arg = {tok: tool for tool in tools for tok in tool.argument_commands}
         self._open_arg: tuple[int, Tool, list[int]] | None = None  # command, tool, argument so far
+        self._calls: deque[int] = deque(maxlen=4 * limits.max_repeats)  # the last calls with arguments, hashed
         self.after_ans = False
         self.output: list[int] = []
         self.n_tokens, self.n_model_tokens, self.format_errors = 0, 0, 0
@@ -121,6 +128,12 @@ class Episode:
                 self.exit = TIME_LIMIT
         return obs
 
+    def _repeating(self) -> bool:
+        """Are the last calls one cycle of 1..4 calls, max_repeats times over?"""
+        calls, n = list(self._calls), self.limits.max_repeats
+        return any(len(calls) >= n * p and len(set(tuple(calls[-(k + 1) * p:len(calls) - k * p]) for k in range(n))) == 1
+                   for p in range(1, 5))
+
     def blocks_on(self, token: int) -> bool:
         """Would `act(token)` call a blocking tool (one that waits on a sandbox)?"""
         return token == END and self._open_arg is not None and self._open_arg[1].blocking
@@ -136,6 +149,9 @@ class Episode:
             obs = tool.command(command, argument)
             if self.on_tool_call is not None:
                 self.on_tool_call([command, *argument, END], obs)
+            self._calls.append(hash((command, *argument, -1, *obs)))
+            if self._repeating():
+                self.exit = REPEATING
             return self._ok(obs)
         if token in self._single:
             self._record(token, COMMAND)
@@ -223,13 +239,16 @@ class Episode:
         return {
             "n_tokens": self.n_tokens, "n_model_tokens": self.n_model_tokens, "n_fed": self.n_fed,
             "format_errors": self.format_errors, "after_ans": self.after_ans, "output": list(self.output),
-            "open_arg": open_arg, "seconds": self.seconds, "tools": [tool.state_dict() for tool in self.tools],
+            "open_arg": open_arg, "calls": list(self._calls), "seconds": self.seconds,
+            "tools": [tool.state_dict() for tool in self.tools],
         }
 
     def load_state_dict(self, state: dict) -> None:
         for key in ("n_tokens", "n_model_tokens", "n_fed", "format_errors", "after_ans"):
             setattr(self, key, state[key])
         self.output = list(state["output"])
+        self._calls.clear()
+        self._calls.extend(state["calls"])
         arg = state["open_arg"]
         self._open_arg = None if arg is None else (arg["command"], self.tools[arg["tool"]], list(arg["argument"]))
         self.started = time.monotonic() - state["seconds"]

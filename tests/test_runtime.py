@@ -58,6 +58,29 @@ def test_a_special_token_inside_a_text_argument_is_an_error_observation():
     assert not ep.done
 
 
+def test_a_repeated_view_and_run_round_ends_the_episode():
+    """The shipped code model's one failure mode at 32 functions: view, run, view, run, ... with
+    nothing changing. Three identical rounds end it as `repeating`; rounds that differ do not."""
+    cd = get_task("code_debug")
+    ep = cd.episode(cd.problem({"size": 3, "seed": 1}), keep=True)
+
+    def call(command, text):
+        for t in [command, *encode(text)]:
+            ep.act(t)
+        ep.act(END)
+
+    for round_ in range(3):
+        assert not ep.done
+        call(VIEW, "main.py")
+        call(RUN, "python3 main.py")
+    assert ep.exit == "repeating"
+    ep = cd.episode(cd.problem({"size": 3, "seed": 1}), keep=True)
+    for k in range(1, 8):  # views of different windows: each answer differs
+        call(VIEW, f"main.py:{k}")
+        call(RUN, "python3 main.py")
+    assert not ep.done
+
+
 def test_second_ans_is_malformed_and_a_good_token_resets_the_count():
     ep = task.episode(task.problem({"a": "1", "b": "1"}), keep=True, limits=Limits(max_format_errors=2))
     assert ep.act(ANS) == []
