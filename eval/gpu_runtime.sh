@@ -6,7 +6,7 @@
 #   choice: tensor rows, split step), and each task at batch 1 on the GPU and on one CPU core.
 #   device run: command="MAMBA_AGENT_COMMIT=<sha> bash eval/gpu_runtime.sh",
 #               carry=[".whl/mamba_ssm-2.3.2.post1-cp312-cp312-linux_x86_64.whl", ".whl/py"]
-#   MODE=smoke: the same parts, small (about 3 minutes).
+#   MODE=smoke: the same parts, small (about 3 minutes). TESTS=0: the targets without the tests.
 # Each part runs in its own time box and writes its own files, so one that fails or runs out of
 # time leaves the others' results. Under $OUT: machine.txt, summary.txt (a line per part: exit,
 # seconds, and eval's own line: episodes, seconds, a second, rows and step), <part>.log, the
@@ -64,7 +64,7 @@ if [ "$MODE" = smoke ]; then
   cpu_ev batch1-cpu-addition 1 builtin:addition-mamba --sizes 200 --samples 1 --batch-size 1
   ev batch1-gpu-addition 60 builtin:addition-mamba --sizes 200 --samples 1 --batch-size 1
 else
-  part tests 170 python3 -m pytest -q -p no:cacheprovider --import-mode=importlib -m "not slow" \
+  [ "${TESTS:-1}" = 1 ] && part tests 170 python3 -m pytest -q -p no:cacheprovider --import-mode=importlib -m "not slow" \
     "$T/test_runtime_gpu.py" "$T/test_tensor_rows.py" "$T/test_step_kernel.py" "$T/test_policies_gpu.py" \
     "$T/test_saved_episode.py"
   ev additions 140 builtin:addition-mamba --sizes 1000 --samples 32768 --batch-size 32768 --state-dtype float8_e4m3fn \
