@@ -29,7 +29,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from mamba_agent.episode import DIVERGED, FINISHED, FORMAT_ERRORS, TIME_LIMIT, TOKEN_LIMIT, Episode
+from mamba_agent.episode import DIVERGED, FINISHED, FORMAT_ERRORS, REPEATING, TIME_LIMIT, TOKEN_LIMIT, Episode
 from mamba_agent.steppers import Stepper, graphed
 from mamba_agent.tools.pointer import PointerMemory
 from mamba_agent.tools.search import SearchMemory
@@ -38,18 +38,19 @@ from mamba_agent.vocab import ANS, BOS, PAD, VOCAB_SIZE, pointer_command
 # The per-row state: `ints` (int32) and `flags` (int8), one row of each per field, in this order
 # (the kernel takes each field as its own pointer, named `<field>_ptr`).
 INT_FIELDS = ("prompt_len", "tape_len", "fed", "n_forced", "n_tokens", "n_model", "format_errors", "ans_at",
-              "diverged_at", "expected_len", "max_tokens", "max_format_errors", "obs_len", "obs_pos", "arg_len",
-              "log_slot")
+              "diverged_at", "expected_len", "max_tokens", "max_format_errors", "max_repeats", "obs_len", "obs_pos",
+              "arg_len", "n_calls", "log_slot")
 (PROMPT_LEN, TAPE_LEN, FED, N_FORCED, N_TOKENS, N_MODEL, N_FORMAT_ERRORS, ANS_AT, DIVERGED_AT, EXPECTED_LEN,
- MAX_TOKENS, MAX_FORMAT_ERRORS, OBS_LEN, OBS_POS, ARG_LEN, LOG_SLOT) = range(len(INT_FIELDS))
+ MAX_TOKENS, MAX_FORMAT_ERRORS, MAX_REPEATS, OBS_LEN, OBS_POS, ARG_LEN, N_CALLS, LOG_SLOT) = range(len(INT_FIELDS))
 FLAG_FIELDS = ("exit", "after_ans", "stop_at_divergence", "arg_open", "arg_nl")
 EXIT, AFTER_ANS, STOP_AT_DIVERGENCE, ARG_OPEN, ARG_NL = range(len(FLAG_FIELDS))
 # Exit codes (flags[EXIT]): 0 while live; the host sets TIME_LIMIT's; IDLE marks a row with no episode.
-EXIT_CODES = {FINISHED: 1, TOKEN_LIMIT: 2, FORMAT_ERRORS: 3, DIVERGED: 4, TIME_LIMIT: 5}
+EXIT_CODES = {FINISHED: 1, TOKEN_LIMIT: 2, FORMAT_ERRORS: 3, DIVERGED: 4, TIME_LIMIT: 5, REPEATING: 6}
 EXIT_NAMES = {code: name for name, code in EXIT_CODES.items()}
-IDLE = 6
+IDLE = 7
 POINTER, SEARCH = 0, 1
 NEWLINE = 10
+CALLS = 64  # the calls a row keeps for the repeat rule: 4 limits.max_repeats at most
 ROOM = 1.25  # buffers are made this much longer than the longest episode so far: a longer one later still fits
 
 
@@ -99,7 +100,7 @@ class TensorRows:
 
     def buffers(self) -> dict[str, torch.Tensor]:
         """Every tensor of the rows' state (what `advance` reads and writes)."""
-        names = ("ints", "flags", "tape", "obs", "expected", "log", "pos", "arg", "line", "feed", "n_feed")
+        names = ("ints", "flags", "tape", "obs", "expected", "log", "pos", "arg", "line", "calls", "feed", "n_feed")
         return {name: getattr(self, name) for name in names}
 
     def _build(self, width: int, expected_width: int) -> None:
@@ -116,6 +117,8 @@ class TensorRows:
         self.obs = torch.zeros(B, 2 * width + 4 if search else 4, dtype=i16, device=dev)
         self.arg = torch.zeros(B, width if search else 1, dtype=i16, device=dev)  # the open argument
         self.line = torch.zeros(B, width if search else 1, dtype=torch.int8, device=dev)  # a search's line marks
+        # the last calls with arguments (searches), hashed: Episode's repeat rule
+        self.calls = torch.zeros(B, CALLS if search else 1, dtype=torch.int32, device=dev)
         self.expected = torch.zeros(B, expected_width, dtype=i16, device=dev)
         self.log = torch.zeros(max(len(self.slots) + len(self.slot_of), 1), width, dtype=i16, device=dev)
         self.pos = torch.zeros(B, self.n_pointers + 1, dtype=torch.int32, device=dev)  # last column: a sink
@@ -170,8 +173,8 @@ class TensorRows:
                 if not ep.done:
                     ep.act(token)
             self.replayed[r], ep.n_fed = n_model, n_forced
-            if ep.done and exits[r] == 0:  # its own time limit came first
-                self.flags[EXIT, r] = exits[r] = EXIT_CODES[TIME_LIMIT]
+            if ep.done and exits[r] == 0:  # it ended first (its clock; a repeat whose start a restore forgot)
+                self.flags[EXIT, r] = exits[r] = EXIT_CODES[ep.exit]
 
     def _retire(self, rows: list[int]) -> None:
         if not rows:
@@ -185,8 +188,9 @@ class TensorRows:
         self.flags[EXIT, idx] = IDLE
         for i, r in enumerate(rows):
             ep, exit = self.rows[r], EXIT_NAMES[int(flags[EXIT, i])]
-            if r in self.slot_of:  # replayed: the episode decided, and the device must agree with it
-                if ep.exit != exit or (exit != TIME_LIMIT and ep.n_tokens != ints[N_TOKENS, i]):
+            if r in self.slot_of:  # replayed: the episode decided, and the device must agree where it saw it all
+                if ep.n_model_tokens == ints[N_MODEL, i] and exit != TIME_LIMIT and (
+                        ep.exit != exit or ep.n_tokens != ints[N_TOKENS, i]):
                     raise RuntimeError(f"tensor rows and Episode disagree: the episode ended {ep.exit} at "
                                        f"{ep.n_tokens} tokens, the row {exit} at {ints[N_TOKENS, i]}")
                 self.slots.append(self.slot_of.pop(r))
@@ -216,6 +220,8 @@ class TensorRows:
                 continue
             if tensor_form(ep) != (self.tool, self.n_pointers):
                 raise ValueError("every episode of a TensorRows run must have the tensor form it was made for")
+            if 4 * ep.limits.max_repeats > CALLS:
+                raise ValueError(f"tensor rows keep {CALLS} calls: limits.max_repeats at most {CALLS // 4}")
             batch.append(ep)
         if len(free) == self.B and batch and not all(map(self._fits, batch)):
             longest = max(ep.max_tokens for ep in batch) + 1
@@ -254,6 +260,7 @@ class TensorRows:
         ints[EXPECTED_LEN] = expected_len
         ints[MAX_TOKENS] = [ep.max_tokens for ep in eps]
         ints[MAX_FORMAT_ERRORS] = [ep.limits.max_format_errors for ep in eps]
+        ints[MAX_REPEATS] = [ep.limits.max_repeats for ep in eps]
         ints[LOG_SLOT] = [self.slot_of.get(r, -1) for r in rows]
         self.ints[:, idx] = torch.from_numpy(ints).to(self.device)
         flags = np.zeros((len(FLAG_FIELDS), n), np.int8)  # exit 0: live
@@ -290,7 +297,8 @@ class TensorRows:
     def _restore(self, saved) -> None:
         """Rows 0, 1, ... take the restored episodes and where they stood (their tools' memory,
         counts, an open argument); each row's queue is owed to it first, and a row with none
-        carries out its sampled token in one step of the tools alone."""
+        carries out its sampled token in one step of the tools alone. The repeat rule's last calls
+        start empty (the episode's are Python hashes): a watched episode still applies its own."""
         from mamba_agent.tensor_rows_kernel import advance
 
         taken = [(r, ep) for r in range(self.B) if (ep := next(self.pending, None)) is not None]

@@ -92,12 +92,14 @@ def _pointer(token, free, rows, m, tape, obs, tape_len, pos_ptr, pointer_of_ptr,
 
 
 @triton.jit
-def _search(token, carry, free, arg_open, rows, m, tape_ptr, tape_len, obs_ptr, arg_ptr, line_ptr, arg_open_ptr,
-            arg_len_ptr, arg_nl_ptr, W, OW, SCAN: tl.constexpr, END: tl.constexpr, ERR: tl.constexpr,
-            FIND: tl.constexpr, OBS_END: tl.constexpr):
-    """Episode's argument rule and SearchMemory.command, for one row (BLOCK is 1): [FIND] opens an
-    argument, every token up to [END] joins it, [END] runs the search into obs. Returns (a
-    command: [FIND] opened one, the search ran, the observation tokens made)."""
+def _search(token, carry, free, arg_open, rows, m, tape_ptr, tape_len, obs_ptr, arg_ptr, line_ptr, calls_ptr,
+            arg_open_ptr, arg_len_ptr, arg_nl_ptr, n_calls_ptr, max_repeats_ptr, W, OW, SCAN: tl.constexpr,
+            CALLS: tl.constexpr, END: tl.constexpr, ERR: tl.constexpr, FIND: tl.constexpr, OBS_END: tl.constexpr):
+    """Episode's argument and repeat rules and SearchMemory.command, for one row (BLOCK is 1):
+    [FIND] opens an argument, every token up to [END] joins it, [END] runs the search into obs,
+    and the call (its argument and answer, hashed) joins the row's last calls. Returns (a
+    command: [FIND] opened one, the search ran, the observation tokens made, the last calls
+    repeat a cycle)."""
     arg_len = tl.load(arg_len_ptr + rows, mask=m, other=0)
     arg_nl = tl.load(arg_nl_ptr + rows, mask=m, other=0) != 0
     inside = carry & arg_open
@@ -110,7 +112,7 @@ def _search(token, carry, free, arg_open, rows, m, tape_ptr, tape_len, obs_ptr, 
     tl.store(arg_open_ptr + rows, ((arg_open & ~ok) | opens).to(tl.int8), mask=m)
     tl.store(arg_len_ptr + rows, arg_len, mask=m)
     tl.store(arg_nl_ptr + rows, arg_nl.to(tl.int8), mask=m)
-    made = tl.zeros_like(arg_len)
+    made, repeats = tl.zeros_like(arg_len), rows < 0
     if tl.max(ok.to(tl.int32), 0) > 0:
         row = tl.max(rows, 0).to(tl.int64)
         plen = tl.max(arg_len, 0)
@@ -125,20 +127,64 @@ def _search(token, carry, free, arg_open, rows, m, tape_ptr, tape_len, obs_ptr, 
         else:
             n = _find(tape_ptr + row * W, tl.max(tape_len, 0), arg_ptr + row * W, plen, out, line_ptr + row * W, SCAN,
                       OBS_END)
+        tl.debug_barrier()
         made += n
-    return opens, ok, made
+        # The call [FIND] argument | answer, as one number: a sum of one hash per (place, token).
+        h = _hash(tl.zeros_like(plen), FIND) + _hash(plen + 1, -1)
+        h = _hash_run(h, arg_ptr + row * W, plen, 1, SCAN)
+        h = _hash_run(h, out, n, plen + 2, SCAN)
+        calls = calls_ptr + row * CALLS
+        n_calls = tl.max(tl.load(n_calls_ptr + rows, mask=m, other=0), 0)
+        tl.store(calls + n_calls % CALLS, h.to(tl.int32))
+        n_calls += 1
+        tl.store(n_calls_ptr + rows, n_calls + tl.zeros_like(arg_len), mask=m)
+        tl.debug_barrier()
+        max_repeats = tl.max(tl.load(max_repeats_ptr + rows, mask=m, other=0), 0)
+        found = n_calls * 0
+        for p in tl.static_range(1, 5):  # a cycle of p calls, max_repeats times over
+            if n_calls >= max_repeats * p:
+                same = n_calls * 0 + 1
+                for k in range(1, max_repeats):
+                    for j in tl.static_range(p):
+                        a = tl.load(calls + (n_calls - 1 - j) % CALLS)
+                        same &= (a == tl.load(calls + (n_calls - 1 - j - k * p) % CALLS)).to(tl.int32)
+                found |= same
+        repeats = m & (found > 0)
+    return opens, ok, made, repeats
+
+
+@triton.jit
+def _hash(place, token):
+    """One (place, token) of a call as a 32-bit number (lowbias32's mixer); a call sums them."""
+    x = ((place << 9) | (token + 1)).to(tl.uint32)
+    x ^= x >> 16
+    x *= 0x7FEB352D
+    x ^= x >> 15
+    x *= 0x2C1B3C6D
+    x ^= x >> 16
+    return x
+
+
+@triton.jit
+def _hash_run(h, tokens, n, first, SCAN: tl.constexpr):
+    """h plus the hashes of tokens[:n], at places first, first + 1, ..."""
+    for start in range(0, n, SCAN):
+        idx = start + tl.arange(0, SCAN)
+        t = tl.load(tokens + idx, mask=idx < n, other=0).to(tl.int32)
+        h += tl.sum(tl.where(idx < n, _hash(first + idx, t), 0).to(tl.uint32), 0)
+    return h
 
 
 @triton.jit
 def _advance(
     sampled_ptr, feed_ptr, n_feed_ptr, tape_ptr, obs_ptr, expected_ptr, log_ptr, pos_ptr, pointer_of_ptr,
-    move_of_ptr, arg_ptr, line_ptr,
+    move_of_ptr, arg_ptr, line_ptr, calls_ptr,
     prompt_len_ptr, tape_len_ptr, fed_ptr, n_forced_ptr, n_tokens_ptr, n_model_ptr, format_errors_ptr, ans_at_ptr,
-    diverged_at_ptr, expected_len_ptr, max_tokens_ptr, max_format_errors_ptr, obs_len_ptr, obs_pos_ptr,
-    arg_len_ptr, log_slot_ptr,
+    diverged_at_ptr, expected_len_ptr, max_tokens_ptr, max_format_errors_ptr, max_repeats_ptr, obs_len_ptr,
+    obs_pos_ptr, arg_len_ptr, n_calls_ptr, log_slot_ptr,
     exit_ptr, after_ans_ptr, stop_at_divergence_ptr, arg_open_ptr, arg_nl_ptr,
     B, W, OW, E, LW,
-    TOOL: tl.constexpr, P: tl.constexpr, PAIR: tl.constexpr, BLOCK: tl.constexpr, SCAN: tl.constexpr,
+    TOOL: tl.constexpr, P: tl.constexpr, PAIR: tl.constexpr, BLOCK: tl.constexpr, SCAN: tl.constexpr, CALLS: tl.constexpr,
     ANS: tl.constexpr, EDGE: tl.constexpr, END: tl.constexpr, EOS: tl.constexpr, ERR: tl.constexpr,
     FIND: tl.constexpr, OBS_END: tl.constexpr, PAD: tl.constexpr,
 ):
@@ -146,7 +192,7 @@ def _advance(
     m = rows < B
     tape = tape_ptr + rows.to(tl.int64) * W
     obs = obs_ptr + rows.to(tl.int64) * OW
-    exit_code = tl.load(exit_ptr + rows, mask=m, other=6).to(tl.int32)  # masked lanes: IDLE
+    exit_code = tl.load(exit_ptr + rows, mask=m, other=7).to(tl.int32)  # masked lanes: IDLE
     live = m & (exit_code == 0)
     after_ans = tl.load(after_ans_ptr + rows, mask=m, other=0) != 0
     fed = tl.load(fed_ptr + rows, mask=m, other=0)
@@ -199,10 +245,12 @@ def _advance(
     if TOOL == 0:
         handled, made = _pointer(token, free, rows, m, tape, obs, tape_len, pos_ptr, pointer_of_ptr, move_of_ptr, W,
                                  P, EDGE)
-        ok = handled  # a command carried out: the format errors start again
+        ok, repeats = handled, rows < 0  # a command carried out: the format errors start again
     else:
-        handled, ok, made = _search(token, carry, free, arg_open, rows, m, tape_ptr, tape_len, obs_ptr, arg_ptr, line_ptr,
-                                    arg_open_ptr, arg_len_ptr, arg_nl_ptr, W, OW, SCAN, END, ERR, FIND, OBS_END)
+        handled, ok, made, repeats = _search(
+            token, carry, free, arg_open, rows, m, tape_ptr, tape_len, obs_ptr, arg_ptr, line_ptr, calls_ptr,
+            arg_open_ptr, arg_len_ptr, arg_nl_ptr, n_calls_ptr, max_repeats_ptr, W, OW, SCAN, CALLS, END, ERR, FIND,
+            OBS_END)
     malformed = free & ~handled & ~writes & ~eos
     tl.store(obs, ERR, mask=malformed)
     made += malformed.to(tl.int32)
@@ -213,9 +261,9 @@ def _advance(
     n_tokens += acts.to(tl.int32) + made
     max_tokens = tl.load(max_tokens_ptr + rows, mask=m, other=0)
     max_format_errors = tl.load(max_format_errors_ptr + rows, mask=m, other=0)
-    exit_code = tl.where(stop, 4, tl.where(eos, 1, tl.where(  # EXIT_CODES: diverged, finished,
-        acts & (n_tokens >= max_tokens), 2, tl.where(  # token_limit,
-            acts & (format_errors >= max_format_errors), 3, exit_code))))  # format_errors
+    exit_code = tl.where(stop, 4, tl.where(eos, 1, tl.where(repeats, 6, tl.where(  # EXIT_CODES: diverged,
+        acts & (n_tokens >= max_tokens), 2, tl.where(  # finished, repeating, token_limit,
+            acts & (format_errors >= max_format_errors), 3, exit_code)))))  # format_errors
     n_forced = tl.load(n_forced_ptr + rows, mask=m, other=0) + (live & ~acts).to(tl.int32)
     fed += live.to(tl.int32)
     tl.store(feed_ptr + rows, token, mask=m)
@@ -248,9 +296,9 @@ def advance(rows, sampled, block: int = 256, scan: int = 1024) -> None:
     r = rows
     search = r.tool == SEARCH
     _advance[(r.B,) if search else (triton.cdiv(r.B, block),)](
-        sampled, r.feed, r.n_feed, r.tape, r.obs, r.expected, r.log, r.pos, r.pointer_of, r.move_of, r.arg, r.line,
+        sampled, r.feed, r.n_feed, r.tape, r.obs, r.expected, r.log, r.pos, r.pointer_of, r.move_of, r.arg, r.line, r.calls,
         *r.ints, *r.flags,
         r.B, r.tape.shape[1], r.obs.shape[1], r.expected.shape[1], r.log.shape[1],
-        TOOL=r.tool, P=r.n_pointers, PAIR=r.pairs, BLOCK=1 if search else block, SCAN=scan,
+        TOOL=r.tool, P=r.n_pointers, PAIR=r.pairs, BLOCK=1 if search else block, SCAN=scan, CALLS=r.calls.shape[1],
         ANS=ANS, EDGE=EDGE, END=END, EOS=EOS, ERR=ERR, FIND=FIND, OBS_END=OBS_END, PAD=PAD,
     )

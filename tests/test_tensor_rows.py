@@ -49,15 +49,16 @@ def pointer_stream(rng: random.Random, n: int) -> list[int]:
 def search_stream(rng: random.Random, memory: str, n: int) -> list[int]:
     """Model tokens that exercise every search rule: finds of pieces of the memory (and of what
     is written), empty ones, ones with a newline or a special token inside (which a pattern may
-    hold: [ANS] is in the memory once written), thoughts with newlines, [ANS], malformed
-    specials, rarely [EOS]."""
+    hold: [ANS] is in the memory once written), the same finds over and over, thoughts with
+    newlines, [ANS], malformed specials, rarely [EOS]."""
     out = []
     while len(out) < n:
-        kind = rng.choices(["find", "write", "empty", "newline", "broken", "special", "ans", "eos"],
-                           [40, 30, 3, 3, 4, 8, 2, 0.3])[0]
-        if kind == "find":
-            i = rng.randrange(len(memory))
-            out += [FIND, *encode(memory[i : i + rng.randint(1, 6)].replace("\n", "x")), END]
+        kind = rng.choices(["find", "repeat", "write", "empty", "newline", "broken", "special", "ans", "eos"],
+                           [40, 2, 30, 3, 3, 4, 8, 2, 0.3])[0]
+        if kind in ("find", "repeat"):  # a repeat: one find, or a cycle of two, made three times over
+            i, j = rng.randrange(len(memory)), rng.randrange(len(memory))
+            cycle = [[FIND, *encode(memory[k : k + rng.randint(1, 6)].replace("\n", "x")), END] for k in (i, j)]
+            out += sum(cycle[: rng.randint(1, 2)] * 3, []) if kind == "repeat" else cycle[0]
         elif kind == "write":
             out += encode(rng.choice(["a001 =1\n", "+b002 1\n", "x", "7", "\n", "c003 < a001\n"]))
         elif kind == "empty":
@@ -157,7 +158,7 @@ def test_search_rows_as_episode(seed, pairs):
     B, steps = 4, 180
     problems = [task.random_problem(rng, rng.randint(1, 4)) for _ in range(B)]
     streams = [search_stream(rng, p.input["program"] + "\n", steps) for p in problems]
-    limits = Limits(max_format_errors=5)
+    limits = Limits(max_format_errors=5, max_repeats=2 + seed % 2)
     max_tokens = [len(p.prompt) + (80 if r % 2 else 600) for r, p in enumerate(problems)]  # half reach it
 
     def episodes():
@@ -186,6 +187,24 @@ def test_a_find_answers_every_matching_line_once():
         assert rows.obs[0, :n].tolist() == SearchMemory(memory).command(FIND, encode(pattern))
         assert rows.obs[0, : n - 1].tolist() == encode(answer)
         rows.ints[INT_FIELDS.index("obs_pos")] = n  # the observation read
+
+
+def test_the_same_finds_over_and_over_end_the_episode():
+    """Episode's repeat rule: a cycle of one or two finds with the same answers, max_repeats times
+    in a row, ends the row as `repeating`; a thought between them that changes an answer breaks
+    the cycle."""
+    task = get_task("logical_graph")
+    problem = task.random_problem(random.Random(0), 3)
+    name = problem.input["program"][:4]
+    one, two = [FIND, *encode(name), END], [FIND, *encode(" = "), END]
+    cases = [one * 3, (one + two) * 3, one * 2 + encode(name + "\n") + one * 2, (one + two) * 2 + one]
+    for limits in (Limits(), Limits(max_repeats=2)):
+        episodes = [Episode(problem.prompt, task.tools(problem), 2000, limits=limits) for _ in cases]
+        mine = [Episode(problem.prompt, task.tools(problem), 2000, limits=limits) for _ in cases]
+        drive(loaded(episodes, pairs=False), mine, [c + [ANS] * 30 for c in cases], 500, pairs=False)
+        twice = limits.max_repeats == 2
+        assert [ep.exit for ep in mine][:3] == ["repeating", "repeating", "repeating" if twice else "format_errors"]
+        assert (mine[3].exit == "repeating") == twice
 
 
 def test_the_kernel_takes_the_fields_in_their_order():
