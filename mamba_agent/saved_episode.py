@@ -23,7 +23,7 @@ from mamba_agent.runtime import SavedLoop, Sampler
 from mamba_agent.tasks import Problem, Task
 from mamba_agent.trajectory import TrajectoryWriter
 
-FORMAT, VERSION = "mamba-agent-episode", 1
+FORMAT, VERSION = "mamba-agent-episode", 2  # 2: the repeat rule's call history
 FILE = "episode.pt"
 
 
@@ -73,8 +73,10 @@ def load(directory: str | Path) -> dict:
         record = torch.load(path, weights_only=True)
     except Exception as e:  # a damaged or foreign file: torch raises many kinds
         raise EpisodeCheckpointError(f"{path}: not a readable episode checkpoint ({e.__class__.__name__})") from None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("version") != VERSION:
+    if not isinstance(record, dict) or record.get("format") != FORMAT or record.get("version") not in (1, VERSION):
         raise EpisodeCheckpointError(f"{path}: not an episode checkpoint of version {VERSION}")
+    if record["version"] == 1:  # saved before the repeat rule: its history starts empty on resume
+        record["episode"].setdefault("calls", [])
     return record
 
 
@@ -84,7 +86,10 @@ def restore(record: dict, task: Task, episode: Episode) -> tuple[SavedLoop, Traj
     if record["task_version"] != task.version:
         raise EpisodeCheckpointError(f"saved on version {record['task_version']} of the {task.name} trajectory, "
                                      f"this mamba-agent's is {task.version}")
-    episode.load_state_dict(record["episode"])
+    try:
+        episode.load_state_dict(record["episode"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise EpisodeCheckpointError(f"the saved episode does not fit this task's episode ({e.__class__.__name__}: {e})") from None
     try:
         episode.writer = TrajectoryWriter.reopen(record["trajectory"])
     except (OSError, ValueError) as e:

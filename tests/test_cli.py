@@ -52,6 +52,7 @@ def test_shipped_multiplication_mamba_solves_held_out_sizes(tmp_path, checkpoint
     assert len(results) == 8 and all(r["exact"] for r in results)
 
 
+@pytest.mark.slow
 def test_shipped_hanoi_mamba_solves_held_out_sizes(tmp_path):
     """Trained on 1..8 disks; held out: 9 disks (about 60,000 tokens each; measured on the H200:
     100% at 9, 10 and 12 disks, 10 each, two seeds)."""
@@ -59,6 +60,7 @@ def test_shipped_hanoi_mamba_solves_held_out_sizes(tmp_path):
     assert len(results) == 2 and all(r["exact"] for r in results)
 
 
+@pytest.mark.slow
 def test_shipped_logical_graph_mamba_solves_held_out_sizes(tmp_path):
     """Trained on 1..10 nodes; held out: 40 nodes (about 9,000 tokens each; measured on the H200:
     99 of 100 at 1,000 nodes)."""
@@ -80,6 +82,7 @@ def test_report_never_rounds_a_miss_up_to_100_percent():
     assert "| 100% (3) |" in report([{**row, "exact": True}] * 3)
 
 
+@pytest.mark.slow
 def test_solve_streams_each_tool_call_and_fixes_the_example_codebase(tmp_path, capsys):
     """The shipped code_debug Mamba (trained on 4..16 functions) fixes the example's 32-function
     codebase in the real sandbox (it does not fix every one: eval/README.md has the rates), and
@@ -157,6 +160,7 @@ def test_train_max_seconds_ends_the_run_and_saves(tmp_path, capsys):
     assert json.loads((tmp_path / "config.json").read_text())["training"]["steps"] == 1
 
 
+@pytest.mark.slow
 def test_train_on_two_ranks_with_torchrun_and_a_time_budget(tmp_path):
     """DDP on the CPU (gloo): both ranks follow rank 0's clock, so they stop at the same step
     (a rank that stopped alone would leave the other hanging in its all-reduce)."""

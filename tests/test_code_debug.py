@@ -77,6 +77,7 @@ def test_generator_is_deterministic_and_buggy():
     assert r.exit_code == 0 and len(lines) == cb.foo_paths() and all(x.split()[-1] == str(cb.v10) for x in lines)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("oracle", [task, single], ids=["interactive", "single-turn"])
 def test_oracle_fixes_every_size_2_to_64(oracle):
     problems = [oracle.problem({"size": n, "seed": n}) for n in range(2, 65)]
@@ -244,6 +245,7 @@ def smallest_k(trajectories, hi: int = 4096) -> int | None:
     return lo
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("oracle", [task, single], ids=["interactive", "single-turn"])
 def test_locality_is_measured(oracle):
     """Not local for a small k: names, line numbers and lines are copied from observations (the
@@ -275,6 +277,7 @@ def test_example_task_file():
     assert task.oracle(p).output_text() == ANSWER
 
 
+@pytest.mark.slow
 def test_simulated_oracle_is_token_identical_to_the_sandboxed_one():
     """The training data (and the sweep's reference) come from simulated runs: every token must be
     what the bubblewrap sandbox gives, at every size 2..16, on training problems drawn as train.py
@@ -295,6 +298,7 @@ def test_simulated_oracle_is_token_identical_to_the_sandboxed_one():
 FIELDS = {"exit_code", "stdout", "stderr", "stdout_truncated", "stderr_truncated", "timed_out", "killed"}
 
 
+@pytest.mark.slow
 def test_simulated_runs_equal_the_sandbox_on_states_the_oracle_never_reaches():
     """Any mix of fixed and unfixed files (missing and surplus arguments, NameErrors at call
     lines, prints before the traceback, tracebacks longer than the tail) gives the same result."""

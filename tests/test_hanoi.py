@@ -104,6 +104,7 @@ def test_trajectory_two_disks_reads_as_documented():
     assert set(t.roles) == {INPUT, THOUGHT, COMMAND, OBSERVATION, OUTPUT}
 
 
+@pytest.mark.slow
 def test_trajectory_is_local():
     """Every model token is a function of the last 5 tokens, at every size (docs/locality.md)."""
     rng = random.Random(3)

@@ -14,7 +14,7 @@ import sys
 import pytest
 
 # Not imported here: the interpreter tests need triton's first import to see TRITON_INTERPRET.
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs triton")]
 
 
 def test_split_step_kernels_fit_an_sm_without_spilling():

@@ -29,6 +29,7 @@ def solved(p) -> str:
     return trajectory.output_text()
 
 
+@pytest.mark.slow
 def test_oracle_every_size_1_to_200_and_500_1000():
     rng = random.Random(0)
     for n in [*range(1, 201), *range(1, 201), 500, 500, 1000, 1000]:
@@ -126,6 +127,7 @@ def test_checker_wants_exactly_the_value():
     assert not any(task.check(p, a) for a in ("1", "False", "00", " 0", ""))
 
 
+@pytest.mark.slow
 def test_trajectory_is_local():
     """Every model token is a function of the last 30 tokens at any size (module docstring).
 

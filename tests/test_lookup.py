@@ -121,6 +121,7 @@ def test_long_problems_fail_loudly_at_the_first_token(small_fit, digits):
     assert episode.exit == FORMAT_ERRORS and first == ERR
 
 
+@pytest.mark.slow
 def test_with_backoff_long_problems_are_solved_exactly():
     """Fitted on 1..5-digit problems only: with back-off the operand digits before the first
     command stop mattering, and 32,000 problems cover every other context, so 20- to 300-digit

@@ -107,6 +107,7 @@ def test_trajectory_shape_123_times_45():
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,k", [("multiplication-1", 8), ("multiplication-2", 12), ("multiplication", 12)])
 def test_trajectory_is_local(name, k):
     """Every model token is a function of the last k tokens, at every size (docs/locality.md)."""

@@ -132,6 +132,7 @@ def solve_cmd(task_file, traj, *extra):
     return [sys.executable, "-m", "mamba_agent", "solve", str(task_file), "--trajectory", str(traj), "--json", *extra]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_solve_saves_on_a_signal_and_resume_finishes_as_one_solve(tmp_path, sig, code, capsys):
     task_file = tmp_path / "t.yaml"
@@ -156,6 +157,7 @@ def test_solve_saves_on_a_signal_and_resume_finishes_as_one_solve(tmp_path, sig,
     assert main(["resume", str(tmp_path / "cut.episode")]) == 2
 
 
+@pytest.mark.slow
 def test_the_time_limit_saves_and_resume_goes_on(tmp_path, capsys):
     task_file = tmp_path / "t.yaml"
     task_file.write_text("task: addition\nsize: 600\nseed: 1\nlimits: {max_seconds: 0.5}\n")
@@ -169,3 +171,21 @@ def test_the_time_limit_saves_and_resume_goes_on(tmp_path, capsys):
         if result["exit"] != "time_limit":
             break
     assert rc == 0 and result["exit"] == "finished" and result["correct"]
+
+
+def test_an_older_or_damaged_record_resumes_or_gets_one_line(tmp_path, capsys):
+    task_file = tmp_path / "t.yaml"
+    task_file.write_text("task: addition\nsize: 300\nseed: 2\nlimits: {max_seconds: 0.2}\n")
+    assert main(["solve", str(task_file), "--trajectory", str(tmp_path / "t.jsonl"), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["exit"] == "time_limit"
+    path = tmp_path / "t.episode" / "episode.pt"
+    record = torch.load(path, weights_only=True)
+    damaged = {**record, "episode": {k: v for k, v in record["episode"].items() if k != "n_tokens"}}
+    torch.save(damaged, path)
+    assert main(["resume", str(tmp_path / "t.episode"), "--json"]) == 2
+    error = json.loads(capsys.readouterr().out)["error"]
+    assert "does not fit" in error and "n_tokens" in error and "\n" not in error
+    version_1 = {**record, "version": 1, "episode": {k: v for k, v in record["episode"].items() if k != "calls"}}
+    torch.save(version_1, path)  # saved before the repeat rule joined the record
+    assert main(["resume", str(tmp_path / "t.episode"), "--json", "--max-seconds", "120"]) == 0
+    assert json.loads(capsys.readouterr().out)["correct"] is True

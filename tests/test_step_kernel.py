@@ -20,6 +20,8 @@ from mamba_agent.vocab import VOCAB_SIZE  # noqa: E402
 from tests.pair_reference import step_pair  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.slow if DEVICE == "cpu" else []  # the interpreter: seconds a step
+
 KERNELS = {  # also with tiles smaller than d_inner's blocks by default
     "split": SplitStepKernel, "split, small tiles": partial(SplitStepKernel, block_c=16, ssm_block_c=32),
 }
