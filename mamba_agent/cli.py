@@ -87,6 +87,15 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in --help, except None and False (the help text says what no value means)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mamba_agent.tasks import TASKS
 
@@ -96,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        return sub.add_parser(name, help=help, description=help, formatter_class=_DefaultsShown)
 
     p = command("solve", "solve one task file with a policy and check the answer")
     p.add_argument("taskfile", help="YAML task file (see tasks/examples/)")
