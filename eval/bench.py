@@ -3,7 +3,8 @@
     python -m mamba_agent.eval.bench --device cpu  --out eval/results/DATE-bench-cpu
     python -m mamba_agent.eval.bench --device cuda --out eval/results/DATE-bench-h200
 
-Models: mamba-shipped and transformer-shipped, the addition checkpoints, and mamba-130m and
+Models: mamba-shipped and transformer-shipped, the addition checkpoints; mamba2-shipped-size, a
+Mamba-2 of the shipped Mamba's size (its default config, random weights); and mamba-130m and
 transformer-130m, the paper's 130M
 configuration of each (Mamba-1 24 x 768; Pythia-style Transformer 24 x 768, 8 heads) with random
 weights: speed and memory do not depend on the values. Every run decodes through the runtime
@@ -36,7 +37,7 @@ import torch
 
 from mamba_agent.checkpoint import load_checkpoint, resolve
 from mamba_agent.episode import FINISHED
-from mamba_agent.policies import MambaConfig, TransformerConfig, build_policy
+from mamba_agent.policies import Mamba2Config, MambaConfig, TransformerConfig, build_policy
 from mamba_agent.provenance import commit, file_sha256
 from mamba_agent.runtime import EpisodeRows, Sampler, plan, run_episodes
 from mamba_agent.steppers import choose_step, make_stepper
@@ -48,6 +49,7 @@ SHIPPED = {"mamba-shipped": "builtin:addition-mamba", "transformer-shipped": "bu
 MODELS = {
     "mamba-shipped": lambda: load_checkpoint(SHIPPED["mamba-shipped"])[0],
     "transformer-shipped": lambda: load_checkpoint(SHIPPED["transformer-shipped"])[0],
+    "mamba2-shipped-size": lambda: build_policy(Mamba2Config(vocab_size=VOCAB_SIZE)),
     "mamba-130m": lambda: build_policy(MambaConfig(vocab_size=VOCAB_SIZE, d_model=768, n_layer=24)),
     "transformer-130m": lambda: build_policy(
         TransformerConfig(vocab_size=VOCAB_SIZE, d_model=768, n_layer=24, n_head=8)

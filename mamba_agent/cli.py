@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("train", "train a policy on oracle trajectories or trajectory files (resumes an interrupted --out)")
     p.add_argument("--task", help=f"one of: {tasks} (default: the --data files' task, or addition)")
-    p.add_argument("--policy", default="mamba", help="policy kind: mamba, transformer, lstm, gru, lookup (counts, needs --set k=N), an installed plugin's name, or module:Name")
+    p.add_argument("--policy", default="mamba", help="policy kind: mamba, mamba2, transformer, lstm, gru, lookup (counts, needs --set k=N), an installed plugin's name, or module:Name")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="a policy config field, e.g. --set d_model=128 (repeatable)")
     p.add_argument("--steps", type=_whole(1), default=2000, help="optimizer steps")

@@ -5,7 +5,7 @@ A stepper holds B rows of a policy's state on a device and reads tokens into it,
 reads a run of forced tokens a row at once; `reset_row(r)` empties one row for a new episode.
 Inputs and outputs are tensors on the stepper's device. The registry:
   reference  the policy's own `step` and `forward`: every policy, on any device
-  numpy      Mamba on the CPU in NumPy, weights prepared once (policies/mamba_cpu.py)
+  numpy      Mamba-1 and Mamba-2 on the CPU in NumPy, weights prepared once (policies/mamba_cpu.py)
   fused      Mamba on CUDA, 6 kernels a layer, mamba-ssm's state update (policies/mamba_cuda.py)
   split      Mamba on CUDA, 4 Triton kernels a layer (policies/mamba_split_kernel.py); its state
              in float32, bfloat16 or float8_e4m3fn; with `pairs`, a row reads a forced token in
@@ -167,9 +167,9 @@ class SplitStepper(Stepper):
 
 
 def _numpy_stepper(policy, batch_size: int, device=None) -> Stepper:
-    from mamba_agent.policies.mamba_cpu import NumpyStepper
+    from mamba_agent.policies.mamba_cpu import Numpy2Stepper, NumpyStepper
 
-    return NumpyStepper(policy, batch_size)
+    return (NumpyStepper if policy.config.kind == "mamba" else Numpy2Stepper)(policy, batch_size)
 
 
 STEPPERS = {"reference": Stepper, "numpy": _numpy_stepper, "fused": FusedStepper, "split": SplitStepper}
@@ -186,8 +186,9 @@ def step_error(name: str, policy, device: torch.device | str, state_dtype: str =
         return f"a {state_dtype} state is the split step's (--step split), not the {name} step's"
     if name == "reference":
         return None
-    if kind != "mamba":
-        return f"the {name} step runs Mamba policies; this one is a {kind}: use --step reference"
+    if kind not in ("mamba", "mamba2") or (kind == "mamba2" and name != "numpy"):
+        runs = "Mamba and Mamba-2 policies" if name == "numpy" else "Mamba-1 policies (kind mamba)"
+        return f"the {name} step runs {runs}; this one is a {kind}: use --step reference"
     fp32 = policy.backbone.embedding.weight.dtype == torch.float32
     if name == "numpy":
         return None if device.type == "cpu" and fp32 else "the numpy step runs fp32 Mamba weights on the CPU"

@@ -12,6 +12,7 @@ from mamba_agent.policies import (
     GRUConfig,
     LookupConfig,
     LSTMConfig,
+    Mamba2Config,
     MambaConfig,
     TransformerConfig,
     build_policy,
@@ -21,6 +22,7 @@ from mamba_agent.steppers import choose_step, make_stepper
 # Every neural policy, by test id: its config fields beyond the tiny sizes below.
 CASES = {
     "mamba": {"kind": "mamba"},
+    "mamba2": {"kind": "mamba2", "d_state": 16, "headdim": 16, "chunk_size": 16},  # 4 heads; chunks of 16 tokens
     "transformer": {"kind": "transformer"},
     "transformer-window": {"kind": "transformer", "sliding_window": 8},  # smaller than the sequences
     "lstm": {"kind": "lstm", "hidden": 48},
@@ -32,7 +34,7 @@ KINDS = list(CASES)
 def auto_stepper(policy, batch_size: int):
     """The stepper the runtime picks for `policy` on the CPU."""
     return make_stepper(choose_step(policy, "cpu", tensor_rows=False), policy, batch_size)
-FIXED_STATE = ["mamba", "transformer-window", "lstm", "gru"]
+FIXED_STATE = ["mamba", "mamba2", "transformer-window", "lstm", "gru"]
 VOCAB = 300
 ATOL = 1e-4
 
@@ -185,9 +187,10 @@ def test_mamba_init_follows_mamba_ssm():
     assert (mixer.D == 1).all()
 
 
-def test_mamba_step_sees_loaded_weights():
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+def test_mamba_step_sees_loaded_weights(kind):
     """step caches A = -exp(A_log); loading new weights must not leave it stale."""
-    policy, other, token = tiny("mamba", seed=0), tiny("mamba", seed=1), tokens(2, 1)[:, 0]
+    policy, other, token = tiny(kind, seed=0), tiny(kind, seed=1), tokens(2, 1)[:, 0]
     with torch.no_grad():
         for layer in other.backbone.layers:
             layer.mixer.A_log.add_(0.5)
@@ -204,12 +207,12 @@ def test_mamba_dt_rank_auto_is_written_into_the_config():
 
 
 def test_unknown_kind_lists_valid_kinds():
-    with pytest.raises(ValueError, match="mamba, transformer, lstm, gru, lookup"):
+    with pytest.raises(ValueError, match="mamba, mamba2, transformer, lstm, gru, lookup"):
         build_policy({"kind": "lstm9", "vocab_size": VOCAB})
     assert set(POLICY_CONFIGS) == {case["kind"] for case in CASES.values()} | {"lookup"}
 
 
-@pytest.mark.parametrize("config_class", [MambaConfig, TransformerConfig, LSTMConfig, GRUConfig, LookupConfig])
+@pytest.mark.parametrize("config_class", [MambaConfig, Mamba2Config, TransformerConfig, LSTMConfig, GRUConfig, LookupConfig])
 def test_configs_reject_unknown_fields(config_class):
     with pytest.raises(pydantic.ValidationError):
         config_class(vocab_size=VOCAB, k=7, d_modle=64)
@@ -230,7 +233,7 @@ def test_build_from_config_object_and_every_field_documented(kind):
 
 
 # Measured at vocab_size 280 (the project's vocabulary); shipped Mamba: 0.5M.
-DEFAULT_PARAMETERS = {"lstm": 472_600, "gru": 497_688}
+DEFAULT_PARAMETERS = {"mamba": 502_400, "mamba2": 508_128, "lstm": 472_600, "gru": 497_688}
 
 
 @pytest.mark.parametrize("kind", DEFAULT_PARAMETERS)
@@ -281,10 +284,11 @@ def test_stepper_equals_forward_and_resets_one_row(kind):
     torch.testing.assert_close(steps, fresh, atol=ATOL, rtol=0)
 
 
-def test_mamba_numpy_stepper_prefills_after_any_number_of_steps():
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+def test_mamba_numpy_stepper_prefills_after_any_number_of_steps(kind):
     """The NumPy stepper keeps the conv state as a ring between prefills (a step writes over the
     oldest input); a prefill after 1, 2, ... steps puts it back in order and continues exactly."""
-    policy, seq = tiny("mamba"), tokens(2, 40)
+    policy, seq = tiny(kind), tokens(2, 40)
     with torch.no_grad():
         full = policy(seq)
         stepper = auto_stepper(policy, 2)
@@ -313,9 +317,10 @@ def test_stepper_greedy_is_the_argmax_of_its_logits(kind):
 
 
 def test_the_cpu_steps_chosen():
-    """On the CPU Mamba steps in NumPy, every other policy through its own step."""
-    from mamba_agent.policies.mamba_cpu import NumpyStepper
+    """On the CPU both Mambas step in NumPy, every other policy through its own step."""
+    from mamba_agent.policies.mamba_cpu import Numpy2Stepper, NumpyStepper
 
     assert isinstance(auto_stepper(tiny("mamba"), 1), NumpyStepper)
+    assert isinstance(auto_stepper(tiny("mamba2"), 1), Numpy2Stepper)
     for kind in ("transformer", "gru"):
         assert choose_step(tiny(kind), "cpu", tensor_rows=True) == "reference"

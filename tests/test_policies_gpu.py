@@ -177,7 +177,7 @@ def _prefill_state(policy, seq):
 
 
 @pytest.mark.parametrize("kind, step", [("mamba", "fused"), ("mamba", "split"), ("mamba", "reference"),
-                                        ("gru", "reference")])
+                                        ("mamba2", "reference"), ("gru", "reference")])
 def test_a_captured_step_equals_forward_and_resets_rows(kind, step):
     """Each CUDA stepper, its step captured in a CUDA graph as the runtime captures it, gives the
     parallel forward's logits after a prefill; a row reset starts that row afresh."""
@@ -233,12 +233,13 @@ def test_fused_cuda_step_equals_policy_step(sizes):
     torch.testing.assert_close(state.ssm, expected_state.ssm, **TOL)
 
 
-def test_gpu_checkpoint_decodes_the_same_on_the_cpu(tmp_path):
+@pytest.mark.parametrize("kind", ["mamba", "mamba2"])
+def test_gpu_checkpoint_decodes_the_same_on_the_cpu(tmp_path, kind):
     """Trained on the GPU (a few steps here), saved, loaded on the CPU: the NumPy step and the
     step the runtime picks on CUDA give the same logits."""
     from mamba_agent.checkpoint import load_checkpoint, save_checkpoint
 
-    policy, seq = tiny("mamba"), tokens(2, 30)
+    policy, seq = tiny(kind), tokens(2, 30)
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
     for _ in range(3):
         loss = torch.nn.functional.cross_entropy(policy(seq).flatten(0, 1), seq.flatten())
@@ -258,7 +259,7 @@ def test_gpu_checkpoint_decodes_the_same_on_the_cpu(tmp_path):
             torch.testing.assert_close(a, b, **TOL)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "gru", "mamba"])
+@pytest.mark.parametrize("kind", ["lstm", "gru", "mamba", "mamba2"])
 def test_checkpoint_of_a_cuda_policy_saves_and_loads(tmp_path, kind):
     """cuDNN packs an RNN's weights into one buffer on CUDA; saving must still work (it once
     failed in safetensors and lost two training runs), and the weights must come back equal."""

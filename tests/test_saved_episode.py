@@ -30,7 +30,7 @@ CUDA = torch.cuda.is_available()
 
 def small(kind: str):
     torch.manual_seed(0)
-    sizes = {"mamba": {"d_model": 32, "n_layer": 2}, "lstm": {"hidden": 32, "n_layer": 2}, "gru": {"hidden": 32, "n_layer": 2}}
+    sizes = {"mamba": {"d_model": 32, "n_layer": 2}, "mamba2": {"d_model": 32, "n_layer": 2}, "lstm": {"hidden": 32, "n_layer": 2}, "gru": {"hidden": 32, "n_layer": 2}}
     return build_policy({"kind": kind, "vocab_size": VOCAB_SIZE, **sizes[kind]}).eval(), {"checkpoint_sha256": "test"}
 
 
@@ -77,7 +77,7 @@ def run_in_pieces(policy, meta, task, problem, path, temperature, stops, tmp, de
     return ep
 
 
-@pytest.mark.parametrize("kind", ["shipped", "mamba", "lstm", "gru"])
+@pytest.mark.parametrize("kind", ["shipped", "mamba", "mamba2", "lstm", "gru"])
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_interrupted_and_resumed_gives_the_uninterrupted_tokens(kind, temperature, tmp_path):
     if kind == "shipped":

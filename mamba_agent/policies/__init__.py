@@ -9,11 +9,13 @@ from mamba_agent import plugins
 from mamba_agent.policies.base import Policy, PolicyConfig
 from mamba_agent.policies.lookup import LookupConfig, LookupPolicy, fit_lookup
 from mamba_agent.policies.mamba import MambaConfig, MambaPolicy, MambaState
+from mamba_agent.policies.mamba2 import Mamba2Config, Mamba2Policy, Mamba2State
 from mamba_agent.policies.rnn import GRUConfig, LSTMConfig, RNNPolicy, RNNState
 from mamba_agent.policies.transformer import KVCache, TransformerConfig, TransformerPolicy
 
 POLICY_CONFIGS: dict[str, type[PolicyConfig]] = {
     "mamba": MambaConfig,
+    "mamba2": Mamba2Config,
     "transformer": TransformerConfig,
     "lstm": LSTMConfig,
     "gru": GRUConfig,
@@ -21,6 +23,7 @@ POLICY_CONFIGS: dict[str, type[PolicyConfig]] = {
 }
 _POLICIES: dict[str, type[Policy]] = {
     "mamba": MambaPolicy,
+    "mamba2": Mamba2Policy,
     "transformer": TransformerPolicy,
     "lstm": RNNPolicy,
     "gru": RNNPolicy,
@@ -65,6 +68,9 @@ __all__ = [
     "LSTMConfig",
     "LookupConfig",
     "LookupPolicy",
+    "Mamba2Config",
+    "Mamba2Policy",
+    "Mamba2State",
     "MambaConfig",
     "MambaPolicy",
     "MambaState",
