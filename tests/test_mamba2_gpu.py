@@ -14,6 +14,8 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 
+from tests.test_policies_gpu import assert_state_dicts_load_both_ways  # noqa: E402 (after the skip)
+
 VOCAB = 300
 TOL = dict(rtol=1e-3, atol=1e-3)
 needs_mamba_ssm = pytest.mark.skipif(importlib.util.find_spec("mamba_ssm") is None, reason="needs mamba-ssm")
@@ -121,40 +123,10 @@ def test_bf16_autocast_kernel_path_close_to_fp32(kernels):
 @needs_mamba_ssm
 @pytest.mark.parametrize("ngroups", [1, 2])
 def test_state_dicts_load_both_ways_into_mamba_ssm(ngroups):
-    from mamba_ssm.models.config_mamba import MambaConfig as SsmConfig
-    from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
-
-    ours, seq = tiny(ngroups=ngroups), tokens(2, 100)
+    ours = tiny(ngroups=ngroups)
     c = ours.config
-    ssm_config = SsmConfig(
-        d_model=c.d_model,
-        d_intermediate=0,
-        n_layer=c.n_layer,
-        vocab_size=c.vocab_size,
-        ssm_cfg={"layer": "Mamba2", "d_state": c.d_state, "d_conv": c.d_conv, "expand": c.expand,
-                 "headdim": c.headdim, "ngroups": c.ngroups, "chunk_size": c.chunk_size,
-                 "use_mem_eff_path": False},  # its fused path needs causal-conv1d
-        rms_norm=True,
-        residual_in_fp32=True,
-        fused_add_norm=True,
-        pad_vocab_size_multiple=c.pad_vocab_size_multiple,
-    )
-    torch.manual_seed(1)
-    theirs = MambaLMHeadModel(ssm_config).cuda().eval()
-    their_weights = {k: v.clone() for k, v in theirs.state_dict().items()}
-    theirs.load_state_dict(ours.state_dict(), strict=True)
-    with torch.no_grad():
-        torch.testing.assert_close(theirs(seq).logits[..., :VOCAB], ours(seq), **TOL)
-
-    # A checkpoint trained with mamba-ssm gives the same logits here, on CUDA and on the CPU,
-    # and our step, token by token, gives its forward's logits.
-    theirs.load_state_dict(their_weights, strict=True)
-    ours.load_state_dict(their_weights, strict=True)
-    with torch.no_grad():
-        expected = theirs(seq).logits[..., :VOCAB]
-        assert expected.abs().max() > 0
-        torch.testing.assert_close(ours(seq), expected, **TOL)
-        state = ours.init_state(2)
-        stepped = torch.stack([ours.step(seq[:, t], state) for t in range(10)], dim=1)
-        torch.testing.assert_close(stepped, expected[:, :10], **TOL)
-        torch.testing.assert_close(ours.cpu()(seq.cpu()), expected.cpu(), **TOL)
+    assert_state_dicts_load_both_ways(ours, {
+        "layer": "Mamba2", "d_state": c.d_state, "d_conv": c.d_conv, "expand": c.expand, "headdim": c.headdim,
+        "ngroups": c.ngroups, "chunk_size": c.chunk_size,
+        "use_mem_eff_path": False,  # its fused path needs causal-conv1d
+    })

@@ -111,18 +111,19 @@ def test_bf16_autocast_kernel_path_close_to_fp32(kernels):
     assert (stepped - ref[:, :10]).abs().max() < 0.05 * scale
 
 
-@needs_mamba_ssm
-def test_state_dicts_load_both_ways_into_mamba_ssm():
+def assert_state_dicts_load_both_ways(ours, ssm_cfg: dict) -> None:
+    """Our weights in mamba-ssm's MambaLMHeadModel (its mixer: ssm_cfg) and a mamba-ssm model's
+    weights in ours give the same logits, on CUDA and on the CPU; our step gives its forward's."""
     from mamba_ssm.models.config_mamba import MambaConfig as SsmConfig
     from mamba_ssm.models.mixer_seq_simple import MambaLMHeadModel
 
-    ours, seq = tiny("mamba"), tokens(2, 100)
-    c = ours.config
+    c, seq = ours.config, tokens(2, 100)
     ssm_config = SsmConfig(
         d_model=c.d_model,
+        d_intermediate=0,
         n_layer=c.n_layer,
         vocab_size=c.vocab_size,
-        ssm_cfg={"layer": "Mamba1", "d_state": c.d_state, "d_conv": c.d_conv, "expand": c.expand},
+        ssm_cfg=ssm_cfg,
         rms_norm=True,
         residual_in_fp32=True,
         fused_add_norm=True,
@@ -140,8 +141,19 @@ def test_state_dicts_load_both_ways_into_mamba_ssm():
     ours.load_state_dict(their_weights, strict=True)
     with torch.no_grad():
         expected = theirs(seq).logits[..., :VOCAB]
+        assert expected.abs().max() > 0
         torch.testing.assert_close(ours(seq), expected, **TOL)
+        state = ours.init_state(2)
+        stepped = torch.stack([ours.step(seq[:, t], state) for t in range(10)], dim=1)
+        torch.testing.assert_close(stepped, expected[:, :10], **TOL)
         torch.testing.assert_close(ours.cpu()(seq.cpu()), expected.cpu(), **TOL)
+
+
+@needs_mamba_ssm
+def test_state_dicts_load_both_ways_into_mamba_ssm():
+    ours = tiny("mamba")
+    c = ours.config
+    assert_state_dicts_load_both_ways(ours, {"layer": "Mamba1", "d_state": c.d_state, "d_conv": c.d_conv, "expand": c.expand})
 
 
 def test_transformer_step_and_prefill_equal_forward_on_cuda():
