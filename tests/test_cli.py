@@ -180,11 +180,13 @@ def test_train_on_two_ranks_with_torchrun_and_a_time_budget(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    logs = tmp_path / "rank-logs"  # each rank's own output: the launcher's alone does not say why a rank died
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           "-m", "mamba_agent.cli", "train", "--set", "d_model=32", "--set", "n_layer=1", "--batch-size", "4",
+           "--redirects", "3", "--log-dir", str(logs), "-m", "mamba_agent.cli", "train", "--set", "d_model=32", "--set", "n_layer=1", "--batch-size", "4",
            "--device", "cpu", "--steps", "10000", "--max-seconds", "3", "--out", str(tmp_path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    assert done.returncode == 0, done.stderr[-2000:]
+    rank_output = "".join(f"--- {f}\n{f.read_text()[-1500:]}" for f in sorted(logs.rglob("std*.log")))
+    assert done.returncode == 0, done.stderr[-1000:] + rank_output
     training = json.loads((tmp_path / "config.json").read_text())["training"]
     assert training["world_size"] == 2 and 1 <= training["steps"] < 10000
 
