@@ -71,7 +71,7 @@ static inline void backward_group(long r, long c0, long nl, long L, long d, long
                                   const float *dy, float *lam_io, float *du, float *ddt,
                                   float *dz, float *dAT, float *dB, float *dC, float *dD,
                                   float *ddt_bias) {
-    float lam[N][G], h0[N][G], as[seg][N][G], hs[seg][N][G];
+    float lam[N][G], h0[N][G], as[seg][N][G], hs[seg][N][G], dls[seg][G];
     long S = (L + seg - 1) / seg;
     for (long n = 0; n < N; n++)
         for (long k = 0; k < nl; k++) lam[n][k] = lam_io[(r * d + c0 + k) * N + n];
@@ -83,12 +83,16 @@ static inline void backward_group(long r, long c0, long nl, long L, long d, long
         for (long t = t0; t < t1; t++) {
             long off = (r * L + t) * d + c0, i = t - t0;
             const float *Bt = B + (r * L + t) * N;
+            float dlu[G];
+            for (long k = 0; k < nl; k++) {
+                dls[i][k] = softplus(dt[off + k] + dt_bias[c0 + k]);
+                dlu[k] = dls[i][k] * u[off + k];
+            }
             for (long n = 0; n < N; n++) {
                 const float *An = AT + n * d + c0, *prev = i ? hs[i - 1][n] : h0[n];
                 for (long k = 0; k < nl; k++) {
-                    float dl = softplus(dt[off + k] + dt_bias[c0 + k]);
-                    as[i][n][k] = expf(dl * An[k]);
-                    hs[i][n][k] = as[i][n][k] * prev[k] + dl * u[off + k] * Bt[n];
+                    as[i][n][k] = expf(dls[i][k] * An[k]);
+                    hs[i][n][k] = as[i][n][k] * prev[k] + dlu[k] * Bt[n];
                 }
             }
         }
@@ -99,7 +103,7 @@ static inline void backward_group(long r, long c0, long nl, long L, long d, long
             float *dBt = dB + (r * L + t) * N, *dCt = dC + (r * L + t) * N;
             float dl[G], dlu[G], gy[G], dbu[G], dd[G], ch[G];
             for (long k = 0; k < nl; k++) {
-                dl[k] = softplus(dt[off + k] + dt_bias[c0 + k]);
+                dl[k] = dls[i][k]; /* softplus once a step, not once a state */
                 dlu[k] = dl[k] * u[off + k];
                 dbu[k] = dd[k] = 0;
                 ch[k] = D[c0 + k] * u[off + k];
