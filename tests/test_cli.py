@@ -45,12 +45,13 @@ def test_shipped_mamba_solves_held_out_sizes(tmp_path):
     assert len(again) == 12  # finished samples are not recomputed
 
 
-def test_shipped_mamba2_solves_held_out_sizes(tmp_path):
-    """The Mamba-2 trained on 1..5 digits on the CPU (measured: 100 of 100 at 1,000 digits)."""
+@pytest.mark.parametrize("checkpoint, sizes", [("builtin:addition-mamba2", [9, 60]), ("builtin:multiplication-1-mamba2", [30, 60])])
+def test_shipped_mamba2_solves_held_out_sizes(tmp_path, checkpoint, sizes):
+    """The Mamba-2s trained on the CPU, on 1..5 and 1..10 digits (measured: 100 of 100 at 1,000)."""
     from mamba_agent.checkpoint import load_checkpoint
 
-    assert load_checkpoint("builtin:addition-mamba2")[0].config.kind == "mamba2"
-    results = evaluate("builtin:addition-mamba2", [9, 60], samples=4, out=tmp_path / "r.jsonl", batch_size=8, progress=False)
+    assert load_checkpoint(checkpoint)[0].config.kind == "mamba2"
+    results = evaluate(checkpoint, sizes, samples=4, out=tmp_path / "r.jsonl", batch_size=8, progress=False)
     assert len(results) == 8 and all(r["exact"] and r["correct"] for r in results)
 
 
