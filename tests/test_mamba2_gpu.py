@@ -14,10 +14,8 @@ pytestmark = pytest.mark.gpu
 if not torch.cuda.is_available():
     pytest.skip("needs CUDA", allow_module_level=True)
 
-from tests.test_policies_gpu import assert_state_dicts_load_both_ways  # noqa: E402 (after the skip)
+from tests.test_policies_gpu import TOL, VOCAB, assert_state_dicts_load_both_ways, tokens  # noqa: E402 (after the skip)
 
-VOCAB = 300
-TOL = dict(rtol=1e-3, atol=1e-3)
 needs_mamba_ssm = pytest.mark.skipif(importlib.util.find_spec("mamba_ssm") is None, reason="needs mamba-ssm")
 
 
@@ -32,10 +30,6 @@ def tiny(seed: int = 0, **sizes):
             layer.mixer.conv1d.bias.uniform_(-0.5, 0.5)
             layer.mixer.D.uniform_(0.5, 1.5)
     return policy
-
-
-def tokens(batch: int, length: int) -> torch.Tensor:
-    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(1)).cuda()
 
 
 @pytest.fixture(params=["causal-conv1d", "torch-conv"])

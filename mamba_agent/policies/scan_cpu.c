@@ -101,9 +101,9 @@ static inline void backward_group(long r, long c0, long nl, long L, long d, long
             long off = (r * L + t) * d + c0, i = t - t0;
             const float *Bt = B + (r * L + t) * N, *Ct = C + (r * L + t) * N;
             float *dBt = dB + (r * L + t) * N, *dCt = dC + (r * L + t) * N;
-            float dl[G], dlu[G], gy[G], dbu[G], dd[G], ch[G];
+            const float *dl = dls[i]; /* softplus once a step, not once a state */
+            float dlu[G], gy[G], dbu[G], dd[G], ch[G];
             for (long k = 0; k < nl; k++) {
-                dl[k] = dls[i][k]; /* softplus once a step, not once a state */
                 dlu[k] = dl[k] * u[off + k];
                 dbu[k] = dd[k] = 0;
                 ch[k] = D[c0 + k] * u[off + k];
